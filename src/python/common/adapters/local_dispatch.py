@@ -1,0 +1,157 @@
+"""Local dispatcher: runs each creation's job as its own OS process, like a Cloud Run Job.
+
+The child gets the creation the way a Cloud Run Job execution does (``CREATION_ID`` and
+``TRACEPARENT`` in its environment, plus ``--creation-id``) and runs the very entrypoint the
+container runs. Like Cloud Run's ``maxRetries`` it re-runs a job that exits non-zero (the job
+exits non-zero only for retryable failures). A bounded pool keeps a laptop responsive; work
+queued in memory is lost if the API process dies, which the sweeper covers by re-dispatching
+creations left ``pending``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shlex
+import subprocess
+import sys
+import threading
+import uuid
+from typing import Mapping, Sequence
+
+import structlog
+
+from common.domain.payload import TaskPayload
+from common.ports import Dispatcher
+
+log = structlog.get_logger(__name__)
+
+
+def default_job_command(kind: str) -> list[str]:
+    """``PHOENIX_LOCAL_JOB_CMD_<KIND>`` (e.g. a built PEX) or this interpreter running the
+    job module from the same sources/venv the API runs from."""
+    override = os.environ.get(f"PHOENIX_LOCAL_JOB_CMD_{kind.upper()}")
+    if override:
+        return shlex.split(override)
+    return [sys.executable, "-m", f"jobs.{kind}.main"]
+
+
+def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    # Under `pants run` or a PEX the parent's import path is assembled at start-up, not from
+    # PYTHONPATH; hand it to the child so `python -m jobs.video.main` resolves the same code.
+    paths = [p for p in sys.path if p]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.update(extra)
+    return env
+
+
+class LocalProcessDispatcher(Dispatcher):
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        max_parallel: int = 4,
+        max_retries: int = 3,
+        command_for: Mapping[str, Sequence[str]] | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._queue: queue.Queue[TaskPayload | None] = queue.Queue()
+        self._max_retries = max_retries
+        self._command_for = dict(command_for or {})
+        self._extra_env = dict(extra_env or {})
+        self._threads = [
+            threading.Thread(target=self._work, name=f"local-dispatch-{i}", daemon=True)
+            for i in range(max_parallel)
+        ]
+        self._running: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+        for t in self._threads:
+            t.start()
+
+    def dispatch(self, payload: TaskPayload) -> None:
+        with self._lock:
+            self._in_flight += 1
+        self._queue.put(payload)
+
+    def _command(self, kind: str) -> list[str]:
+        return list(self._command_for.get(kind) or default_job_command(kind))
+
+    def _work(self) -> None:
+        while True:
+            payload = self._queue.get()
+            if payload is None:
+                return
+            try:
+                self._run(payload)
+            except Exception:  # a broken command must not kill the worker thread
+                log.exception("local_job_failed_to_start", creation_id=payload.creation_id)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+                    self._idle.notify_all()
+
+    def _run(self, payload: TaskPayload) -> None:
+        execution = f"local-{payload.kind.value}-{uuid.uuid4().hex[:8]}"
+        for attempt in range(self._max_retries + 1):
+            env = child_environment(
+                {
+                    **self._extra_env,
+                    **payload.to_env(),
+                    "CLOUD_RUN_EXECUTION": execution,
+                    "CLOUD_RUN_TASK_INDEX": "0",
+                    "CLOUD_RUN_TASK_COUNT": "1",
+                    "CLOUD_RUN_TASK_ATTEMPT": str(attempt),
+                }
+            )
+            cmd = self._command(payload.kind.value) + ["--creation-id", payload.creation_id]
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+            with self._lock:
+                self._running.add(proc)
+            try:
+                code = proc.wait()
+            finally:
+                with self._lock:
+                    self._running.discard(proc)
+            log.info(
+                "local_job_exited",
+                creation_id=payload.creation_id,
+                execution=execution,
+                attempt=attempt,
+                exit_code=code,
+            )
+            if code == 0:
+                return
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until every dispatched job has finished (tests, graceful shutdown)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        with self._lock:
+            running = list(self._running)
+        for proc in running:
+            proc.terminate()
+
+
+class RecordingDispatcher(Dispatcher):
+    """Accepts and remembers payloads without running anything: benchmarks of the API's enqueue
+    path use it so jobs don't compete for CPU, and the sweeper can dispatch later."""
+
+    name = "record"
+
+    def __init__(self) -> None:
+        self.dispatched: list[TaskPayload] = []
+        self._lock = threading.Lock()
+
+    def dispatch(self, payload: TaskPayload) -> None:
+        with self._lock:
+            self.dispatched.append(payload)

@@ -1,0 +1,54 @@
+"""Media in a local directory, served by the API at ``/media/<key>`` in local mode."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from common.domain.creation import MediaRef
+from common.ports import MediaStore
+
+
+class LocalMediaStore(MediaStore):
+    def __init__(self, root: Path | str, url_prefix: str = "/media") -> None:
+        self.root = Path(root)
+        self.url_prefix = url_prefix.rstrip("/")
+
+    def _path(self, key: str) -> Path:
+        # Keys are ours ("<creation>/<n>.png"), but never let one escape the media root.
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise KeyError(key)
+        return path
+
+    def put(self, key: str, data: bytes, mime_type: str) -> MediaRef:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write-then-rename: a reader (the browser) never sees a half-written file, and a job
+        # killed mid-write leaves no truncated artefact under the final name.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return MediaRef(key=key, mime_type=mime_type)
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise KeyError(key) from None
+
+    def file_path(self, key: str) -> Path:
+        """For the API's local media route (send_file streams ranges for the video player)."""
+        path = self._path(key)
+        if not path.is_file():
+            raise KeyError(key)
+        return path
+
+    def url_for(self, ref: MediaRef) -> str:
+        return f"{self.url_prefix}/{ref.key}"

@@ -1,0 +1,63 @@
+"""An in-process creation store: the fake for fast unit tests (no I/O), and the reference the
+contract tests hold the real adapters to. A lock gives it the same atomic ``update``."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from typing import Callable, Iterable
+
+from common.domain.creation import Creation, Status
+from common.domain.errors import NotFound
+from common.ports import CreationStore
+
+
+class InMemoryCreationStore(CreationStore):
+    def __init__(self) -> None:
+        self._items: dict[str, Creation] = {}
+        self._lock = threading.Lock()
+
+    def add(self, creation: Creation) -> None:
+        with self._lock:
+            if creation.id in self._items:
+                raise ValueError(f"creation {creation.id} already exists")
+            self._items[creation.id] = creation
+
+    def get(self, creation_id: str) -> Creation | None:
+        return self._items.get(creation_id)
+
+    def update(self, creation_id: str, change: Callable[[Creation], Creation]) -> Creation:
+        with self._lock:
+            current = self._items.get(creation_id)
+            if current is None:
+                raise NotFound(creation_id)
+            updated = change(current)
+            self._items[creation_id] = updated
+            return updated
+
+    def list_for_user(self, user_id: str, limit: int) -> list[Creation]:
+        mine = [c for c in self._items.values() if c.user_id == user_id]
+        mine.sort(key=lambda c: (c.created_at, c.id), reverse=True)
+        return mine[:limit]
+
+    def scan(
+        self,
+        *,
+        statuses: Iterable[Status] | None = None,
+        updated_before: datetime | None = None,
+        created_after: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[Creation]:
+        wanted = set(statuses) if statuses is not None else None
+        found = [
+            c
+            for c in self._items.values()
+            if (wanted is None or c.status in wanted)
+            and (updated_before is None or c.updated_at < updated_before)
+            and (created_after is None or c.created_at >= created_after)
+        ]
+        found.sort(key=lambda c: c.updated_at)
+        return found[:limit]
+
+    def ping(self) -> None:
+        return None

@@ -1,0 +1,141 @@
+"""Configuration: every setting comes from the environment and has an embedded default, so a
+fresh checkout runs with no configuration at all. Read once per process into ``Settings``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+STORES = ("sqlite", "firestore")
+DISPATCHERS = ("local", "cloud-tasks", "celery", "record")
+GENERATORS = ("local", "vertex")
+MEDIA = ("local", "gcs")
+AUTH_MODES = ("local", "firebase")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the program cannot run with; the message names it."""
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, default).strip() or default
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = 8080
+    data_dir: Path = Path(".phoenix")
+    store: str = "sqlite"
+    dispatch: str = "local"
+    generator: str = "local"
+    media: str = "local"
+    auth: str = "local"
+    log_format: str = "pretty"  # "json" in production (Cloud Logging)
+    log_level: str = "INFO"
+    gcp_project: str = ""
+    gcp_location: str = "us-central1"
+    # Job behaviour
+    lease_seconds: int = 120
+    max_attempts: int = 3
+    pending_timeout_seconds: int = 300
+    # Local runtime
+    local_max_jobs: int = 4
+    sweep_interval_seconds: int = 60
+    # Production adapters (documented in the README)
+    tasks_queue: str = ""
+    tasks_service_account: str = ""
+    cloud_tasks_endpoint: str = ""
+    run_api_url: str = "https://run.googleapis.com"
+    video_job: str = "phoenix-video-job"
+    image_job: str = "phoenix-image-job"
+    media_bucket: str = ""
+    media_public_base_url: str = ""
+    signed_url_seconds: int = 900
+    vertex_base_url: str = ""
+    imagen_model: str = "imagen-4.0-generate-001"
+    veo_model: str = "veo-3.0-generate-001"
+    veo_max_concurrent: int = 10
+    celery_broker_url: str = "redis://127.0.0.1:6379/0"
+    rollout: str = ""
+    admins: tuple[str, ...] = ()
+    firebase_project: str = ""
+    rate_limit_per_minute: int = 30
+    max_active_per_user: int = 10
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "creations.sqlite3"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.data_dir / "media"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        return cls(
+            port=_int(env, "PORT", 8080, minimum=0),
+            data_dir=Path(env.get("PHOENIX_DATA_DIR", ".phoenix") or ".phoenix").resolve(),
+            store=_choice(env, "PHOENIX_STORE", "sqlite", STORES),
+            dispatch=_choice(env, "PHOENIX_DISPATCH", "local", DISPATCHERS),
+            generator=_choice(env, "PHOENIX_GENERATOR", "local", GENERATORS),
+            media=_choice(env, "PHOENIX_MEDIA", "local", MEDIA),
+            auth=_choice(env, "PHOENIX_AUTH", "local", AUTH_MODES),
+            log_format=_choice(env, "PHOENIX_LOG_FORMAT", "pretty", ("pretty", "json")),
+            log_level=env.get("PHOENIX_LOG_LEVEL", "INFO").upper(),
+            gcp_project=env.get("PHOENIX_GCP_PROJECT", env.get("GOOGLE_CLOUD_PROJECT", "")),
+            gcp_location=env.get("PHOENIX_GCP_LOCATION", "us-central1"),
+            lease_seconds=_int(env, "PHOENIX_LEASE_SECONDS", 120, minimum=1),
+            max_attempts=_int(env, "PHOENIX_MAX_ATTEMPTS", 3, minimum=1),
+            pending_timeout_seconds=_int(env, "PHOENIX_PENDING_TIMEOUT_SECONDS", 300, minimum=1),
+            local_max_jobs=_int(env, "PHOENIX_LOCAL_MAX_JOBS", 4, minimum=1),
+            sweep_interval_seconds=_int(env, "PHOENIX_SWEEP_INTERVAL_SECONDS", 60, minimum=0),
+            tasks_queue=env.get("PHOENIX_TASKS_QUEUE", ""),
+            tasks_service_account=env.get("PHOENIX_TASKS_SERVICE_ACCOUNT", ""),
+            cloud_tasks_endpoint=env.get("PHOENIX_CLOUD_TASKS_ENDPOINT", ""),
+            run_api_url=env.get("PHOENIX_RUN_API_URL", "https://run.googleapis.com").rstrip("/"),
+            video_job=env.get("PHOENIX_VIDEO_JOB", "phoenix-video-job"),
+            image_job=env.get("PHOENIX_IMAGE_JOB", "phoenix-image-job"),
+            media_bucket=env.get("PHOENIX_MEDIA_BUCKET", ""),
+            media_public_base_url=env.get("PHOENIX_MEDIA_PUBLIC_BASE_URL", ""),
+            signed_url_seconds=_int(env, "PHOENIX_SIGNED_URL_SECONDS", 900, minimum=1),
+            vertex_base_url=env.get("PHOENIX_VERTEX_BASE_URL", ""),
+            imagen_model=env.get("PHOENIX_IMAGEN_MODEL", "imagen-4.0-generate-001"),
+            veo_model=env.get("PHOENIX_VEO_MODEL", "veo-3.0-generate-001"),
+            veo_max_concurrent=_int(env, "PHOENIX_VEO_MAX_CONCURRENT", 10, minimum=1),
+            celery_broker_url=env.get("PHOENIX_CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"),
+            rollout=env.get("PHOENIX_ROLLOUT", ""),
+            admins=tuple(a.strip() for a in env.get("PHOENIX_ADMINS", "").split(",") if a.strip()),
+            firebase_project=env.get("PHOENIX_FIREBASE_PROJECT", ""),
+            rate_limit_per_minute=_int(env, "PHOENIX_RATE_LIMIT_PER_MINUTE", 30, minimum=0),
+            max_active_per_user=_int(env, "PHOENIX_MAX_ACTIVE_PER_USER", 10, minimum=0),
+        )

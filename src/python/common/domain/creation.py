@@ -1,0 +1,338 @@
+"""The creation lifecycle: a record a user asked for, and the only ways it may change.
+
+Every state change is a pure function ``Creation -> Creation`` that either returns the new
+record or raises a domain error. Stores apply these functions inside one transaction
+(``CreationStore.update``), so SQLite, Firestore or any later backend enforce exactly the same
+rules and none of them re-implements the lifecycle.
+
+Delivery is at least once on every path (Cloud Tasks, Celery, the local dispatcher and the
+sweeper can all deliver a creation twice), so the claim is a lease: a second delivery while the
+lease is live backs off, and an execution that died is taken over once its lease expires.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Mapping
+
+from common.domain.errors import AlreadyClaimed, AlreadyFinished, InvalidTransition, LeaseLost
+
+
+class Kind(str, enum.Enum):
+    VIDEO = "video"
+    IMAGE = "image"
+
+
+class Status(str, enum.Enum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Status.COMPLETED, Status.FAILED)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_creation_id() -> str:
+    # 128 random bits, hex: unguessable (ids appear in URLs) and safe as a Cloud Tasks task name.
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """Where a finished artefact lives. ``key`` is the media store's key, not a URL: URLs are
+    minted per request (signed URLs expire)."""
+
+    key: str
+    mime_type: str
+
+
+@dataclass(frozen=True)
+class CreationError:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Creation:
+    id: str
+    user_id: str
+    kind: Kind
+    prompt: str
+    params: Mapping[str, Any]
+    status: Status
+    created_at: datetime
+    updated_at: datetime
+    # Which dispatch path carried it ("local", "cloud-tasks", "celery"): the migration dashboard
+    # compares paths from this field.
+    path: str = "local"
+    progress: int = 0
+    media: tuple[MediaRef, ...] = ()
+    error: CreationError | None = None
+    attempts: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    claimed_at: datetime | None = None
+    finished_at: datetime | None = None
+    # The provider's long-running operation (e.g. Veo's operation name), stored as soon as it
+    # exists so a retried execution resumes polling instead of paying for a second generation.
+    operation: str | None = None
+    # Dispatch bookkeeping for the sweeper: when the queue last accepted it, and why it did not.
+    dispatched_at: datetime | None = None
+    dispatch_error: str | None = None
+    traceparent: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def lease_live(self, now: datetime) -> bool:
+        return (
+            self.status is Status.PROCESSING
+            and self.lease_expires_at is not None
+            and self.lease_expires_at > now
+        )
+
+
+def new(
+    *,
+    user_id: str,
+    kind: Kind,
+    prompt: str,
+    params: Mapping[str, Any],
+    path: str,
+    now: datetime,
+    creation_id: str | None = None,
+    traceparent: str | None = None,
+) -> Creation:
+    return Creation(
+        id=creation_id or new_creation_id(),
+        user_id=user_id,
+        kind=kind,
+        prompt=prompt,
+        params=dict(params),
+        status=Status.PENDING,
+        created_at=now,
+        updated_at=now,
+        path=path,
+        traceparent=traceparent,
+    )
+
+
+def claim(
+    c: Creation, *, owner: str, now: datetime, lease: timedelta, max_attempts: int
+) -> Creation:
+    """Take the lease: ``pending`` or an expired ``processing`` lease -> ``processing``.
+
+    Raises AlreadyFinished for terminal records and AlreadyClaimed while another lease is live.
+    A takeover past ``max_attempts`` fails the creation instead of starting another attempt,
+    so a creation whose job keeps crashing cannot loop forever.
+    """
+    if c.status.terminal:
+        raise AlreadyFinished(c.id)
+    if c.lease_live(now):
+        if c.lease_owner == owner:
+            return c  # the same execution asking again (e.g. a retried store call)
+        raise AlreadyClaimed(c.id)
+    if c.attempts >= max_attempts:
+        last = c.error.message if c.error else "the job did not finish"
+        return _finish(
+            c,
+            now=now,
+            status=Status.FAILED,
+            error=CreationError(
+                "max_attempts_exceeded", f"gave up after {c.attempts} attempts: {last}"
+            ),
+        )
+    return dataclasses.replace(
+        c,
+        status=Status.PROCESSING,
+        attempts=c.attempts + 1,
+        lease_owner=owner,
+        lease_expires_at=now + lease,
+        claimed_at=c.claimed_at or now,
+        updated_at=now,
+    )
+
+
+def _require_lease(c: Creation, owner: str, now: datetime) -> None:
+    if c.status.terminal:
+        raise AlreadyFinished(c.id)
+    if c.status is not Status.PROCESSING or c.lease_owner != owner:
+        raise LeaseLost(c.id)
+    # An expired lease that nobody took over yet is still ours: renewing it is safe because a
+    # takeover would have changed lease_owner inside the same transaction.
+
+
+def renew(c: Creation, *, owner: str, now: datetime, lease: timedelta) -> Creation:
+    _require_lease(c, owner, now)
+    return dataclasses.replace(c, lease_expires_at=now + lease, updated_at=now)
+
+
+def report_progress(
+    c: Creation, *, owner: str, now: datetime, progress: int, lease: timedelta | None = None
+) -> Creation:
+    _require_lease(c, owner, now)
+    progress = max(c.progress, min(99, max(0, int(progress))))  # 100 only on completion
+    changes: dict[str, Any] = {"progress": progress, "updated_at": now}
+    if lease is not None:
+        changes["lease_expires_at"] = now + lease
+    return dataclasses.replace(c, **changes)
+
+
+def record_operation(c: Creation, *, owner: str, now: datetime, operation: str) -> Creation:
+    _require_lease(c, owner, now)
+    return dataclasses.replace(c, operation=operation, updated_at=now)
+
+
+def complete(c: Creation, *, owner: str, now: datetime, media: tuple[MediaRef, ...]) -> Creation:
+    _require_lease(c, owner, now)
+    if not media:
+        raise InvalidTransition("a completed creation needs at least one media item")
+    return _finish(c, now=now, status=Status.COMPLETED, media=media, error=None, progress=100)
+
+
+def fail(c: Creation, *, owner: str | None, now: datetime, error: CreationError) -> Creation:
+    """Permanent failure. ``owner=None`` is the sweeper/API failing a record nobody holds."""
+    if c.status.terminal:
+        raise AlreadyFinished(c.id)
+    if owner is not None:
+        _require_lease(c, owner, now)
+    elif c.lease_live(now):
+        raise AlreadyClaimed(c.id)
+    return _finish(c, now=now, status=Status.FAILED, error=error)
+
+
+def release_for_retry(
+    c: Creation, *, owner: str, now: datetime, error: CreationError, max_attempts: int
+) -> Creation:
+    """A retryable failure: give the lease back so the next delivery can claim at once.
+
+    Out of attempts, it fails for good with the last reason instead.
+    """
+    _require_lease(c, owner, now)
+    if c.attempts >= max_attempts:
+        return _finish(
+            c,
+            now=now,
+            status=Status.FAILED,
+            error=CreationError(error.code, f"{error.message} (after {c.attempts} attempts)"),
+        )
+    return dataclasses.replace(
+        c,
+        status=Status.PENDING,
+        lease_owner=None,
+        lease_expires_at=None,
+        error=error,
+        updated_at=now,
+    )
+
+
+def mark_dispatched(c: Creation, *, now: datetime) -> Creation:
+    return dataclasses.replace(c, dispatched_at=now, dispatch_error=None, updated_at=now)
+
+
+def mark_dispatch_failed(c: Creation, *, now: datetime, reason: str) -> Creation:
+    return dataclasses.replace(c, dispatch_error=reason[:500], updated_at=now)
+
+
+def _finish(
+    c: Creation,
+    *,
+    now: datetime,
+    status: Status,
+    error: CreationError | None,
+    media: tuple[MediaRef, ...] = (),
+    progress: int | None = None,
+) -> Creation:
+    return dataclasses.replace(
+        c,
+        status=status,
+        error=error,
+        media=media or c.media,
+        progress=c.progress if progress is None else progress,
+        lease_owner=None,
+        lease_expires_at=None,
+        finished_at=now,
+        updated_at=now,
+    )
+
+
+# --- Serialisation shared by every store adapter (one schema, one place) -----------------------
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.astimezone(timezone.utc).isoformat() if value else None
+
+
+def _parse_ts(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(str(value))
+
+
+def to_dict(c: Creation) -> dict[str, Any]:
+    """A JSON-safe dict of every field; stores persist it, ``from_dict`` reads it back."""
+    return {
+        "id": c.id,
+        "user_id": c.user_id,
+        "kind": c.kind.value,
+        "prompt": c.prompt,
+        "params": dict(c.params),
+        "status": c.status.value,
+        "created_at": _ts(c.created_at),
+        "updated_at": _ts(c.updated_at),
+        "path": c.path,
+        "progress": c.progress,
+        "media": [{"key": m.key, "mime_type": m.mime_type} for m in c.media],
+        "error": {"code": c.error.code, "message": c.error.message} if c.error else None,
+        "attempts": c.attempts,
+        "lease_owner": c.lease_owner,
+        "lease_expires_at": _ts(c.lease_expires_at),
+        "claimed_at": _ts(c.claimed_at),
+        "finished_at": _ts(c.finished_at),
+        "operation": c.operation,
+        "dispatched_at": _ts(c.dispatched_at),
+        "dispatch_error": c.dispatch_error,
+        "traceparent": c.traceparent,
+        "extra": dict(c.extra),
+    }
+
+
+def from_dict(d: Mapping[str, Any]) -> Creation:
+    err = d.get("error")
+    created_at = _parse_ts(d["created_at"])
+    updated_at = _parse_ts(d["updated_at"])
+    assert created_at is not None and updated_at is not None
+    return Creation(
+        id=d["id"],
+        user_id=d["user_id"],
+        kind=Kind(d["kind"]),
+        prompt=d["prompt"],
+        params=dict(d.get("params") or {}),
+        status=Status(d["status"]),
+        created_at=created_at,
+        updated_at=updated_at,
+        path=d.get("path") or "local",
+        progress=int(d.get("progress") or 0),
+        media=tuple(MediaRef(m["key"], m["mime_type"]) for m in d.get("media") or ()),
+        error=CreationError(err["code"], err["message"]) if err else None,
+        attempts=int(d.get("attempts") or 0),
+        lease_owner=d.get("lease_owner"),
+        lease_expires_at=_parse_ts(d.get("lease_expires_at")),
+        claimed_at=_parse_ts(d.get("claimed_at")),
+        finished_at=_parse_ts(d.get("finished_at")),
+        operation=d.get("operation"),
+        dispatched_at=_parse_ts(d.get("dispatched_at")),
+        dispatch_error=d.get("dispatch_error"),
+        traceparent=d.get("traceparent"),
+        extra=dict(d.get("extra") or {}),
+    )

@@ -1,0 +1,53 @@
+"""Domain errors. Entry points map these to HTTP statuses or exit codes; nothing below them does."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base class for rule violations that callers are expected to handle."""
+
+
+class ValidationError(DomainError):
+    """Bad input from a user: names the offending field so the API can say which and why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class NotFound(DomainError):
+    """The creation does not exist (or, at the API, is not the caller's)."""
+
+
+class InvalidTransition(DomainError):
+    """A status change the lifecycle does not allow (e.g. completing a failed creation)."""
+
+
+class AlreadyClaimed(DomainError):
+    """Another live job execution holds the lease: this delivery is a duplicate and must back off."""
+
+
+class AlreadyFinished(DomainError):
+    """The creation is terminal: any further delivery is a no-op."""
+
+
+class LeaseLost(DomainError):
+    """This execution's lease expired and someone else took the creation over: stop writing."""
+
+
+class GenerationError(Exception):
+    """A provider or generator failure, classified so the runner knows whether to retry.
+
+    ``code`` is machine-readable and ends up in the creation's ``error.code``.
+    """
+
+    def __init__(self, code: str, message: str, *, retryable: bool) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+
+class DispatchError(Exception):
+    """The queue/dispatcher refused or could not be reached; the creation stays recoverable."""

@@ -1,0 +1,75 @@
+"""The process entrypoint shared by the video and image jobs (their ``main.py`` are one line).
+
+Reads the creation id the way a Cloud Run Job execution receives it (``CREATION_ID`` env override,
+or ``--creation-id``), joins the API's trace through ``TRACEPARENT``, runs the job and exits with
+the code Cloud Run's ``maxRetries`` should act on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import timedelta
+from typing import Sequence
+
+from common.domain.creation import Kind
+
+
+def main(kind: Kind, argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"phoenix-{kind.value}-job")
+    parser.add_argument("--creation-id", help="overrides the CREATION_ID environment variable")
+    args = parser.parse_args(argv)
+
+    from common.config import ConfigError, Settings
+    from common.domain.errors import ValidationError
+    from common.domain.payload import TaskPayload
+
+    try:
+        settings = Settings.from_env()
+        payload = TaskPayload.from_env(os.environ, kind, args.creation_id)
+    except (ConfigError, ValidationError) as exc:
+        # Misconfiguration is permanent: exit 2 tells an operator, and retrying cannot help.
+        print(f"phoenix-{kind.value}-job: {exc}", file=sys.stderr)
+        return 2
+
+    from common import logs, tracing
+
+    service = f"phoenix-{kind.value}-job"
+    logs.configure_logging(
+        settings.log_format, settings.log_level, service=service, gcp_project=settings.gcp_project
+    )
+    tracing.configure_tracing(service)
+    log = logs.get_logger(__name__)
+    execution = os.environ.get("CLOUD_RUN_EXECUTION")
+    logs.bind_creation(payload.creation_id, kind=kind.value)
+
+    from common import bootstrap, generators
+    from common.job_runner import JobDeps, new_owner_id, run_job
+
+    parent = tracing.context_from_env(os.environ)
+    with tracing.tracer("phoenix.job").start_as_current_span(
+        f"job.{kind.value}",
+        context=parent,
+        attributes={
+            "phoenix.creation_id": payload.creation_id,
+            "phoenix.kind": kind.value,
+            "gcp.cloud_run.job.execution": execution or "",
+            "gcp.cloud_run.job.task_attempt": os.environ.get("CLOUD_RUN_TASK_ATTEMPT", ""),
+        },
+    ):
+        log.info(
+            "job_started", execution=execution, attempt=os.environ.get("CLOUD_RUN_TASK_ATTEMPT")
+        )
+        store = bootstrap.build_store(settings)
+        deps = JobDeps(
+            store=store,
+            generator=generators.build_generator(settings),
+            media=bootstrap.build_media(settings),
+            lease=timedelta(seconds=settings.lease_seconds),
+            max_attempts=settings.max_attempts,
+        )
+        outcome = run_job(payload.creation_id, kind, deps, owner=new_owner_id(execution))
+        store.close()
+    tracing.shutdown_tracing()
+    return outcome.exit_code

@@ -1,0 +1,218 @@
+"""The job's service layer: claim -> generate -> store -> complete (or fail), for every path.
+
+The Cloud Run Jobs, the local processes and the legacy Celery worker all call ``run_job``, so
+the three paths differ only in how the creation id arrives. Exit codes follow Cloud Run's retry
+contract: 0 when there is nothing left to do (done, failed for good, or a duplicate delivery),
+1 only when a retry could succeed (the record was handed back as ``pending`` first).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable
+
+import structlog
+
+from common.domain import creation as lifecycle
+from common.domain.creation import Creation, CreationError, Kind, MediaRef, Status
+from common.domain.errors import (
+    AlreadyClaimed,
+    AlreadyFinished,
+    GenerationError,
+    LeaseLost,
+    NotFound,
+)
+from common.ports import CreationStore, GeneratedMedia, Generator, MediaStore
+
+log = structlog.get_logger(__name__)
+
+EXIT_DONE = 0
+EXIT_RETRY = 1
+
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "video/mp4": "mp4"}
+
+
+@dataclass
+class JobDeps:
+    store: CreationStore
+    generator: Generator
+    media: MediaStore
+    lease: timedelta = timedelta(seconds=120)
+    max_attempts: int = 3
+    clock: Callable[[], datetime] = lifecycle.utcnow
+    # Called at phase boundaries: lets tests (crash injection) and tracing observe the run.
+    on_phase: Callable[[str, Creation], None] = field(default=lambda phase, c: None)
+
+
+@dataclass
+class JobOutcome:
+    exit_code: int
+    status: str  # completed | failed | retry | duplicate | finished | missing | lost
+    creation: Creation | None = None
+
+
+class _Context:
+    """What the generator sees. Every call also renews the lease, so a job waiting minutes on
+    Veo keeps its claim; heartbeats are throttled to a fraction of the lease."""
+
+    def __init__(self, deps: JobDeps, creation: Creation, owner: str) -> None:
+        self._deps = deps
+        self._owner = owner
+        self.creation_id = creation.id
+        self.existing_operation = creation.operation
+        self.output_prefix = deps.media.output_prefix(creation.id)
+        self._last_beat = time.monotonic()
+        self._beat_every = max(1.0, deps.lease.total_seconds() / 4)
+
+    def report_progress(self, percent: int) -> None:
+        now = self._deps.clock()
+        self._deps.store.update(
+            self.creation_id,
+            lambda c: lifecycle.report_progress(
+                c, owner=self._owner, now=now, progress=percent, lease=self._deps.lease
+            ),
+        )
+        self._last_beat = time.monotonic()
+
+    def record_operation(self, operation: str) -> None:
+        now = self._deps.clock()
+        self._deps.store.update(
+            self.creation_id,
+            lambda c: lifecycle.record_operation(
+                c, owner=self._owner, now=now, operation=operation
+            ),
+        )
+        self.existing_operation = operation
+
+    def heartbeat(self) -> None:
+        if time.monotonic() - self._last_beat < self._beat_every:
+            return
+        now = self._deps.clock()
+        self._deps.store.update(
+            self.creation_id,
+            lambda c: lifecycle.renew(c, owner=self._owner, now=now, lease=self._deps.lease),
+        )
+        self._last_beat = time.monotonic()
+
+
+def new_owner_id(execution: str | None = None) -> str:
+    """A lease owner unique to this execution attempt (two retries never share a lease)."""
+    return f"{execution or 'job'}/{uuid.uuid4().hex[:12]}"
+
+
+def run_job(creation_id: str, kind: Kind, deps: JobDeps, *, owner: str) -> JobOutcome:
+    bound = log.bind(creation_id=creation_id, kind=kind.value, owner=owner)
+    now = deps.clock()
+    try:
+        claimed = deps.store.update(
+            creation_id,
+            lambda c: lifecycle.claim(
+                c, owner=owner, now=now, lease=deps.lease, max_attempts=deps.max_attempts
+            ),
+        )
+    except NotFound:
+        bound.error("job_creation_missing")
+        return JobOutcome(EXIT_DONE, "missing")
+    except AlreadyFinished:
+        bound.info("job_duplicate_delivery_after_finish")
+        return JobOutcome(EXIT_DONE, "finished")
+    except AlreadyClaimed:
+        bound.info("job_duplicate_delivery_lease_live")
+        return JobOutcome(EXIT_DONE, "duplicate")
+
+    if claimed.status is Status.FAILED:  # out of attempts: claim turned it into a failure
+        bound.warning("job_out_of_attempts", error=claimed.error and claimed.error.code)
+        return JobOutcome(EXIT_DONE, "failed", claimed)
+    if claimed.kind is not kind:
+        return _fail(
+            deps,
+            claimed,
+            owner,
+            CreationError(
+                "wrong_job_kind",
+                f"a {claimed.kind.value} creation was sent to the {kind.value} job",
+            ),
+        )
+
+    bound = bound.bind(attempt=claimed.attempts, path=claimed.path)
+    bound.info("job_claimed", resumed_operation=claimed.operation)
+    deps.on_phase("claimed", claimed)
+    try:
+        ctx = _Context(deps, claimed, owner)
+        produced = deps.generator.generate(kind, claimed.prompt, dict(claimed.params), ctx)
+        deps.on_phase("generated", claimed)
+        refs = _store_media(deps, claimed, produced)
+        deps.on_phase("stored", claimed)
+        done_at = deps.clock()
+        completed = deps.store.update(
+            creation_id, lambda c: lifecycle.complete(c, owner=owner, now=done_at, media=refs)
+        )
+        bound.info("job_completed", media=len(refs))
+        return JobOutcome(EXIT_DONE, "completed", completed)
+    except GenerationError as exc:
+        error = CreationError(exc.code, exc.message)
+        if exc.retryable:
+            return _release(deps, claimed, owner, error)
+        return _fail(deps, claimed, owner, error)
+    except (LeaseLost, AlreadyFinished):
+        bound.warning("job_lease_lost")
+        return JobOutcome(EXIT_DONE, "lost")
+    except Exception as exc:  # unknown faults are treated as transient: retry, bounded
+        bound.exception("job_internal_error")
+        return _release(deps, claimed, owner, CreationError("internal_error", _describe(exc)))
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _store_media(
+    deps: JobDeps, creation: Creation, produced: list[GeneratedMedia]
+) -> tuple[MediaRef, ...]:
+    if not produced:
+        raise GenerationError("no_output", "the generator returned no media", retryable=False)
+    refs = []
+    for index, item in enumerate(produced):
+        if item.data is not None:
+            ext = _EXTENSIONS.get(item.mime_type, "bin")
+            refs.append(deps.media.put(f"{creation.id}/{index}.{ext}", item.data, item.mime_type))
+        elif item.uri is not None:
+            refs.append(deps.media.ref_from_uri(item.uri, item.mime_type))
+        else:
+            raise GenerationError(
+                "no_output", "a media item had neither data nor uri", retryable=False
+            )
+    return tuple(refs)
+
+
+def _fail(deps: JobDeps, creation: Creation, owner: str, error: CreationError) -> JobOutcome:
+    now = deps.clock()
+    try:
+        failed = deps.store.update(
+            creation.id, lambda c: lifecycle.fail(c, owner=owner, now=now, error=error)
+        )
+    except (LeaseLost, AlreadyFinished):
+        return JobOutcome(EXIT_DONE, "lost")
+    log.warning("job_failed", creation_id=creation.id, code=error.code, message=error.message)
+    return JobOutcome(EXIT_DONE, "failed", failed)
+
+
+def _release(deps: JobDeps, creation: Creation, owner: str, error: CreationError) -> JobOutcome:
+    now = deps.clock()
+    try:
+        released = deps.store.update(
+            creation.id,
+            lambda c: lifecycle.release_for_retry(
+                c, owner=owner, now=now, error=error, max_attempts=deps.max_attempts
+            ),
+        )
+    except (LeaseLost, AlreadyFinished):
+        return JobOutcome(EXIT_DONE, "lost")
+    if released.status is Status.FAILED:
+        log.warning("job_failed_after_retries", creation_id=creation.id, code=error.code)
+        return JobOutcome(EXIT_DONE, "failed", released)
+    log.warning("job_retryable_failure", creation_id=creation.id, code=error.code)
+    return JobOutcome(EXIT_RETRY, "retry", released)

@@ -1,0 +1,130 @@
+"""The ports: the small interfaces the API and the jobs depend on.
+
+Each has a local adapter (embedded, zero set-up) and a production adapter (Google Cloud), chosen
+once in ``common.bootstrap``. Contract tests run the same assertions against every adapter.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Iterable, Protocol
+
+from common.domain.creation import Creation, Kind, MediaRef, Status
+from common.domain.payload import TaskPayload
+
+
+class CreationStore(abc.ABC):
+    """Persistence for creations. ``update`` is the only way to change one: it reads the current
+    record, applies a pure lifecycle function and writes the result in ONE transaction, so two
+    processes racing (two deliveries of one task) serialise and exactly one claim wins."""
+
+    @abc.abstractmethod
+    def add(self, creation: Creation) -> None:
+        """Insert a new record; raises ValueError if the id exists."""
+
+    @abc.abstractmethod
+    def get(self, creation_id: str) -> Creation | None:
+        ...
+
+    @abc.abstractmethod
+    def update(self, creation_id: str, change: Callable[[Creation], Creation]) -> Creation:
+        """Atomically apply ``change``; raises NotFound, or whatever domain error ``change``
+        raises (then nothing is written). Returns the record as written."""
+
+    @abc.abstractmethod
+    def list_for_user(self, user_id: str, limit: int) -> list[Creation]:
+        """The user's creations, newest first."""
+
+    @abc.abstractmethod
+    def scan(
+        self,
+        *,
+        statuses: Iterable[Status] | None = None,
+        updated_before: datetime | None = None,
+        created_after: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[Creation]:
+        """Creations matching all given filters, oldest ``updated_at`` first (sweeper, dashboard)."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise if the backend is unreachable (readiness probe)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the default has nothing to release."""
+
+
+class Dispatcher(abc.ABC):
+    """Hands a creation to whatever will run its job: a local process, Cloud Tasks -> Cloud Run
+    Jobs, or (legacy) Celery. At-least-once: it may deliver twice; jobs are idempotent."""
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def dispatch(self, payload: TaskPayload) -> None:
+        """Enqueue; raise DispatchError when the queue cannot take it (the record survives)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+class MediaStore(abc.ABC):
+    """Binary artefacts. Records keep keys; URLs are minted per request."""
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes, mime_type: str) -> MediaRef:
+        ...
+
+    @abc.abstractmethod
+    def read(self, key: str) -> bytes:
+        """Raise KeyError if missing."""
+
+    @abc.abstractmethod
+    def url_for(self, ref: MediaRef) -> str:
+        ...
+
+    def ref_from_uri(self, uri: str, mime_type: str) -> MediaRef:
+        """Adopt an object the provider already wrote into our storage (Veo's output_gcs_uri)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot adopt external object {uri}")
+
+    def output_prefix(self, creation_id: str) -> str | None:
+        """Where a provider may write output directly (gs:// URI), or None if unsupported."""
+        return None
+
+
+@dataclass(frozen=True)
+class GeneratedMedia:
+    """One artefact from a generator: bytes to store, or a URI it already wrote to our storage."""
+
+    mime_type: str
+    data: bytes | None = None
+    uri: str | None = None
+
+
+class GenerationContext(Protocol):
+    """What a generator may do while it works. Calls renew the job's lease as a side effect."""
+
+    creation_id: str
+    existing_operation: str | None
+    output_prefix: str | None
+
+    def report_progress(self, percent: int) -> None:
+        ...
+
+    def record_operation(self, operation: str) -> None:
+        ...
+
+    def heartbeat(self) -> None:
+        ...
+
+
+class Generator(abc.ABC):
+    """Turns a prompt into media. Raises GenerationError(code, message, retryable)."""
+
+    @abc.abstractmethod
+    def generate(
+        self, kind: Kind, prompt: str, params: dict, ctx: GenerationContext
+    ) -> list[GeneratedMedia]:
+        ...

@@ -1,0 +1,11 @@
+"""The video generation job: what the Cloud Run Job `phoenix-video-job` runs, once per creation."""
+
+from __future__ import annotations
+
+import sys
+
+from common.domain.creation import Kind
+from common.job_main import main
+
+if __name__ == "__main__":
+    sys.exit(main(Kind.VIDEO))
