@@ -89,6 +89,8 @@ class Creation:
     # Dispatch bookkeeping for the sweeper: when the queue last accepted it, and why it did not.
     dispatched_at: datetime | None = None
     dispatch_error: str | None = None
+    # How many times a dispatcher accepted it: >1 means the sweeper re-dispatched it.
+    dispatches: int = 0
     traceparent: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -235,7 +237,9 @@ def release_for_retry(
 
 
 def mark_dispatched(c: Creation, *, now: datetime) -> Creation:
-    return dataclasses.replace(c, dispatched_at=now, dispatch_error=None, updated_at=now)
+    return dataclasses.replace(
+        c, dispatched_at=now, dispatch_error=None, dispatches=c.dispatches + 1, updated_at=now
+    )
 
 
 def mark_dispatch_failed(c: Creation, *, now: datetime, reason: str) -> Creation:
@@ -302,6 +306,7 @@ def to_dict(c: Creation) -> dict[str, Any]:
         "operation": c.operation,
         "dispatched_at": _ts(c.dispatched_at),
         "dispatch_error": c.dispatch_error,
+        "dispatches": c.dispatches,
         "traceparent": c.traceparent,
         "extra": dict(c.extra),
     }
@@ -333,6 +338,7 @@ def from_dict(d: Mapping[str, Any]) -> Creation:
         operation=d.get("operation"),
         dispatched_at=_parse_ts(d.get("dispatched_at")),
         dispatch_error=d.get("dispatch_error"),
+        dispatches=int(d.get("dispatches") or 0),
         traceparent=d.get("traceparent"),
         extra=dict(d.get("extra") or {}),
     )

@@ -1,0 +1,269 @@
+"""The OpenAPI 3 document for the whole HTTP API, served at ``/api/openapi.json``.
+
+Request schemas are generated from ``common.domain.requests.SCHEMAS`` (the same table the
+validator uses), so the document cannot drift from what the API accepts; a test checks that
+every route Flask serves is documented and every documented route exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.domain.creation import Kind, Status
+from common.domain.requests import PROMPT_MAX_CHARS, SCHEMAS, FieldSpec
+
+_JSON_TYPES = {str: "string", int: "integer"}
+
+
+def _field_schema(spec: FieldSpec) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": _JSON_TYPES[spec.type], "default": spec.default}
+    if spec.choices is not None:
+        schema["enum"] = list(spec.choices)
+    if spec.minimum is not None:
+        schema["minimum"] = spec.minimum
+    if spec.maximum is not None:
+        schema["maximum"] = spec.maximum
+    return schema
+
+
+def _request_schema(kind: Kind) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "prompt": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": PROMPT_MAX_CHARS,
+            "description": "Unicode-normalised; control characters removed; must not be blank.",
+            # Blank-after-normalisation prompts are rejected; tell generators so.
+            "pattern": r"\S",
+        }
+    }
+    props.update({name: _field_schema(spec) for name, spec in SCHEMAS[kind].items()})
+    return {
+        "type": "object",
+        "required": ["prompt"],
+        "additionalProperties": False,
+        "properties": props,
+    }
+
+
+def _error_response(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+_USER_HEADER = {
+    "name": "X-Phoenix-User",
+    "in": "header",
+    "required": False,
+    "description": "Local mode only (PHOENIX_AUTH=local): the caller's user id. "
+    "In production a Firebase ID token is required instead (Authorization: Bearer).",
+    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.@-]{1,128}$"},
+}
+
+
+def _generate_op(kind: Kind) -> dict[str, Any]:
+    return {
+        "summary": f"Ask for a {kind.value}; generation runs asynchronously",
+        "operationId": f"generate_{kind.value}",
+        "parameters": [_USER_HEADER],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{kind.value.title()}Request"}
+                }
+            },
+        },
+        "responses": {
+            "202": {
+                "description": "Accepted: the creation exists and its job was dispatched",
+                "headers": {"Location": {"schema": {"type": "string"}}},
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Creation"}}
+                },
+            },
+            "400": _error_response("Invalid request (the message names the field)"),
+            "401": _error_response("Not authenticated"),
+            "413": _error_response("Body over 64 KiB"),
+            "415": _error_response("Body is not JSON"),
+            "429": _error_response("Rate limit or concurrency cap", _RETRY_AFTER),
+            "503": _error_response(
+                "Recorded but not yet dispatched; it will be retried", _RETRY_AFTER
+            ),
+        },
+    }
+
+
+def build_openapi() -> dict[str, Any]:
+    creation_schema = {
+        "type": "object",
+        "required": [
+            "id", "kind", "status", "progress", "prompt", "params", "media", "error",
+            "created_at", "updated_at",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "kind": {"type": "string", "enum": [k.value for k in Kind]},
+            "status": {"type": "string", "enum": [s.value for s in Status]},
+            "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+            "prompt": {"type": "string"},
+            "params": {"type": "object"},
+            "path": {"type": "string"},
+            "media": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["url", "mime_type"],
+                    "properties": {"url": {"type": "string"}, "mime_type": {"type": "string"}},
+                },
+            },
+            "error": {
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {
+                            "code": {"type": "string"},
+                            "message": {"type": "string"},
+                        },
+                    },
+                ]
+            },
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+        },
+    }
+    error_schema = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Phoenix generation API",
+            "version": "1.0.0",
+            "description": "Type a prompt, get a video (Veo) or image (Imagen). Generation is "
+            "asynchronous: POST returns 202 with a creation to poll.",
+        },
+        "paths": {
+            "/api/generate/video": {"post": _generate_op(Kind.VIDEO)},
+            "/api/generate/image": {"post": _generate_op(Kind.IMAGE)},
+            "/api/creations": {
+                "get": {
+                    "summary": "The caller's creations, newest first",
+                    "operationId": "list_creations",
+                    "parameters": [
+                        _USER_HEADER,
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["creations"],
+                                        "properties": {
+                                            "creations": {
+                                                "type": "array",
+                                                "items": {"$ref": "#/components/schemas/Creation"},
+                                            }
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "400": _error_response("Bad limit"),
+                        "401": _error_response("Not authenticated"),
+                    },
+                }
+            },
+            "/api/creations/{creation_id}": {
+                "get": {
+                    "summary": "One creation (poll it until completed or failed)",
+                    "operationId": "get_creation",
+                    "parameters": [
+                        _USER_HEADER,
+                        {
+                            "name": "creation_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "If-None-Match",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "headers": {"ETag": {"schema": {"type": "string"}}},
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Creation"}
+                                }
+                            },
+                        },
+                        "304": {"description": "Not modified since the given ETag"},
+                        "401": _error_response("Not authenticated"),
+                        "404": _error_response("Unknown, or not the caller's"),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Process is up",
+                    "operationId": "healthz",
+                    "responses": {"200": {"description": "OK"}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Store reachable",
+                    "operationId": "readyz",
+                    "responses": {
+                        "200": {"description": "Ready"},
+                        "503": _error_response("Store unreachable"),
+                    },
+                }
+            },
+            "/api/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": {"200": {"description": "OK"}},
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "VideoRequest": _request_schema(Kind.VIDEO),
+                "ImageRequest": _request_schema(Kind.IMAGE),
+                "Creation": creation_schema,
+                "Error": error_schema,
+            }
+        },
+    }

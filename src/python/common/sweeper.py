@@ -1,0 +1,161 @@
+"""The sweeper: nothing stays stuck, nothing is lost.
+
+Every path can drop work: a dispatch that failed after the record was written (Cloud Tasks or
+Redis down: the API answered 503 but the record exists), a local queue lost with its process,
+a job killed mid-run whose lease ran out. The sweeper finds those records and either hands them
+to their dispatcher again or, past the limits, fails them with a clear code. It runs every
+minute in the local runtime and, in production, as a scheduled command (`python -m api.sweep`).
+
+Re-dispatching is always safe because jobs are idempotent (lease claim, resumable operations).
+We chose "record + sweep" over a transactional outbox: the creation record already is the
+outbox (pending + ``dispatched_at``/``dispatch_error``), so a second table would duplicate it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+
+from common.domain import creation as lifecycle
+from common.domain.creation import Creation, CreationError, Status
+from common.domain.errors import AlreadyClaimed, AlreadyFinished, DomainError
+from common.domain.payload import TaskPayload
+from common.ports import CreationStore, Dispatcher
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepPolicy:
+    # A pending record whose dispatch failed (or never happened) is retried after this grace,
+    # so the sweeper never races the API's own first dispatch.
+    dispatch_grace: timedelta = timedelta(seconds=10)
+    # A dispatched record nobody claimed within this time was lost by its queue: send again.
+    pending_timeout: timedelta = timedelta(minutes=5)
+    # After this many dispatches without a claim, give up with a clear reason.
+    max_dispatches: int = 5
+    # Creations older than this that are still not finished are failed, whatever their state
+    # (a bound on how long a user can be kept waiting).
+    max_age: timedelta = timedelta(hours=6)
+
+
+@dataclass
+class SweepReport:
+    redispatched: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "redispatched": len(self.redispatched),
+            "failed": len(self.failed),
+            "errors": len(self.errors),
+        }
+
+
+def _needs_dispatch(c: Creation, now: datetime, policy: SweepPolicy) -> bool:
+    if c.status is Status.PENDING:
+        if c.dispatched_at is None or c.dispatch_error is not None:
+            return c.updated_at <= now - policy.dispatch_grace
+        # Dispatched (or handed back for retry) but nobody picked it up in time.
+        return c.updated_at <= now - policy.pending_timeout
+    if c.status is Status.PROCESSING:
+        # The job holding it died: its lease ran out without renewal or completion.
+        return c.lease_expires_at is not None and c.lease_expires_at <= now
+    return False
+
+
+def sweep(
+    store: CreationStore,
+    dispatcher_for: Callable[[str], Dispatcher],
+    *,
+    now: datetime,
+    policy: SweepPolicy = SweepPolicy(),
+    limit: int = 500,
+) -> SweepReport:
+    report = SweepReport()
+    candidates = store.scan(
+        statuses=[Status.PENDING, Status.PROCESSING],
+        updated_before=now - min(policy.dispatch_grace, policy.pending_timeout),
+        limit=limit,
+    )
+    # Processing records renew updated_at only when they report; an expired lease can hide
+    # behind a recent update, so also look at every processing record's lease.
+    seen = {c.id for c in candidates}
+    candidates += [
+        c
+        for c in store.scan(statuses=[Status.PROCESSING], limit=limit)
+        if c.id not in seen
+    ]
+    for c in candidates:
+        try:
+            _sweep_one(store, dispatcher_for, c, now, policy, report)
+        except Exception as exc:  # one bad record or a flaky queue must not stop the sweep
+            report.errors.append(c.id)
+            log.warning("sweep_error", creation_id=c.id, error=f"{type(exc).__name__}: {exc}")
+    if report.redispatched or report.failed or report.errors:
+        log.info("sweep_done", **report.as_dict())
+    return report
+
+
+def _fail(store: CreationStore, c: Creation, now: datetime, code: str, message: str) -> bool:
+    try:
+        store.update(
+            c.id,
+            lambda cur: lifecycle.fail(
+                cur, owner=None, now=now, error=CreationError(code, message)
+            ),
+        )
+        return True
+    except (AlreadyClaimed, AlreadyFinished):
+        return False  # it moved on while we looked: leave it to its new owner
+
+
+def _sweep_one(
+    store: CreationStore,
+    dispatcher_for: Callable[[str], Dispatcher],
+    c: Creation,
+    now: datetime,
+    policy: SweepPolicy,
+    report: SweepReport,
+) -> None:
+    if c.created_at <= now - policy.max_age:
+        if _fail(store, c, now, "timed_out", f"not finished after {policy.max_age}"):
+            report.failed.append(c.id)
+        return
+    if not _needs_dispatch(c, now, policy):
+        return
+    if c.dispatches >= policy.max_dispatches and c.status is Status.PENDING:
+        reason = c.dispatch_error or "no job picked it up"
+        if _fail(
+            store, c, now, "dispatch_failed", f"gave up after {c.dispatches} dispatches: {reason}"
+        ):
+            report.failed.append(c.id)
+        return
+
+    # Re-check under the store's transaction that nothing changed, then dispatch.
+    def still_stuck(cur: Creation) -> Creation:
+        if not _needs_dispatch(cur, now, policy):
+            raise AlreadyClaimed(cur.id)
+        return cur
+
+    try:
+        store.update(c.id, still_stuck)
+    except DomainError:
+        return
+    payload = TaskPayload(creation_id=c.id, kind=c.kind, traceparent=c.traceparent)
+    try:
+        dispatcher_for(c.path).dispatch(payload)
+    except Exception as exc:
+        store.update(
+            c.id, lambda cur: lifecycle.mark_dispatch_failed(cur, now=now, reason=str(exc))
+        )
+        report.errors.append(c.id)
+        log.warning("sweep_redispatch_failed", creation_id=c.id, error=str(exc))
+        return
+    store.update(c.id, lambda cur: lifecycle.mark_dispatched(cur, now=now))
+    report.redispatched.append(c.id)
+    log.info("sweep_redispatched", creation_id=c.id, status=c.status.value, path=c.path)

@@ -1,0 +1,103 @@
+"""The sweeper's rules over an in-memory store and a scripted dispatcher."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from common.adapters.local_dispatch import RecordingDispatcher
+from common.adapters.memory_store import InMemoryCreationStore
+from common.domain import creation as lc
+from common.domain.creation import Kind, Status
+from common.domain.errors import DispatchError
+from common.sweeper import SweepPolicy, sweep
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+POLICY = SweepPolicy(
+    dispatch_grace=timedelta(seconds=10),
+    pending_timeout=timedelta(minutes=5),
+    max_dispatches=3,
+    max_age=timedelta(hours=1),
+)
+
+
+class DownDispatcher(RecordingDispatcher):
+    def dispatch(self, payload):
+        raise DispatchError("redis down")
+
+
+def setup(**changes):
+    store = InMemoryCreationStore()
+    c = lc.new(user_id="u", kind=Kind.VIDEO, prompt="p", params={}, path="celery", now=T0)
+    store.add(c)
+    for fn in changes.get("steps", []):
+        store.update(c.id, fn)
+    return store, c.id
+
+
+def test_failed_dispatch_is_redispatched_after_the_grace_period():
+    store, cid = setup(steps=[lambda c: lc.mark_dispatch_failed(c, now=T0, reason="down")])
+    rec = RecordingDispatcher()
+    paths = []
+
+    def dispatcher_for(path):
+        paths.append(path)
+        return rec
+
+    assert sweep(store, dispatcher_for, now=T0 + timedelta(seconds=5), policy=POLICY).redispatched == []
+    report = sweep(store, dispatcher_for, now=T0 + timedelta(seconds=11), policy=POLICY)
+    assert report.redispatched == [cid] and paths == ["celery"]
+    assert [p.creation_id for p in rec.dispatched] == [cid]
+    c = store.get(cid)
+    assert c.dispatch_error is None and c.dispatches == 1 and c.status is Status.PENDING
+
+
+def test_dispatcher_still_down_keeps_the_record_and_the_reason():
+    store, cid = setup(steps=[lambda c: lc.mark_dispatch_failed(c, now=T0, reason="down")])
+    report = sweep(store, lambda p: DownDispatcher(), now=T0 + timedelta(minutes=1), policy=POLICY)
+    assert report.errors == [cid]
+    c = store.get(cid)
+    assert c.status is Status.PENDING and "redis down" in c.dispatch_error
+
+
+def test_dispatched_but_never_claimed_is_sent_again_then_given_up():
+    store, cid = setup(steps=[lambda c: lc.mark_dispatched(c, now=T0)])
+    rec = RecordingDispatcher()
+    now = T0
+    for _ in range(2):
+        now += timedelta(minutes=6)
+        assert sweep(store, lambda p: rec, now=now, policy=POLICY).redispatched == [cid]
+    now += timedelta(minutes=6)
+    report = sweep(store, lambda p: rec, now=now, policy=POLICY)
+    assert report.failed == [cid]
+    assert store.get(cid).error.code == "dispatch_failed"
+
+
+def test_expired_lease_is_redispatched_but_a_live_one_is_left_alone():
+    lease = timedelta(minutes=2)
+    store, cid = setup(
+        steps=[
+            lambda c: lc.mark_dispatched(c, now=T0),
+            lambda c: lc.claim(c, owner="job", now=T0, lease=lease, max_attempts=3),
+        ]
+    )
+    rec = RecordingDispatcher()
+    assert sweep(store, lambda p: rec, now=T0 + timedelta(minutes=1), policy=POLICY).redispatched == []
+    assert sweep(store, lambda p: rec, now=T0 + timedelta(minutes=3), policy=POLICY).redispatched == [cid]
+    assert store.get(cid).status is Status.PROCESSING  # the next claim takes it over
+
+
+def test_too_old_creations_fail_with_timed_out():
+    store, cid = setup(steps=[lambda c: lc.mark_dispatched(c, now=T0)])
+    report = sweep(store, lambda p: RecordingDispatcher(), now=T0 + timedelta(hours=2), policy=POLICY)
+    assert report.failed == [cid] and store.get(cid).error.code == "timed_out"
+
+
+def test_finished_creations_are_never_touched():
+    store, cid = setup(
+        steps=[
+            lambda c: lc.claim(c, owner="j", now=T0, lease=timedelta(seconds=1), max_attempts=3),
+            lambda c: lc.complete(c, owner="j", now=T0, media=(lc.MediaRef("k", "video/mp4"),)),
+        ]
+    )
+    report = sweep(store, lambda p: RecordingDispatcher(), now=T0 + timedelta(hours=9), policy=POLICY)
+    assert report.as_dict() == {"redispatched": 0, "failed": 0, "errors": 0}
