@@ -78,3 +78,11 @@ def test_bad_payloads_are_rejected(raw):
 def test_job_without_creation_id_is_a_clear_error():
     with pytest.raises(ValidationError, match="CREATION_ID"):
         TaskPayload.from_env({}, Kind.IMAGE)
+
+
+def test_redispatch_number_travels_and_is_validated():
+    p = TaskPayload(creation_id="abc", kind=Kind.IMAGE, dispatch=3)
+    assert TaskPayload.from_json(p.to_json()).dispatch == 3
+    assert "dispatch" not in TaskPayload(creation_id="abc", kind=Kind.IMAGE).to_dict()
+    with pytest.raises(ValidationError):
+        TaskPayload.from_json('{"version": 1, "creation_id": "a", "kind": "video", "dispatch": -1}')

@@ -101,3 +101,22 @@ def test_finished_creations_are_never_touched():
     )
     report = sweep(store, lambda p: RecordingDispatcher(), now=T0 + timedelta(hours=9), policy=POLICY)
     assert report.as_dict() == {"redispatched": 0, "failed": 0, "errors": 0}
+
+
+def test_a_drained_path_sends_stuck_creations_to_the_users_current_path():
+    store, cid = setup(steps=[lambda c: lc.mark_dispatch_failed(c, now=T0, reason="down")])
+    built = {}
+
+    def dispatcher_for(path):
+        return built.setdefault(path, RecordingDispatcher())
+
+    report = sweep(
+        store,
+        dispatcher_for,
+        now=T0 + timedelta(minutes=1),
+        policy=POLICY,
+        route=lambda kind, user: "cloud-tasks",
+    )
+    assert report.redispatched == [cid]
+    assert list(built) == ["cloud-tasks"]
+    assert store.get(cid).path == "cloud-tasks"

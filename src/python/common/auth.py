@@ -59,7 +59,9 @@ class FirebaseTokenVerifier:
         clock_skew_seconds: int = 30,
     ) -> None:
         if not project_id:
-            raise ValueError("PHOENIX_FIREBASE_PROJECT must be set when PHOENIX_AUTH=firebase")
+            from common.config import ConfigError
+
+            raise ConfigError("PHOENIX_FIREBASE_PROJECT must be set when PHOENIX_AUTH=firebase")
         self.project_id = project_id
         self._fetch = fetch_certs or http_cert_fetcher()
         self._clock = clock

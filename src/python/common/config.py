@@ -83,6 +83,20 @@ class Settings:
     imagen_model: str = "imagen-4.0-generate-001"
     veo_model: str = "veo-3.0-generate-001"
     veo_max_concurrent: int = 10
+    # Production adapters added with the Firestore/GCS/Vertex/Cloud Tasks adapters.
+    firestore_database: str = "(default)"
+    # Prepended to every Firestore collection name ("creations", "concurrency"): lets several
+    # environments (or parallel test runs) share one project/emulator without seeing each other.
+    firestore_prefix: str = ""
+    # A service-account JSON key used only to sign media URLs when there is no IAM signer
+    # (local emulator profile). Empty in production: the runtime account signs via IAM signBlob.
+    media_signing_key_file: str = ""
+    # A static bearer token for a local Vertex stand-in. Never set in production (ADC is used).
+    vertex_access_token: str = ""
+    veo_poll_initial_seconds: float = 2.0
+    veo_poll_max_seconds: float = 15.0
+    # How long a video job waits for a free Veo slot before handing the creation back (retry).
+    veo_slot_wait_seconds: int = 1800
     celery_broker_url: str = "redis://127.0.0.1:6379/0"
     rollout: str = ""
     admins: tuple[str, ...] = ()
@@ -132,6 +146,13 @@ class Settings:
             imagen_model=env.get("PHOENIX_IMAGEN_MODEL", "imagen-4.0-generate-001"),
             veo_model=env.get("PHOENIX_VEO_MODEL", "veo-3.0-generate-001"),
             veo_max_concurrent=_int(env, "PHOENIX_VEO_MAX_CONCURRENT", 10, minimum=1),
+            firestore_database=env.get("PHOENIX_FIRESTORE_DATABASE", "(default)") or "(default)",
+            firestore_prefix=env.get("PHOENIX_FIRESTORE_PREFIX", ""),
+            media_signing_key_file=env.get("PHOENIX_MEDIA_SIGNING_KEY_FILE", ""),
+            vertex_access_token=env.get("PHOENIX_VERTEX_ACCESS_TOKEN", ""),
+            veo_poll_initial_seconds=_float(env, "PHOENIX_VEO_POLL_INITIAL_SECONDS", 2.0),
+            veo_poll_max_seconds=_float(env, "PHOENIX_VEO_POLL_MAX_SECONDS", 15.0),
+            veo_slot_wait_seconds=_int(env, "PHOENIX_VEO_SLOT_WAIT_SECONDS", 1800, minimum=0),
             celery_broker_url=env.get("PHOENIX_CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"),
             rollout=env.get("PHOENIX_ROLLOUT", ""),
             admins=tuple(a.strip() for a in env.get("PHOENIX_ADMINS", "").split(",") if a.strip()),

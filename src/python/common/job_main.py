@@ -10,10 +10,36 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import signal
 from datetime import timedelta
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from common.domain.creation import Kind
+
+if TYPE_CHECKING:
+    from common.config import Settings
+    from common.job_runner import JobDeps
+
+
+def build_job_deps(settings: Settings) -> JobDeps:
+    """The job wiring shared by the Cloud Run Jobs and the legacy Celery worker."""
+    from common import bootstrap, generators
+    from common.job_runner import JobDeps
+
+    return JobDeps(
+        store=bootstrap.build_store(settings),
+        generator=generators.build_generator(settings),
+        media=bootstrap.build_media(settings),
+        lease=timedelta(seconds=settings.lease_seconds),
+        max_attempts=settings.max_attempts,
+    )
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # Cloud Run sends SIGTERM before killing a task (timeout, cancellation). Exiting through
+    # SystemExit runs atexit hooks, so the spans and metrics recorded so far are flushed; the
+    # lease simply expires and the next delivery takes over.
+    sys.exit(128 + signum)
 
 
 def main(kind: Kind, argv: Sequence[str] | None = None) -> int:
@@ -33,19 +59,20 @@ def main(kind: Kind, argv: Sequence[str] | None = None) -> int:
         print(f"phoenix-{kind.value}-job: {exc}", file=sys.stderr)
         return 2
 
-    from common import logs, tracing
+    from common import logs, metrics, tracing
 
     service = f"phoenix-{kind.value}-job"
     logs.configure_logging(
         settings.log_format, settings.log_level, service=service, gcp_project=settings.gcp_project
     )
     tracing.configure_tracing(service)
+    metrics.configure_metrics(service=service)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     log = logs.get_logger(__name__)
     execution = os.environ.get("CLOUD_RUN_EXECUTION")
     logs.bind_creation(payload.creation_id, kind=kind.value)
 
-    from common import bootstrap, generators
-    from common.job_runner import JobDeps, new_owner_id, run_job
+    from common.job_runner import new_owner_id, run_job
 
     parent = tracing.context_from_env(os.environ)
     with tracing.tracer("phoenix.job").start_as_current_span(
@@ -61,15 +88,9 @@ def main(kind: Kind, argv: Sequence[str] | None = None) -> int:
         log.info(
             "job_started", execution=execution, attempt=os.environ.get("CLOUD_RUN_TASK_ATTEMPT")
         )
-        store = bootstrap.build_store(settings)
-        deps = JobDeps(
-            store=store,
-            generator=generators.build_generator(settings),
-            media=bootstrap.build_media(settings),
-            lease=timedelta(seconds=settings.lease_seconds),
-            max_attempts=settings.max_attempts,
-        )
+        deps = build_job_deps(settings)
         outcome = run_job(payload.creation_id, kind, deps, owner=new_owner_id(execution))
-        store.close()
+        deps.store.close()
     tracing.shutdown_tracing()
+    metrics.shutdown_metrics()
     return outcome.exit_code

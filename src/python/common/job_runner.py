@@ -16,6 +16,7 @@ from typing import Callable
 
 import structlog
 
+from common import metrics
 from common.domain import creation as lifecycle
 from common.domain.creation import Creation, CreationError, Kind, MediaRef, Status
 from common.domain.errors import (
@@ -26,6 +27,7 @@ from common.domain.errors import (
     NotFound,
 )
 from common.ports import CreationStore, GeneratedMedia, Generator, MediaStore
+from common.tracing import tracer
 
 log = structlog.get_logger(__name__)
 
@@ -106,13 +108,15 @@ def new_owner_id(execution: str | None = None) -> str:
 def run_job(creation_id: str, kind: Kind, deps: JobDeps, *, owner: str) -> JobOutcome:
     bound = log.bind(creation_id=creation_id, kind=kind.value, owner=owner)
     now = deps.clock()
+    spans = tracer("phoenix.job")
     try:
-        claimed = deps.store.update(
-            creation_id,
-            lambda c: lifecycle.claim(
-                c, owner=owner, now=now, lease=deps.lease, max_attempts=deps.max_attempts
-            ),
-        )
+        with spans.start_as_current_span("job.claim", attributes={"phoenix.creation_id": creation_id}):
+            claimed = deps.store.update(
+                creation_id,
+                lambda c: lifecycle.claim(
+                    c, owner=owner, now=now, lease=deps.lease, max_attempts=deps.max_attempts
+                ),
+            )
     except NotFound:
         bound.error("job_creation_missing")
         return JobOutcome(EXIT_DONE, "missing")
@@ -125,6 +129,7 @@ def run_job(creation_id: str, kind: Kind, deps: JobDeps, *, owner: str) -> JobOu
 
     if claimed.status is Status.FAILED:  # out of attempts: claim turned it into a failure
         bound.warning("job_out_of_attempts", error=claimed.error and claimed.error.code)
+        _record_failure(claimed)
         return JobOutcome(EXIT_DONE, "failed", claimed)
     if claimed.kind is not kind:
         return _fail(
@@ -142,15 +147,21 @@ def run_job(creation_id: str, kind: Kind, deps: JobDeps, *, owner: str) -> JobOu
     deps.on_phase("claimed", claimed)
     try:
         ctx = _Context(deps, claimed, owner)
-        produced = deps.generator.generate(kind, claimed.prompt, dict(claimed.params), ctx)
+        with spans.start_as_current_span("job.generate"):
+            produced = deps.generator.generate(kind, claimed.prompt, dict(claimed.params), ctx)
         deps.on_phase("generated", claimed)
-        refs = _store_media(deps, claimed, produced)
+        with spans.start_as_current_span("job.store_media"):
+            refs = _store_media(deps, claimed, produced)
         deps.on_phase("stored", claimed)
         done_at = deps.clock()
-        completed = deps.store.update(
-            creation_id, lambda c: lifecycle.complete(c, owner=owner, now=done_at, media=refs)
-        )
+        with spans.start_as_current_span("job.complete"):
+            completed = deps.store.update(
+                creation_id, lambda c: lifecycle.complete(c, owner=owner, now=done_at, media=refs)
+            )
         bound.info("job_completed", media=len(refs))
+        metrics.record_completed(
+            completed.kind.value, completed.path, *_durations(completed)
+        )
         return JobOutcome(EXIT_DONE, "completed", completed)
     except GenerationError as exc:
         error = CreationError(exc.code, exc.message)
@@ -163,6 +174,17 @@ def run_job(creation_id: str, kind: Kind, deps: JobDeps, *, owner: str) -> JobOu
     except Exception as exc:  # unknown faults are treated as transient: retry, bounded
         bound.exception("job_internal_error")
         return _release(deps, claimed, owner, CreationError("internal_error", _describe(exc)))
+
+
+def _durations(c: Creation) -> tuple[float, float]:
+    """(queue wait, run time) in seconds: created -> first claim, first claim -> finished."""
+    claimed = c.claimed_at or c.created_at
+    finished = c.finished_at or c.updated_at
+    return (claimed - c.created_at).total_seconds(), (finished - claimed).total_seconds()
+
+
+def _record_failure(c: Creation) -> None:
+    metrics.record_failed(c.kind.value, c.path, c.error.code if c.error else "unknown")
 
 
 def _describe(exc: Exception) -> str:
@@ -197,6 +219,7 @@ def _fail(deps: JobDeps, creation: Creation, owner: str, error: CreationError) -
     except (LeaseLost, AlreadyFinished):
         return JobOutcome(EXIT_DONE, "lost")
     log.warning("job_failed", creation_id=creation.id, code=error.code, message=error.message)
+    _record_failure(failed)
     return JobOutcome(EXIT_DONE, "failed", failed)
 
 
@@ -213,6 +236,7 @@ def _release(deps: JobDeps, creation: Creation, owner: str, error: CreationError
         return JobOutcome(EXIT_DONE, "lost")
     if released.status is Status.FAILED:
         log.warning("job_failed_after_retries", creation_id=creation.id, code=error.code)
+        _record_failure(released)
         return JobOutcome(EXIT_DONE, "failed", released)
     log.warning("job_retryable_failure", creation_id=creation.id, code=error.code)
     return JobOutcome(EXIT_RETRY, "retry", released)

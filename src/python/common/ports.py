@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Callable, Iterable, Protocol
 
 from common.domain.creation import Creation, Kind, MediaRef, Status
@@ -128,3 +128,34 @@ class Generator(abc.ABC):
         self, kind: Kind, prompt: str, params: dict, ctx: GenerationContext
     ) -> list[GeneratedMedia]:
         ...
+
+
+# --- Added with the Vertex adapter: a global cap on a scarce provider resource ----------------
+
+
+class ConcurrencyGuard(abc.ABC):
+    """Counts simultaneous holders of a resource (e.g. Veo operations) across every job process.
+
+    Cloud Tasks' ``max_concurrent_dispatches`` cannot bound this (``jobs:run`` returns at once,
+    so the queue sees each dispatch finish in milliseconds); the jobs themselves must take a
+    slot. Slots are leases with an expiry, so a job killed while holding one frees it after
+    ``ttl`` without anyone cleaning up. Acquiring as an existing holder renews instead of
+    taking a second slot (a retried execution of the same creation reuses its slot).
+    """
+
+    @abc.abstractmethod
+    def acquire(self, resource: str, holder: str, *, limit: int, ttl: timedelta) -> bool:
+        """Take (or renew) ``holder``'s slot if fewer than ``limit`` live holders exist."""
+
+    @abc.abstractmethod
+    def renew(self, resource: str, holder: str, *, ttl: timedelta) -> bool:
+        """Extend the slot; re-inserts it even past ``limit`` (the work it guards is already
+        running at the provider, so it must be counted). Returns False if it had lapsed."""
+
+    @abc.abstractmethod
+    def release(self, resource: str, holder: str) -> None:
+        """Free the slot; releasing a slot not held is a no-op."""
+
+    @abc.abstractmethod
+    def holders(self, resource: str) -> dict[str, datetime]:
+        """Live holders and their expiry (observability, tests)."""

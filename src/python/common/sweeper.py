@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from common.domain import creation as lifecycle
-from common.domain.creation import Creation, CreationError, Status
+from common.domain.creation import Creation, CreationError, Kind, Status
 from common.domain.errors import AlreadyClaimed, AlreadyFinished, DomainError
 from common.domain.payload import TaskPayload
 from common.ports import CreationStore, Dispatcher
@@ -75,7 +75,11 @@ def sweep(
     now: datetime,
     policy: SweepPolicy = SweepPolicy(),
     limit: int = 500,
+    route: Callable[[Kind, str], str] | None = None,
 ) -> SweepReport:
+    """``route`` (the API's rollout) picks the path a re-dispatch takes: normally the path the
+    creation already has (routing is sticky per user), but once a path is drained its stuck
+    creations move to the path their user is routed to now instead of going back to it."""
     report = SweepReport()
     candidates = store.scan(
         statuses=[Status.PENDING, Status.PROCESSING],
@@ -92,7 +96,7 @@ def sweep(
     ]
     for c in candidates:
         try:
-            _sweep_one(store, dispatcher_for, c, now, policy, report)
+            _sweep_one(store, dispatcher_for, c, now, policy, report, route)
         except Exception as exc:  # one bad record or a flaky queue must not stop the sweep
             report.errors.append(c.id)
             log.warning("sweep_error", creation_id=c.id, error=f"{type(exc).__name__}: {exc}")
@@ -121,6 +125,7 @@ def _sweep_one(
     now: datetime,
     policy: SweepPolicy,
     report: SweepReport,
+    route: Callable[[Kind, str], str] | None = None,
 ) -> None:
     if c.created_at <= now - policy.max_age:
         if _fail(store, c, now, "timed_out", f"not finished after {policy.max_age}"):
@@ -146,9 +151,12 @@ def _sweep_one(
         store.update(c.id, still_stuck)
     except DomainError:
         return
-    payload = TaskPayload(creation_id=c.id, kind=c.kind, traceparent=c.traceparent)
+    payload = TaskPayload(
+        creation_id=c.id, kind=c.kind, traceparent=c.traceparent, dispatch=c.dispatches
+    )
+    path = route(c.kind, c.user_id) if route is not None else c.path
     try:
-        dispatcher_for(c.path).dispatch(payload)
+        dispatcher_for(path).dispatch(payload)
     except Exception as exc:
         store.update(
             c.id, lambda cur: lifecycle.mark_dispatch_failed(cur, now=now, reason=str(exc))
@@ -156,6 +164,11 @@ def _sweep_one(
         report.errors.append(c.id)
         log.warning("sweep_redispatch_failed", creation_id=c.id, error=str(exc))
         return
-    store.update(c.id, lambda cur: lifecycle.mark_dispatched(cur, now=now))
+    def dispatched(cur: Creation) -> Creation:
+        if path != cur.path:
+            cur = lifecycle.reroute(cur, now=now, path=path)
+        return lifecycle.mark_dispatched(cur, now=now)
+
+    store.update(c.id, dispatched)
     report.redispatched.append(c.id)
-    log.info("sweep_redispatched", creation_id=c.id, status=c.status.value, path=c.path)
+    log.info("sweep_redispatched", creation_id=c.id, status=c.status.value, path=path)

@@ -71,6 +71,9 @@ class LocalProcessDispatcher(Dispatcher):
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
+        # Set by close(): no new job process may start (not even a retry of one close() just
+        # terminated), or it would outlive the server as an orphan.
+        self._closed = False
         for t in self._threads:
             t.start()
 
@@ -110,8 +113,14 @@ class LocalProcessDispatcher(Dispatcher):
                 }
             )
             cmd = self._command(payload.kind.value) + ["--creation-id", payload.creation_id]
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
             with self._lock:
+                if self._closed:
+                    return
+                # Own session: Ctrl+C in the server's terminal must not reach the jobs (they
+                # would die mid-write and be "retried" during shutdown); close() stops them.
+                proc = subprocess.Popen(
+                    cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True
+                )
                 self._running.add(proc)
             try:
                 code = proc.wait()
@@ -137,6 +146,7 @@ class LocalProcessDispatcher(Dispatcher):
         for _ in self._threads:
             self._queue.put(None)
         with self._lock:
+            self._closed = True
             running = list(self._running)
         for proc in running:
             proc.terminate()

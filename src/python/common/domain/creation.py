@@ -242,6 +242,14 @@ def mark_dispatched(c: Creation, *, now: datetime) -> Creation:
     )
 
 
+def reroute(c: Creation, *, now: datetime, path: str) -> Creation:
+    """Move an unfinished creation to another dispatch path (the sweeper does this when the
+    rollout no longer sends its user to the path it was first given, e.g. during a drain)."""
+    if c.status.terminal:
+        raise AlreadyFinished(c.id)
+    return dataclasses.replace(c, path=path, updated_at=now)
+
+
 def mark_dispatch_failed(c: Creation, *, now: datetime, reason: str) -> Creation:
     return dataclasses.replace(c, dispatch_error=reason[:500], updated_at=now)
 

@@ -26,6 +26,9 @@ class TaskPayload:
     creation_id: str
     kind: Kind
     traceparent: str | None = None
+    # 0 for the API's dispatch, n for the sweeper's n-th re-dispatch: queues that dedup by name
+    # (Cloud Tasks) need a new name for a deliberate re-dispatch.
+    dispatch: int = 0
     version: int = PAYLOAD_VERSION
 
     def __post_init__(self) -> None:
@@ -33,6 +36,8 @@ class TaskPayload:
             raise ValidationError("creation_id", "must be 1-100 characters of [A-Za-z0-9_-]")
         if self.traceparent is not None and not _TRACEPARENT_RE.match(self.traceparent):
             raise ValidationError("traceparent", "is not a W3C traceparent")
+        if not isinstance(self.dispatch, int) or isinstance(self.dispatch, bool) or self.dispatch < 0:
+            raise ValidationError("dispatch", "must be a non-negative integer")
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -42,6 +47,8 @@ class TaskPayload:
         }
         if self.traceparent:
             d["traceparent"] = self.traceparent
+        if self.dispatch:
+            d["dispatch"] = self.dispatch
         return d
 
     def to_json(self) -> str:
@@ -60,7 +67,7 @@ class TaskPayload:
         version = d.get("version")
         if version != PAYLOAD_VERSION:
             raise ValidationError("version", f"unsupported payload version {version!r}")
-        unknown = set(d) - {"version", "creation_id", "kind", "traceparent"}
+        unknown = set(d) - {"version", "creation_id", "kind", "traceparent", "dispatch"}
         if unknown:
             raise ValidationError(sorted(unknown)[0], "unknown field")
         try:
@@ -70,7 +77,12 @@ class TaskPayload:
         creation_id = d.get("creation_id")
         if not isinstance(creation_id, str):
             raise ValidationError("creation_id", "is required")
-        return cls(creation_id=creation_id, kind=kind, traceparent=d.get("traceparent") or None)
+        return cls(
+            creation_id=creation_id,
+            kind=kind,
+            traceparent=d.get("traceparent") or None,
+            dispatch=d.get("dispatch", 0),
+        )
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> "TaskPayload":

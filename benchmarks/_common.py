@@ -1,0 +1,352 @@
+"""Shared helpers for the benchmark scripts (not a benchmark itself).
+
+Every benchmark is run from the repo root as ``PYTHONPATH=src/python:. .venv/bin/python -m
+benchmarks.<name>``; importing this module also makes the scripts self-locating (it puts
+``src/python`` and the repo root on ``sys.path``), so ``.venv/bin/python benchmarks/<name>.py``
+works too.
+
+Output convention: a small human table, then ONE line ``BENCH_JSON {...}`` per benchmark that
+the README table is filled from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src" / "python"
+for _p in (str(SRC), str(REPO)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+VENV_PYTHON = REPO / ".venv" / "bin" / "python"
+LOOPBACK = "127.0.0.1"
+
+PEX = {
+    "api": ("src/python/api:api", REPO / "dist" / "src.python.api" / "api.pex"),
+    "image-job": (
+        "src/python/jobs/image:image-job",
+        REPO / "dist" / "src.python.jobs.image" / "image-job.pex",
+    ),
+    "video-job": (
+        "src/python/jobs/video:video-job",
+        REPO / "dist" / "src.python.jobs.video" / "video-job.pex",
+    ),
+    "eager-image-job": (
+        "benchmarks:eager-image-job",
+        REPO / "dist" / "benchmarks" / "eager-image-job.pex",
+    ),
+}
+
+
+# --- statistics and output ----------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Linear-interpolated percentile (p in 0..100) of a non-empty sequence."""
+    if not values:
+        return math.nan
+    xs = sorted(values)
+    if len(xs) == 1:
+        return float(xs[0])
+    k = (len(xs) - 1) * p / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    return float(xs[lo] + (xs[hi] - xs[lo]) * (k - lo))
+
+
+def table(title: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    rows = [[_cell(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    print(f"\n## {title}")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+    sys.stdout.flush()
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+    return str(v)
+
+
+def emit_json(benchmark: str, data: Mapping[str, Any]) -> None:
+    print("BENCH_JSON " + json.dumps({"benchmark": benchmark, **data}, sort_keys=False), flush=True)
+
+
+def r1(x: float) -> float:
+    return round(float(x), 1)
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+
+
+# --- environment --------------------------------------------------------------------------------
+
+
+def clean_env(extra: Mapping[str, str] | None = None, *, pythonpath: str | None = None) -> dict[str, str]:
+    """Our environment minus anything that would leak the dev venv or PEX settings into a child;
+    ``pythonpath`` sets PYTHONPATH (for children running from the source tree)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")
+        and not k.startswith(("PEX_", "PHOENIX_", "OTEL_", "CLOUD_RUN_"))
+    }
+    env.setdefault("PHOENIX_LOG_FORMAT", "json")
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    env.update(extra or {})
+    return env
+
+
+def src_pythonpath() -> str:
+    return os.pathsep.join([str(SRC), str(REPO)])
+
+
+def plain_python311() -> str:
+    """A plain CPython 3.11 (not the dev venv, not a pyenv shim: shims are shell scripts that
+    add tens of ms per exec), i.e. what a container's ``python3.11`` is."""
+    base = Path(sys.base_prefix) / "bin" / "python3.11"
+    if base.exists() and sys.version_info[:2] == (3, 11):
+        return str(base)
+    found = shutil.which("python3.11")
+    if not found:
+        raise SystemExit("python3.11 not found")
+    out = subprocess.run(
+        [found, "-c", "import sys; print(sys.base_prefix)"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return str(Path(out) / "bin" / "python3.11")
+
+
+def ensure_apt(binary: str, package: str | None = None) -> str:
+    """The path of ``binary``, installing Debian ``package`` (default: same name) if missing."""
+    found = shutil.which(binary)
+    if found:
+        return found
+    package = package or binary
+    print(f"[setup] installing Debian package {package} (apt-get)", flush=True)
+    cmd = ["apt-get", "install", "-y", "-q", package]
+    if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL, check=True)
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+    found = shutil.which(binary)
+    if not found:
+        raise SystemExit(f"{binary} still missing after installing {package}")
+    return found
+
+
+# --- pants --------------------------------------------------------------------------------------
+
+
+def pants_package(names: Sequence[str], *, attempts: int = 20) -> None:
+    """``./pants package`` the given PEX names (keys of PEX). The checkout's Pants is shared
+    with other engineers: when another invocation holds it, wait and retry."""
+    targets = [PEX[n][0] for n in names]
+    print(f"[setup] ./pants package {' '.join(targets)}", flush=True)
+    env = dict(os.environ, NO_SCIE_WARNING="1", PANTS_DYNAMIC_UI="false", PANTS_COLORS="false")
+    for attempt in range(attempts):
+        proc = subprocess.run(
+            ["./pants", "package", *targets], cwd=REPO, env=env, capture_output=True, text=True
+        )
+        if proc.returncode == 0:
+            return
+        out = proc.stdout + proc.stderr
+        busy = any(
+            s in out.lower()
+            for s in ("another pants", "already running", "lock", "pantsd is already", "waiting for")
+        )
+        if not busy:
+            sys.stderr.write(out[-6000:])
+            raise SystemExit(f"./pants package failed (exit {proc.returncode})")
+        print(f"[setup] pants busy (attempt {attempt + 1}); retrying in 15 s", flush=True)
+        time.sleep(15)
+    raise SystemExit("./pants package: gave up waiting for the other pants process")
+
+
+def pex_path(name: str) -> Path:
+    return PEX[name][1]
+
+
+def ensure_pexes(names: Sequence[str], build: bool) -> None:
+    missing = [n for n in names if not pex_path(n).exists()]
+    if build or missing:
+        pants_package(list(names))
+    for n in names:
+        if not pex_path(n).exists():
+            raise SystemExit(f"{pex_path(n)} missing after ./pants package")
+
+
+# --- processes and servers ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    from tools.servers import free_port as _free_port
+
+    return _free_port()
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited early with code {proc.returncode}")
+        try:
+            with opener.open(url, timeout=2) as resp:
+                resp.read()
+                return
+        except urllib.error.HTTPError:
+            return
+        except (urllib.error.URLError, OSError):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} not answering after {timeout}s") from None
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process group we started (own session), SIGKILL after ``grace``."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def api_server(
+    env_extra: Mapping[str, str],
+    *,
+    module: str = "api.main",
+    data_dir: Path,
+    workers: int = 1,
+    threads: int = 8,
+    log_path: Path | None = None,
+) -> Iterator[str]:
+    """``python -m api.main`` (gunicorn) from the source tree with the dev venv's interpreter;
+    yields its base URL. Logs go to ``log_path`` (default: discarded)."""
+    port = free_port()
+    env = clean_env(
+        {
+            "PORT": str(port),
+            "PHOENIX_DATA_DIR": str(data_dir),
+            "PHOENIX_STORE": "sqlite",
+            "PHOENIX_MEDIA": "local",
+            "PHOENIX_AUTH": "local",
+            "PHOENIX_SWEEP_INTERVAL_SECONDS": "0",
+            "WEB_CONCURRENCY": str(workers),
+            "GUNICORN_THREADS": str(threads),
+            **env_extra,
+        },
+        pythonpath=src_pythonpath(),
+    )
+    argv = [str(VENV_PYTHON), "-m", module]
+    if module == "api.main":
+        argv += ["--host", LOOPBACK]
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://{LOOPBACK}:{port}"
+    try:
+        wait_http(url + "/healthz", proc=proc)
+        yield url
+    finally:
+        stop(proc)
+        if log_path:
+            out.close()  # type: ignore[union-attr]
+
+
+@contextlib.contextmanager
+def temp_dir(prefix: str) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix=prefix) as d:
+        yield Path(d)
+
+
+def http_json(method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None) -> tuple[int, Any, Mapping[str, str]]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with opener.open(req, timeout=30) as resp:
+            raw = resp.read()
+            return resp.status, (json.loads(raw) if raw else None), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, (json.loads(raw) if raw else None), dict(exc.headers)
+
+
+# --- wrk ----------------------------------------------------------------------------------------
+
+WRK_LUA = REPO / "benchmarks" / "wrk_request.lua"
+
+
+def run_wrk(
+    url: str,
+    *,
+    duration_s: int,
+    connections: int,
+    threads: int = 2,
+    method: str = "GET",
+    body: str = "",
+    headers: Mapping[str, str] | None = None,
+    users: int = 0,
+    timeout_s: int = 10,
+) -> dict[str, Any]:
+    """Runs wrk with benchmarks/wrk_request.lua and returns its JSON summary: requests, duration,
+    rps, latency percentiles (ms) and a count per HTTP status."""
+    wrk = ensure_apt("wrk")
+    env = dict(
+        os.environ,
+        WRK_METHOD=method,
+        WRK_BODY=body,
+        WRK_HEADERS=json.dumps(dict(headers or {})),
+        WRK_USERS=str(users),
+    )
+    proc = subprocess.run(
+        [
+            wrk,
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration_s}s",
+            f"--timeout={timeout_s}s",
+            "-s",
+            str(WRK_LUA),
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=duration_s + 60,
+    )
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return json.loads(line[len("WRK_JSON ") :])

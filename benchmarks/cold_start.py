@@ -1,0 +1,259 @@
+"""Job cold start: wall time from exec of the job to the creation being CLAIMED in the store.
+
+Run (repo root):  PYTHONPATH=src/python:. .venv/bin/python -m benchmarks.cold_start [--runs 20] [--no-build]
+
+What is measured. The parent writes a ``pending`` image creation into an embedded SQLite store
+(PHOENIX_DATA_DIR = a temp dir), takes ``time.time()`` and immediately execs the job; the job's
+claim writes ``claimed_at`` with its own clock (same machine, same CLOCK_REALTIME), so
+``claimed_at - t0`` is exec -> interpreter start -> imports -> config/logging/tracing set-up ->
+store open -> claim transaction. Median and p90 over ``--runs`` runs per variant, variants
+interleaved run by run so machine noise hits all of them alike.
+
+Variants (each after ONE warm-up run, reported separately):
+* real / eager, ``pex`` mode: ``python3.11 <job>.pex`` with a plain CPython 3.11 (what the brief
+  specifies). The warm-up run installs the PEX's venv into a private PEX_ROOT; later runs pay
+  only the PEX bootstrap (hash check + re-exec into that venv).
+* real / eager, ``venv`` mode: exactly what the production image runs. The job Dockerfile
+  pre-installs the venv AT IMAGE BUILD TIME (``PEX_TOOLS=1 python app.pex venv --compile
+  --non-hermetic-scripts --bin-path prepend /app/venv``, ENTRYPOINT ``/app/venv/pex``, with
+  PYTHONDONTWRITEBYTECODE=1), so a Cloud Run execution never installs or compiles anything.
+  Here the same command builds the venv in a temp dir and ``<venv>/pex`` is exec'd directly.
+* ``eager`` = benchmarks/eager_job.py (benchmarks:eager-image-job): the same
+  ``common.job_main.main`` after importing google-genai, google.cloud.firestore and
+  google.cloud.tasks_v2 at module top.
+
+Target: real <= 0.35 x eager and real < 400 ms (median, pex mode; venv mode shown too).
+Also prints the real job's import-time breakdown (``python -X importtime`` on the production
+venv, top 10 top-level imports by cumulative time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # self-locating
+from benchmarks import _common as c  # noqa: E402
+
+TARGET_RATIO = 0.35
+TARGET_MS = 400.0
+
+
+def _store(data_dir: Path) -> Any:
+    from common.adapters.sqlite_store import SqliteCreationStore
+
+    return SqliteCreationStore(data_dir / "creations.sqlite3")
+
+
+def _new_pending(store: Any) -> str:
+    from common.domain import creation as lifecycle
+    from common.domain.creation import Kind
+    from common.domain.requests import parse_generation_request
+
+    req = parse_generation_request(Kind.IMAGE, {"prompt": "cold start benchmark"})
+    creation = lifecycle.new(
+        user_id="bench",
+        kind=Kind.IMAGE,
+        prompt=req.prompt,
+        params=req.params,
+        path="local",
+        now=lifecycle.utcnow(),
+    )
+    store.add(creation)
+    return str(creation.id)
+
+
+def _job_env(data_dir: Path, pex_root: Path) -> dict[str, str]:
+    return c.clean_env(
+        {
+            "PHOENIX_DATA_DIR": str(data_dir),
+            "PHOENIX_STORE": "sqlite",
+            "PHOENIX_GENERATOR": "local",
+            "PHOENIX_MEDIA": "local",
+            "PHOENIX_LOG_FORMAT": "json",  # production rendering
+            "PEX_ROOT": str(pex_root),
+            # What the job image sets (its venv has precompiled bytecode).
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+
+
+def _run_once(argv: list[str], env: dict[str, str], store: Any, cwd: Path) -> tuple[float, float]:
+    """Returns (ms to claimed_at, ms to process exit)."""
+    cid = _new_pending(store)
+    t0 = time.time()
+    proc = subprocess.run(
+        [*argv, "--creation-id", cid],
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=120,
+    )
+    t_exit = time.time()
+    rec = store.get(cid)
+    if proc.returncode != 0 or rec is None or rec.claimed_at is None:
+        raise RuntimeError(
+            f"{argv[0]} exited {proc.returncode}, record={rec and rec.status}: "
+            f"{proc.stderr.decode(errors='replace')[-3000:]}"
+        )
+    if rec.status.value != "completed":
+        raise RuntimeError(f"job did not complete: {rec.status} {rec.error}")
+    return (rec.claimed_at.timestamp() - t0) * 1000, (t_exit - t0) * 1000
+
+
+def _build_venv(py: str, pex: Path, dest: Path, pex_root: Path) -> float:
+    """The job Dockerfile's build step; returns its duration in seconds."""
+    t = time.monotonic()
+    subprocess.run(
+        [py, str(pex), "venv", "--compile", "--non-hermetic-scripts", "--bin-path", "prepend", str(dest)],
+        env=c.clean_env({"PEX_TOOLS": "1", "PEX_ROOT": str(pex_root)}),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.monotonic() - t
+
+
+_IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
+
+
+def import_breakdown(venv: Path, env: dict[str, str], store: Any, cwd: Path, top: int = 10) -> dict[str, Any]:
+    """``-X importtime`` of the production venv's entrypoint: top-level imports (indent 0, i.e.
+    what the job itself imported, at module top or lazily inside main) by cumulative us."""
+    cid = _new_pending(store)
+    env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-X", "importtime", str(venv / "pex"), "--creation-id", cid],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    entries: list[tuple[str, int, int]] = []
+    for line in proc.stderr.splitlines():
+        m = _IMPORT_LINE.match(line)
+        if m and m.group(3) == " ":  # one space after the bar = top level
+            entries.append((m.group(4), int(m.group(1)), int(m.group(2))))
+    total_us = sum(e[2] for e in entries)
+    entries.sort(key=lambda e: -e[2])
+    return {
+        "total_ms": total_us / 1000,
+        "top": [{"module": n, "cumulative_ms": cum / 1000, "self_ms": s / 1000} for n, s, cum in entries[:top]],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--no-build", action="store_true", help="use the PEXes already in dist/")
+    args = ap.parse_args(argv)
+
+    c.ensure_pexes(["image-job", "eager-image-job"], build=not args.no_build)
+    py = c.plain_python311()
+    print(f"[setup] interpreter {py}; {args.runs} runs per variant; {os.cpu_count()} CPUs", flush=True)
+
+    with c.temp_dir("phoenix-bench-cold-") as tmp:
+        data_dir = tmp / "data"
+        pex_root = tmp / "pex_root"
+        store = _store(data_dir)
+        env = _job_env(data_dir, pex_root)
+        venv_env = dict(env, PYTHONDONTWRITEBYTECODE="1")
+        variants: dict[str, tuple[list[str], dict[str, str]]] = {}
+        setup: dict[str, float] = {}
+        for name in ("image-job", "eager-image-job"):
+            label = "real" if name == "image-job" else "eager"
+            pex = c.pex_path(name)
+            variants[f"{label}/pex"] = ([py, str(pex)], env)
+            venv = tmp / f"venv-{label}"
+            setup[f"{label}_venv_build_s"] = round(_build_venv(py, pex, venv, pex_root), 2)
+            variants[f"{label}/venv"] = ([str(venv / "pex")], venv_env)
+
+        # Warm-up: one run each (pex mode: installs the runtime venv in PEX_ROOT).
+        for key, (cmd, e) in variants.items():
+            t = time.monotonic()
+            _run_once(cmd, e, store, tmp)
+            setup[f"{key.replace('/', '_')}_first_run_s"] = round(time.monotonic() - t, 2)
+
+        claim: dict[str, list[float]] = {k: [] for k in variants}
+        total: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(args.runs):
+            for key, (cmd, e) in variants.items():
+                cl, tot = _run_once(cmd, e, store, tmp)
+                claim[key].append(cl)
+                total[key].append(tot)
+
+        breakdown = import_breakdown(tmp / "venv-real", venv_env, store, tmp)
+        eager_breakdown = import_breakdown(tmp / "venv-eager", venv_env, store, tmp, top=5)
+        store.close()
+
+    stats = {
+        k: {
+            "claim_p50_ms": c.r1(c.percentile(v, 50)),
+            "claim_p90_ms": c.r1(c.percentile(v, 90)),
+            "claim_min_ms": c.r1(min(v)),
+            "exit_p50_ms": c.r1(c.percentile(total[k], 50)),
+        }
+        for k, v in claim.items()
+    }
+    c.table(
+        f"Job cold start: exec -> claimed_at ({args.runs} runs each, after 1 warm-up)",
+        ["variant", "median ms", "p90 ms", "min ms", "exit median ms"],
+        [
+            [k, s["claim_p50_ms"], s["claim_p90_ms"], s["claim_min_ms"], s["exit_p50_ms"]]
+            for k, s in stats.items()
+        ],
+    )
+    ratios = {
+        mode: stats[f"real/{mode}"]["claim_p50_ms"] / stats[f"eager/{mode}"]["claim_p50_ms"]
+        for mode in ("pex", "venv")
+    }
+    real_pex = stats["real/pex"]["claim_p50_ms"]
+    met_ratio = ratios["pex"] <= TARGET_RATIO
+    met_abs = real_pex < TARGET_MS
+    c.table(
+        "Targets (median, pex mode)",
+        ["target", "measured", "met"],
+        [
+            [f"real <= {TARGET_RATIO} x eager", f"{ratios['pex']:.3f} x (venv mode {ratios['venv']:.3f} x)", met_ratio],
+            [f"real < {TARGET_MS:.0f} ms", f"{real_pex:.1f} ms (venv mode {stats['real/venv']['claim_p50_ms']:.1f} ms)", met_abs],
+        ],
+    )
+    c.table("One-off set-up costs (not in the figures above)", ["step", "seconds"], sorted(setup.items()))
+    c.table(
+        f"Real job imports (-X importtime, production venv): top 10 of {breakdown['total_ms']:.1f} ms",
+        ["module", "cumulative ms", "self ms"],
+        [[t["module"], t["cumulative_ms"], t["self_ms"]] for t in breakdown["top"]],
+    )
+    c.table(
+        f"Eager job imports: top 5 of {eager_breakdown['total_ms']:.1f} ms",
+        ["module", "cumulative ms", "self ms"],
+        [[t["module"], t["cumulative_ms"], t["self_ms"]] for t in eager_breakdown["top"]],
+    )
+    c.emit_json(
+        "cold_start",
+        {
+            "runs": args.runs,
+            **c.machine(),
+            "variants": stats,
+            "ratio_real_over_eager": {k: round(v, 3) for k, v in ratios.items()},
+            "targets_met": {"ratio_le_0.35": met_ratio, "real_lt_400ms": met_abs},
+            "setup_s": setup,
+            "import_total_ms": {"real": c.r1(breakdown["total_ms"]), "eager": c.r1(eager_breakdown["total_ms"])},
+            "import_top10_real_ms": {t["module"]: c.r1(t["cumulative_ms"]) for t in breakdown["top"]},
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""The "eager" image job, for benchmarks/cold_start.py only: the same entrypoint as
+``jobs.image.main``, but importing the cloud SDKs at module top the way a naive job would
+(google-genai, google.cloud.firestore, google.cloud.tasks_v2). Comparing its cold start with the
+real job's measures what the lazy adapter imports save.
+
+Built by ``./pants package benchmarks:eager-image-job`` (dist/benchmarks/eager-image-job.pex).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import google.cloud.firestore  # noqa: F401
+import google.cloud.tasks_v2  # noqa: F401
+import google.genai  # noqa: F401
+
+from common.domain.creation import Kind
+from common.job_main import main
+
+if __name__ == "__main__":
+    sys.exit(main(Kind.IMAGE))

@@ -1,0 +1,185 @@
+"""The Flask app factory: wires configuration, adapters and the service layer once, then
+registers thin blueprints over them.
+
+Every dependency can be passed in (tests hand in an in-memory store and a recording
+dispatcher; the local runtime and production build theirs from ``Settings``). Adapters come
+only from ``common.bootstrap`` and ``common.dispatchers``, which import cloud SDKs lazily, so the
+API never imports a generator SDK (google-genai, Pillow, imageio) and they stay out of its PEX.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from flask import Blueprint, Flask, Response, g, jsonify, request
+
+from api.admin_routes import admin_blueprint
+from api.creation_routes import creation_blueprint
+from api.creation_service import (
+    Admission,
+    CreationService,
+    DispatcherFor,
+    DispatcherPool,
+    PhoenixServices,
+    Route,
+)
+from api.errors import error_response, register_error_handlers
+from api.generation_routes import generation_blueprint
+from api.web_routes import web_blueprint
+from common import bootstrap
+from common.auth import FirebaseTokenVerifier
+from common.config import Settings
+from common.dispatchers import build_dispatcher
+from common.domain.rollout import make_route
+from common.ports import CreationStore, MediaStore
+
+log = structlog.get_logger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def _ops_blueprint(services: PhoenixServices) -> Blueprint:
+    bp = Blueprint("ops", __name__)
+
+    @bp.get("/healthz")
+    def healthz() -> Response:
+        # Liveness: the process answers. No I/O, so a slow store never gets instances killed.
+        return jsonify({"status": "ok"})
+
+    @bp.get("/readyz")
+    def readyz() -> Response:
+        try:
+            services.store.ping()
+        except Exception as exc:
+            log.warning("readiness_failed", error=f"{type(exc).__name__}: {exc}")
+            return error_response(503, "not_ready", "the creation store is unreachable")
+        return jsonify({"status": "ready"})
+
+    @bp.get("/api/openapi.json")
+    def openapi() -> Response:
+        from api.openapi import build_openapi
+
+        return jsonify(build_openapi())
+
+    return bp
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: CreationStore | None = None,
+    media: MediaStore | None = None,
+    dispatchers: DispatcherFor | None = None,
+    route: Route | None = None,
+    token_verifier: FirebaseTokenVerifier | None = None,
+) -> Flask:
+    """Raises ConfigError (e.g. a bad PHOENIX_ROLLOUT) so the server refuses to start."""
+    settings = settings or Settings.from_env()
+    store = store if store is not None else bootstrap.build_store(settings)
+    media = media if media is not None else bootstrap.build_media(settings)
+    if dispatchers is None:
+        # Built lazily per path: the local process pool starts only when first used, in the
+        # process that serves requests (never in a pre-fork master).
+        dispatchers = DispatcherPool(lambda path: build_dispatcher(settings, path))
+    route = route or make_route(settings)
+    if token_verifier is None and settings.auth == "firebase":
+        token_verifier = FirebaseTokenVerifier(settings.firebase_project)
+
+    services = PhoenixServices(
+        settings=settings,
+        store=store,
+        media=media,
+        dispatchers=dispatchers,
+        route=route,
+        creations=CreationService(
+            store,
+            dispatchers,
+            route,
+            media=media,
+            admission=Admission(
+                store,
+                per_minute=settings.rate_limit_per_minute,
+                max_active=settings.max_active_per_user,
+            ),
+        ),
+        token_verifier=token_verifier,
+    )
+
+    app = Flask(__name__, static_folder=None)  # the web blueprint serves /static
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the view's field order
+    app.extensions["phoenix"] = services
+
+    register_error_handlers(app)
+    app.register_blueprint(_ops_blueprint(services))
+    app.register_blueprint(generation_blueprint(services.creations))
+    app.register_blueprint(creation_blueprint(services.creations))
+    app.register_blueprint(web_blueprint(media))
+    app.register_blueprint(admin_blueprint(store=store, settings=settings, route=route))
+
+    _install_request_tracing(app)
+
+    @app.after_request
+    def _security_headers(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+    return app
+
+
+def _install_request_tracing(app: Flask) -> None:
+    """One SERVER span per request, continuing the caller's trace (W3C ``traceparent``, or the
+    ``X-Cloud-Trace-Context`` Cloud Run's front end adds). A creation made in the request
+    carries this span's traceparent to its job, so API and job share one trace. Before
+    ``configure_tracing`` (unit tests) the tracer is a no-op and this costs next to nothing."""
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+
+    from common import tracing
+
+    @app.before_request
+    def _start_span() -> None:
+        # Threads are reused across requests: log fields bound by the last one must not leak.
+        structlog.contextvars.clear_contextvars()
+        rule = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
+        span = tracing.tracer("phoenix.api").start_span(
+            f"{request.method} {rule}",
+            context=tracing.context_from_headers(dict(request.headers.items())),
+            kind=trace.SpanKind.SERVER,
+            attributes={
+                "http.request.method": request.method,
+                "http.route": rule,
+                "url.path": request.path,
+            },
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        g.phoenix_span = (span, token)
+
+    @app.after_request
+    def _record_status(response: Response) -> Response:
+        held = g.get("phoenix_span")
+        if held is not None:
+            held[0].set_attribute("http.response.status_code", response.status_code)
+            if response.status_code >= 500:
+                held[0].set_status(trace.Status(trace.StatusCode.ERROR))
+        return response
+
+    @app.teardown_request
+    def _end_span(exc: BaseException | None) -> None:
+        held = g.pop("phoenix_span", None)
+        if held is None:
+            return
+        span, token = held
+        if exc is not None:
+            span.record_exception(exc)
+            span.set_status(trace.Status(trace.StatusCode.ERROR))
+        otel_context.detach(token)
+        span.end()
+
+
+def services_of(app: Flask) -> PhoenixServices:
+    """The wired services of an app made by ``create_app`` (runtimes close them on shutdown)."""
+    services: Any = app.extensions["phoenix"]
+    return services  # type: ignore[no-any-return]

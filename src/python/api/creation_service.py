@@ -1,0 +1,267 @@
+"""The API's service layer: create, read and list creations. No Flask in here.
+
+Creating is "record, then dispatch": the ``pending`` record is written first so a creation can
+never run without a record, and a dispatch that fails afterwards leaves a recoverable record
+(``dispatch_error`` set, still ``pending``) that the sweeper re-dispatches. We deliberately have
+no outbox table: the creation record already carries everything an outbox row would.
+
+Which dispatch path a creation takes is decided by ``route(kind, user_id)`` (constant
+``settings.dispatch`` by default; the percentage rollout plugs in here), and the path is stored
+on the record so the sweeper and the migration dashboard know where each creation went.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import structlog
+
+from common import metrics
+from common.auth import FirebaseTokenVerifier
+from common.config import Settings
+from common.domain import creation as lifecycle
+from common.domain.creation import Creation, Kind
+from common.domain.errors import NotFound
+from common.domain.payload import TaskPayload
+from common.domain.requests import GenerationRequest
+from common.ports import CreationStore, Dispatcher, MediaStore
+from common.ratelimit import TokenBucketLimiter
+
+log = structlog.get_logger(__name__)
+
+Route = Callable[[Kind, str], str]
+DispatcherFor = Callable[[str], Dispatcher]
+
+LIST_LIMIT_DEFAULT = 20
+LIST_LIMIT_MAX = 100
+
+
+def constant_route(path: str) -> Route:
+    """Every creation takes ``path``: the default until a rollout is configured."""
+
+    def route(kind: Kind, user_id: str) -> str:
+        return path
+
+    route.path = path  # type: ignore[attr-defined]  # shown by diagnostics
+    return route
+
+
+class DispatcherPool:
+    """Builds each path's dispatcher on first use and keeps it (they hold connections, thread
+    pools or child processes): a path that is never routed to never imports its SDK."""
+
+    def __init__(self, build: Callable[[str], Dispatcher]) -> None:
+        self._build = build
+        self._built: dict[str, Dispatcher] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, path: str) -> Dispatcher:
+        dispatcher = self._built.get(path)
+        if dispatcher is None:
+            with self._lock:
+                dispatcher = self._built.get(path)
+                if dispatcher is None:
+                    dispatcher = self._build(path)
+                    self._built[path] = dispatcher
+        return dispatcher
+
+    def built(self) -> dict[str, Dispatcher]:
+        return dict(self._built)
+
+    def close(self) -> None:
+        with self._lock:
+            built, self._built = list(self._built.values()), {}
+        for dispatcher in built:
+            try:
+                dispatcher.close()
+            except Exception:  # closing one must not stop closing the others
+                log.exception("dispatcher_close_failed", dispatcher=dispatcher.name)
+
+
+def current_traceparent() -> str | None:
+    """The one place the API reads the active trace context for a new creation: the job joins
+    this trace through the payload (``TRACEPARENT``)."""
+    from common import tracing
+
+    return tracing.current_traceparent()
+
+
+class RateLimited(Exception):
+    """Admission refused: too many requests, or too many unfinished creations."""
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_seconds = retry_after_seconds
+
+
+class Admission:
+    """Per-user admission for generation requests (see ``common.ratelimit``): a token bucket
+    per instance, and a cap on unfinished creations counted from the store (global)."""
+
+    # Unfinished creations are the newest ones (the sweeper fails anything older than its
+    # max age), so scanning the newest few covers them without a dedicated store query.
+    _ACTIVE_SCAN = 100
+
+    def __init__(self, store: CreationStore, *, per_minute: int, max_active: int) -> None:
+        self.store = store
+        self.limiter = TokenBucketLimiter(per_minute)
+        self.max_active = max_active
+
+    def check(self, user_id: str) -> None:
+        decision = self.limiter.check(user_id)
+        if not decision.allowed:
+            raise RateLimited(
+                f"at most {self.limiter.per_minute} generation requests per minute",
+                decision.retry_after_seconds,
+            )
+        if self.max_active > 0:
+            recent = self.store.list_for_user(user_id, max(self._ACTIVE_SCAN, self.max_active))
+            active = sum(1 for c in recent if not c.status.terminal)
+            if active >= self.max_active:
+                raise RateLimited(
+                    f"you already have {active} creations in progress "
+                    f"(limit {self.max_active}); wait for one to finish",
+                    15,
+                )
+
+
+class DispatchFailed(Exception):
+    """The record exists but its dispatcher refused it. ``creation`` is the record as stored
+    (``pending`` with ``dispatch_error``), so the caller can name it in the 503."""
+
+    def __init__(self, creation: Creation, reason: str) -> None:
+        super().__init__(reason)
+        self.creation = creation
+        self.reason = reason
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def etag_for(c: Creation) -> str:
+    """Changes whenever anything a client shows changes: every lifecycle step moves
+    ``updated_at`` and status/progress are what polling is for. Computed from the record alone,
+    so a 304 costs a store read and no view building or JSON encoding."""
+    raw = f"{c.id}|{c.updated_at.timestamp():.6f}|{c.status.value}|{c.progress}"
+    return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
+
+
+class CreationService:
+    def __init__(
+        self,
+        store: CreationStore,
+        dispatchers: DispatcherFor,
+        route: Route,
+        clock: Callable[[], datetime] = lifecycle.utcnow,
+        *,
+        media: MediaStore,
+        traceparent: Callable[[], str | None] = current_traceparent,
+        admission: Admission | None = None,
+    ) -> None:
+        self.store = store
+        self.dispatchers = dispatchers
+        self.route = route
+        self.clock = clock
+        self.media = media
+        self._traceparent = traceparent
+        self.admission = admission
+
+    # --- commands -----------------------------------------------------------------------------
+
+    def create(self, user_id: str, req: GenerationRequest) -> Creation:
+        """Record a pending creation and dispatch it. Raises DispatchFailed (after recording the
+        failure) when the dispatcher refuses; the creation then waits for the sweeper.
+        Raises RateLimited before writing anything when admission refuses."""
+        if self.admission is not None:
+            self.admission.check(user_id)
+        path = self.route(req.kind, user_id)
+        traceparent = self._traceparent()
+        creation = lifecycle.new(
+            user_id=user_id,
+            kind=req.kind,
+            prompt=req.prompt,
+            params=req.params,
+            path=path,
+            now=self.clock(),
+            traceparent=traceparent,
+        )
+        self.store.add(creation)
+        bound = log.bind(creation_id=creation.id, kind=req.kind.value, path=path)
+        payload = TaskPayload(creation_id=creation.id, kind=req.kind, traceparent=traceparent)
+        try:
+            self.dispatchers(path).dispatch(payload)
+        except Exception as exc:  # DispatchError, or a dispatcher that cannot even be built
+            reason = f"{type(exc).__name__}: {exc}"
+            bound.warning("dispatch_failed", error=reason)
+            failed = self.store.update(
+                creation.id,
+                lambda c: lifecycle.mark_dispatch_failed(c, now=self.clock(), reason=reason),
+            )
+            raise DispatchFailed(failed, reason) from exc
+        dispatched = self.store.update(
+            creation.id, lambda c: lifecycle.mark_dispatched(c, now=self.clock())
+        )
+        bound.info("creation_dispatched")
+        metrics.record_created(req.kind.value, path)
+        return dispatched
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def get(self, user_id: str, creation_id: str) -> Creation:
+        """The creation if it is the caller's; NotFound otherwise (whether missing or foreign,
+        so ids cannot be probed)."""
+        if not creation_id or len(creation_id) > 200:
+            raise NotFound(creation_id)
+        c = self.store.get(creation_id)
+        if c is None or c.user_id != user_id:
+            raise NotFound(creation_id)
+        return c
+
+    def list(self, user_id: str, limit: int = LIST_LIMIT_DEFAULT) -> list[Creation]:
+        limit = max(1, min(LIST_LIMIT_MAX, limit))
+        return self.store.list_for_user(user_id, limit)
+
+    # --- views --------------------------------------------------------------------------------
+
+    def view(self, c: Creation) -> dict[str, Any]:
+        """The public JSON shape: no lease, owner or bookkeeping fields; media as URLs minted
+        now (signed URLs expire, so they are never stored)."""
+        return {
+            "id": c.id,
+            "kind": c.kind.value,
+            "status": c.status.value,
+            "progress": c.progress,
+            "prompt": c.prompt,
+            "params": dict(c.params),
+            "media": [{"url": self.media.url_for(m), "mime_type": m.mime_type} for m in c.media],
+            "error": {"code": c.error.code, "message": c.error.message} if c.error else None,
+            "created_at": _iso(c.created_at),
+            "updated_at": _iso(c.updated_at),
+            "path": c.path,
+        }
+
+
+@dataclass
+class PhoenixServices:
+    """What the app factory wires once and the request handlers use (``app.extensions``)."""
+
+    settings: Settings
+    store: CreationStore
+    media: MediaStore
+    dispatchers: DispatcherFor
+    route: Route
+    creations: CreationService
+    token_verifier: FirebaseTokenVerifier | None = None
+
+    def close(self) -> None:
+        """Release dispatchers (terminating local job processes) and store connections."""
+        close = getattr(self.dispatchers, "close", None)
+        if callable(close):
+            close()
+        self.store.close()

@@ -1,0 +1,83 @@
+"""``POST /api/generate/video`` and ``POST /api/generate/image``: thin HTTP over the service.
+
+The route's job is HTTP only: check the content type, decode JSON (bad JSON is the caller's
+mistake, a 400, never a 500), hand the body to ``parse_generation_request`` (the single source
+of validation rules), call ``CreationService.create`` and answer ``202 Accepted`` with the
+creation and its ``Location`` to poll.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from api.creation_service import CreationService, DispatchFailed, RateLimited
+from api.errors import ApiError
+from api.identity import current_user
+from common.domain.creation import Kind
+from common.domain.requests import parse_generation_request
+
+RETRY_AFTER_SECONDS = 30
+
+
+def read_json_body() -> Any:
+    """The request body as JSON, or ApiError 415/400, or 413 when it is larger than
+    ``MAX_CONTENT_LENGTH`` (with or without a Content-Length)."""
+    if not request.is_json:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "Content-Type must be application/json",
+        )
+    raw = request.get_data(cache=False)  # 413 here when Content-Length is over the limit
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        # A chunked body has no Content-Length: Werkzeug stops reading at the limit and
+        # returns the truncated prefix without complaint. One more byte means it was larger.
+        if request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, absurd nesting
+        detail = str(exc) if isinstance(exc, json.JSONDecodeError) else "cannot be decoded"
+        raise ApiError(400, "invalid_request", f"body: invalid JSON ({detail})") from None
+
+
+def generation_blueprint(service: CreationService) -> Blueprint:
+    bp = Blueprint("generation", __name__)
+
+    @bp.post("/api/generate/<any(video, image):kind>")
+    def generate(kind: str) -> Response:
+        user = current_user()
+        req = parse_generation_request(Kind(kind), read_json_body())
+        try:
+            creation = service.create(user, req)
+        except RateLimited as exc:
+            raise ApiError(
+                429,
+                "rate_limited",
+                exc.message,
+                headers={"Retry-After": str(exc.retry_after_seconds)},
+            ) from exc
+        except DispatchFailed as exc:
+            raise ApiError(
+                503,
+                "dispatch_unavailable",
+                "your request was saved but could not be started yet; it will be retried "
+                "automatically",
+                headers={
+                    "Retry-After": str(RETRY_AFTER_SECONDS),
+                    "Location": f"/api/creations/{exc.creation.id}",
+                },
+                extra={"creation_id": exc.creation.id},
+            ) from exc
+        response = jsonify(service.view(creation))
+        response.status_code = 202
+        response.headers["Location"] = f"/api/creations/{creation.id}"
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    return bp

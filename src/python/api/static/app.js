@@ -1,0 +1,297 @@
+// Phoenix page: submit a prompt, then follow each creation until it is finished.
+//
+// Everything goes through the JSON API. Unfinished creations are polled about once a second
+// with If-None-Match, so an unchanged creation costs the server a record read and a 304.
+// User text is only ever set with textContent (never innerHTML): prompts are user input.
+"use strict";
+
+(function () {
+  const POLL_MS = 1000;
+  const LIST_LIMIT = 50;
+  const TERMINAL = new Set(["completed", "failed"]);
+  const STATUS_LABEL = {
+    pending: "Queued",
+    processing: "Generating",
+    completed: "Done",
+    failed: "Failed",
+  };
+
+  // ?user=alice acts as another local user; without it the server's default ("local") applies.
+  const user = new URLSearchParams(window.location.search).get("user");
+
+  const $ = (id) => document.getElementById(id);
+  const form = $("generate-form");
+  const promptInput = $("prompt");
+  const submitButton = $("submit");
+  const errorBox = $("error");
+  const list = $("creations");
+  const template = $("creation-template");
+
+  const cards = new Map(); // id -> {el, etag, status}
+  let pollTimer = null;
+
+  // --- API -------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, code, message, body) {
+      super(message);
+      this.status = status;
+      this.code = code;
+      this.body = body;
+    }
+  }
+
+  async function api(path, { method = "GET", body, etag } = {}) {
+    const headers = { Accept: "application/json" };
+    if (user) headers["X-Phoenix-User"] = user;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (etag) headers["If-None-Match"] = etag;
+    let response;
+    try {
+      response = await fetch(path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        cache: "no-store", // we do our own revalidation; a 304 must reach this code
+      });
+    } catch (err) {
+      throw new ApiError(0, "network", "Cannot reach the server. Is it running?");
+    }
+    if (response.status === 304) return { status: 304, etag, data: null, response };
+    let data = null;
+    try {
+      data = await response.json();
+    } catch (err) {
+      data = null;
+    }
+    if (!response.ok) {
+      const e = (data && data.error) || {};
+      throw new ApiError(
+        response.status,
+        e.code || "http_" + response.status,
+        e.message || "The server answered " + response.status + ".",
+        data,
+      );
+    }
+    return { status: response.status, etag: response.headers.get("ETag"), data, response };
+  }
+
+  // --- Form ------------------------------------------------------------------------------
+
+  function selectedKind() {
+    return form.querySelector('input[name="kind"]:checked').value;
+  }
+
+  function showOptionsFor(kind) {
+    for (const el of document.querySelectorAll(".options")) {
+      el.hidden = el.dataset.kind !== kind;
+    }
+  }
+
+  function showError(message) {
+    errorBox.textContent = message;
+    errorBox.hidden = !message;
+  }
+
+  function requestBody(kind) {
+    const prompt = promptInput.value;
+    if (kind === "video") {
+      return {
+        prompt,
+        aspect_ratio: $("video-aspect-ratio").value,
+        duration_seconds: Number($("duration").value),
+      };
+    }
+    return {
+      prompt,
+      aspect_ratio: $("image-aspect-ratio").value,
+      count: Number($("count").value),
+    };
+  }
+
+  async function submit(event) {
+    event.preventDefault();
+    if (submitButton.disabled) return;
+    showError("");
+    const kind = selectedKind();
+    submitButton.disabled = true;
+    submitButton.textContent = "Sending…";
+    try {
+      const { data } = await api("/api/generate/" + kind, {
+        method: "POST",
+        body: requestBody(kind),
+      });
+      upsert(data, null, { prepend: true });
+      promptInput.value = "";
+      updateCount();
+      schedulePoll(0);
+    } catch (err) {
+      showError(err.message);
+      // 503: saved, not started yet; it is retried automatically, so show it in the list.
+      const id = err.body && err.body.error && err.body.error.creation_id;
+      if (id) {
+        try {
+          const { data, etag } = await api("/api/creations/" + encodeURIComponent(id));
+          upsert(data, etag, { prepend: true });
+          schedulePoll(POLL_MS);
+        } catch (ignored) {
+          /* the message above already says what happened */
+        }
+      }
+    } finally {
+      submitButton.disabled = false;
+      submitButton.textContent = "Generate";
+    }
+  }
+
+  function updateCount() {
+    $("prompt-count").textContent = String(promptInput.value.length);
+  }
+
+  // --- Creations list --------------------------------------------------------------------
+
+  function paramsText(c) {
+    const p = c.params || {};
+    const parts = [];
+    if (p.aspect_ratio) parts.push(p.aspect_ratio);
+    if (c.kind === "video" && p.duration_seconds) parts.push(p.duration_seconds + " s");
+    if (c.kind === "image" && p.count) parts.push(p.count + (p.count === 1 ? " image" : " images"));
+    return parts.join(" · ");
+  }
+
+  function renderMedia(container, c) {
+    container.replaceChildren();
+    for (const m of c.media || []) {
+      if (m.mime_type.startsWith("video/")) {
+        const video = document.createElement("video");
+        video.controls = true;
+        video.playsInline = true;
+        video.preload = "metadata";
+        video.src = m.url;
+        video.dataset.testid = "result-video";
+        container.appendChild(video);
+      } else {
+        const link = document.createElement("a");
+        link.href = m.url;
+        link.target = "_blank";
+        link.rel = "noopener";
+        const img = document.createElement("img");
+        img.src = m.url;
+        img.alt = c.prompt;
+        img.dataset.testid = "result-image";
+        link.appendChild(img);
+        container.appendChild(link);
+      }
+    }
+    container.classList.toggle("grid", (c.media || []).length > 1);
+  }
+
+  function render(card, c) {
+    const el = card.el;
+    const statusChanged = card.status !== c.status;
+    el.dataset.status = c.status;
+    el.dataset.kind = c.kind;
+    el.querySelector('[data-testid="kind"]').textContent = c.kind === "video" ? "Video" : "Image";
+    const statusEl = el.querySelector('[data-testid="status"]');
+    statusEl.textContent =
+      c.status === "processing" ? STATUS_LABEL.processing + " · " + c.progress + "%" : STATUS_LABEL[c.status] || c.status;
+    statusEl.className = "status status-" + c.status;
+    const when = el.querySelector("time");
+    when.dateTime = c.created_at;
+    when.textContent = new Date(c.created_at).toLocaleString();
+    el.querySelector('[data-testid="prompt"]').textContent = c.prompt;
+    el.querySelector('[data-testid="params"]').textContent = paramsText(c);
+    const progress = el.querySelector("progress");
+    progress.value = c.progress;
+    progress.hidden = TERMINAL.has(c.status);
+    if (c.status === "pending") progress.removeAttribute("value"); // indeterminate while queued
+    const errorEl = el.querySelector('[data-testid="creation-error"]');
+    if (c.status === "failed" && c.error) {
+      errorEl.textContent = c.error.message + " (" + c.error.code + ")";
+      errorEl.dataset.code = c.error.code;
+      errorEl.hidden = false;
+    } else {
+      errorEl.hidden = true;
+    }
+    // Media elements are created once, when the creation completes (re-creating a <video>
+    // would restart playback).
+    if (statusChanged && c.status === "completed") {
+      renderMedia(el.querySelector('[data-testid="media"]'), c);
+    }
+    card.status = c.status;
+  }
+
+  function upsert(c, etag, { prepend = false } = {}) {
+    let card = cards.get(c.id);
+    if (!card) {
+      const el = template.content.firstElementChild.cloneNode(true);
+      el.dataset.id = c.id;
+      card = { el, etag: null, status: null };
+      cards.set(c.id, card);
+      if (prepend) list.prepend(el);
+      else list.appendChild(el);
+    }
+    if (etag) card.etag = etag;
+    render(card, c);
+    $("empty").hidden = cards.size > 0;
+  }
+
+  // --- Polling ---------------------------------------------------------------------------
+
+  function schedulePoll(delay) {
+    if (pollTimer !== null) clearTimeout(pollTimer);
+    pollTimer = setTimeout(pollOnce, delay);
+  }
+
+  async function pollOnce() {
+    pollTimer = null;
+    const active = [...cards.entries()].filter(([, card]) => !TERMINAL.has(card.status));
+    if (active.length === 0) return;
+    await Promise.all(
+      active.map(async ([id, card]) => {
+        try {
+          const r = await api("/api/creations/" + encodeURIComponent(id), { etag: card.etag });
+          if (r.status === 304) return;
+          upsert(r.data, r.etag);
+        } catch (err) {
+          if (err.status === 404) {
+            card.el.remove();
+            cards.delete(id);
+          }
+          // Other errors (network blips, 503): keep polling; the next tick retries.
+        }
+      }),
+    );
+    $("list-status").textContent = "";
+    if (pollTimer === null) schedulePoll(POLL_MS);
+  }
+
+  async function loadList() {
+    $("list-status").textContent = "Loading…";
+    try {
+      const { data } = await api("/api/creations?limit=" + LIST_LIMIT);
+      for (const c of data.creations) upsert(c, null);
+      $("list-status").textContent = "";
+      $("empty").hidden = cards.size > 0;
+      schedulePoll(POLL_MS);
+    } catch (err) {
+      $("list-status").textContent = "";
+      showError(err.message);
+    }
+  }
+
+  // --- Start -----------------------------------------------------------------------------
+
+  for (const radio of form.querySelectorAll('input[name="kind"]')) {
+    radio.addEventListener("change", () => showOptionsFor(selectedKind()));
+  }
+  form.addEventListener("submit", submit);
+  promptInput.addEventListener("input", updateCount);
+  promptInput.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) form.requestSubmit();
+  });
+  $("who").textContent = "Signed in as " + (user || "local");
+  showOptionsFor(selectedKind());
+  updateCount();
+  loadList();
+})();

@@ -1,0 +1,117 @@
+"""Legacy dispatch: hand a creation to the Celery worker through Redis (phase 1-2 of the migration).
+
+The API only *sends* tasks, by name, exactly as the seed's API did
+(``celery_app.send_task('jobs.async_video_generation_worker.generate_video_task', ...)``), so it
+imports none of the worker's code: the API PEX needs celery/kombu/redis-py and nothing else.
+
+This module and ``jobs/legacy/`` are the only places allowed to import Celery or Redis, so phase 3
+(decommission) deletes exactly two targets plus the ``"celery"`` branch in ``common.dispatchers``.
+
+Failure policy: a Redis outage must not hang the request thread. Connection and publish retries
+are bounded to a couple of seconds, after which ``DispatchError`` is raised; the API answers 503
+(the ``pending`` record survives) and the sweeper re-dispatches it later.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+from celery import Celery
+
+from common.config import Settings
+from common.domain.creation import Kind
+from common.domain.errors import DispatchError
+from common.domain.payload import TaskPayload
+from common.ports import Dispatcher
+
+# The seed's task names: the deployed legacy worker registers exactly these, so they are a wire
+# contract between the API and the worker and must never be renamed while both run.
+TASK_NAMES: dict[Kind, str] = {
+    Kind.VIDEO: "jobs.async_video_generation_worker.generate_video_task",
+    Kind.IMAGE: "jobs.async_image_generation_worker.generate_image_task",
+}
+
+# The seed called send_task without a queue, i.e. Celery's default queue "celery" (a Redis list
+# of that name). Keeping it means messages already sitting in the production Redis are still
+# consumed by the new worker build, and the drain tool knows which list to watch.
+LEGACY_QUEUE = "celery"
+
+# Bounded broker behaviour for the *sending* side (the API). Seconds.
+CONNECT_TIMEOUT_S = 2.0
+SOCKET_TIMEOUT_S = 3.0
+PUBLISH_RETRY_POLICY: dict[str, Any] = {
+    # One quick retry covers a dropped pooled connection (Redis restarted, idle TCP reset);
+    # anything longer is an outage and the sweeper is the better place to wait it out.
+    "max_retries": 1,
+    "interval_start": 0.0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+
+_apps: dict[str, Celery] = {}
+_apps_lock = threading.Lock()
+
+
+def sender_app(broker_url: str) -> Celery:
+    """The process-wide Celery app for ``broker_url`` (one per process: each app owns a broker
+    connection pool, and creating one per request would leak connections under load)."""
+    with _apps_lock:
+        app = _apps.get(broker_url)
+        if app is None:
+            app = Celery("phoenix-api", broker=broker_url, set_as_current=False)
+            app.conf.update(
+                task_serializer="json",
+                accept_content=["json"],
+                task_ignore_result=True,
+                task_default_queue=LEGACY_QUEUE,
+                broker_connection_timeout=CONNECT_TIMEOUT_S,
+                broker_connection_retry=False,
+                broker_connection_max_retries=1,
+                broker_transport_options={
+                    "socket_connect_timeout": CONNECT_TIMEOUT_S,
+                    "socket_timeout": SOCKET_TIMEOUT_S,
+                },
+                task_publish_retry=True,
+                task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+            )
+            _apps[broker_url] = app
+        return app
+
+
+class CeleryDispatcher(Dispatcher):
+    name = "celery"
+
+    def __init__(self, app: Celery) -> None:
+        self._app = app
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "CeleryDispatcher":
+        return cls(sender_app(settings.celery_broker_url))
+
+    def dispatch(self, payload: TaskPayload) -> None:
+        task_name = TASK_NAMES[payload.kind]
+        try:
+            self._app.send_task(
+                task_name,
+                args=[payload.to_dict()],
+                queue=LEGACY_QUEUE,
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+                # Celery's own task id = creation id makes "which message is this" obvious in
+                # `celery inspect` output and the drain report.
+                task_id=f"{payload.creation_id}-{_short_nonce()}",
+            )
+        except Exception as exc:  # kombu OperationalError, redis ConnectionError, OSError, ...
+            raise DispatchError(f"celery broker unavailable: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        # The app (and its pool) is shared process-wide; nothing per-dispatcher to release.
+        return None
+
+
+def _short_nonce() -> str:
+    # Re-dispatches of one creation (sweeper) must still get distinct Celery task ids, otherwise
+    # result/revocation bookkeeping keyed by task id would conflate two deliveries.
+    return uuid.uuid4().hex[:8]

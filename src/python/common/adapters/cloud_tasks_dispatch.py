@@ -1,0 +1,199 @@
+"""Production dispatch: one Cloud Tasks HTTP task per creation, targeting the Cloud Run Admin API.
+
+The task POSTs ``{run_api_url}/v2/projects/P/locations/L/jobs/JOB:run`` with the creation id as a
+container env override, authenticated with an OAuth token for the queue's service account
+(Google APIs on *.googleapis.com take OAuth access tokens, not OIDC identity tokens). Cloud Tasks
+retries until ``:run`` answers 2xx, i.e. until an execution exists; whether the job then
+succeeds is Cloud Run's ``maxRetries`` and the creation record's business, not the queue's.
+
+Task names are derived from the creation id, so a repeated create (the API retrying after a lost
+response) is refused with ALREADY_EXISTS and treated as success: no second execution. The name
+is hash-prefixed because Cloud Tasks shards by name and sequential or common-prefix names
+concentrate load (CreateTask docs). Caveat: Cloud Tasks reserves a name for ~1 h (up to 24 h)
+after the task ran, so a sweeper re-dispatch of the same creation inside that window is a
+no-op; see the report/README on dispatch generations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from typing import Any
+
+import grpc
+from google.api_core import exceptions as gexc
+from google.cloud import tasks_v2
+from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+from google.protobuf import duration_pb2
+
+from common.config import ConfigError, Settings
+from common.domain.creation import Kind
+from common.domain.errors import DispatchError
+from common.domain.payload import TaskPayload
+from common.ports import Dispatcher
+
+QUEUE_RE = re.compile(r"^projects/([^/]+)/locations/([^/]+)/queues/([A-Za-z0-9-]{1,100})$")
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+# create_task is a single small RPC; anything slower means the API is unhealthy and the request
+# thread must give up (the API answers 503, the record stays pending, the sweeper retries).
+CREATE_TIMEOUT_S = 5.0
+CREATE_ATTEMPTS = 2  # one quick retry of UNAVAILABLE: a reset pooled connection, not an outage
+# :run answers in about a second; waiting Cloud Tasks' default 10 min for a hung call would only
+# delay the retry.
+DISPATCH_DEADLINE_S = 60
+
+_clients: dict[str, tasks_v2.CloudTasksClient] = {}
+_clients_lock = threading.Lock()
+
+
+def tasks_client(endpoint: str = "") -> tasks_v2.CloudTasksClient:
+    """One client per process and endpoint: a client owns a gRPC channel and its auth refresh,
+    so building one per request would cost a TLS handshake and leak channels."""
+    with _clients_lock:
+        client = _clients.get(endpoint)
+        if client is None:
+            if endpoint:
+                # Local emulator: plaintext gRPC, no credentials.
+                transport = CloudTasksGrpcTransport(channel=grpc.insecure_channel(endpoint))
+                client = tasks_v2.CloudTasksClient(transport=transport)
+            else:
+                client = tasks_v2.CloudTasksClient()
+            _clients[endpoint] = client
+        return client
+
+
+def parse_queue(queue: str) -> tuple[str, str]:
+    """(project, location) of a full queue path; the job runs in the queue's project/region."""
+    match = QUEUE_RE.match(queue or "")
+    if not match:
+        raise ConfigError(
+            f"PHOENIX_TASKS_QUEUE={queue!r} must look like "
+            "projects/PROJECT/locations/LOCATION/queues/QUEUE"
+        )
+    return match.group(1), match.group(2)
+
+
+def task_id_for(creation_id: str, dispatch: int = 0) -> str:
+    """Deterministic, hash-prefixed task id: the same dispatch of a creation -> the same id, so
+    a retried create_task cannot enqueue twice; the hash prefix spreads names evenly.
+
+    The dispatch number is part of the id because Cloud Tasks reserves a name for about an hour
+    (up to a day) after its task ran: a sweeper re-dispatch under the first name would be
+    swallowed as ALREADY_EXISTS and no job would run."""
+    digest = hashlib.sha256(creation_id.encode()).hexdigest()[:8]
+    suffix = f"-d{dispatch}" if dispatch else ""
+    return f"{digest}-{creation_id}{suffix}"
+
+
+class CloudTasksDispatcher(Dispatcher):
+    name = "cloud-tasks"
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        queue: str,
+        run_api_url: str,
+        jobs: dict[Kind, str],
+        service_account: str = "",
+        timeout_s: float = CREATE_TIMEOUT_S,
+    ) -> None:
+        self._project, self._location = parse_queue(queue)
+        self._queue = queue
+        self._run_api_url = run_api_url.rstrip("/")
+        if not service_account and self._run_api_url.endswith(".googleapis.com"):
+            # Without a token the Admin API answers 401, which Cloud Tasks retries forever.
+            raise ConfigError(
+                "PHOENIX_TASKS_SERVICE_ACCOUNT is required when PHOENIX_RUN_API_URL is a "
+                "Google API (Cloud Tasks must mint an OAuth token to call jobs:run)"
+            )
+        self._service_account = service_account
+        self._jobs = dict(jobs)
+        self._client = client
+        self._timeout_s = timeout_s
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "CloudTasksDispatcher":
+        parse_queue(settings.tasks_queue)  # a bad queue is a ConfigError before any client
+        return cls(
+            tasks_client(settings.cloud_tasks_endpoint),
+            queue=settings.tasks_queue,
+            run_api_url=settings.run_api_url,
+            jobs={Kind.VIDEO: settings.video_job, Kind.IMAGE: settings.image_job},
+            service_account=settings.tasks_service_account,
+        )
+
+    @property
+    def queue(self) -> str:
+        return self._queue
+
+    def run_url(self, kind: Kind) -> str:
+        job = self._jobs[kind]
+        return (
+            f"{self._run_api_url}/v2/projects/{self._project}/locations/{self._location}"
+            f"/jobs/{job}:run"
+        )
+
+    def task_name(self, creation_id: str, dispatch: int = 0) -> str:
+        return f"{self._queue}/tasks/{task_id_for(creation_id, dispatch)}"
+
+    @staticmethod
+    def run_body(payload: TaskPayload) -> dict[str, Any]:
+        """The ``jobs:run`` request: the creation reaches the container as env overrides (Cloud
+        Tasks headers do not reach a job execution), TRACEPARENT joins the API's trace."""
+        env = [{"name": "CREATION_ID", "value": payload.creation_id}]
+        if payload.traceparent:
+            env.append({"name": "TRACEPARENT", "value": payload.traceparent})
+        return {"overrides": {"containerOverrides": [{"env": env}], "taskCount": 1}}
+
+    def build_task(self, payload: TaskPayload) -> dict[str, Any]:
+        http_request: dict[str, Any] = {
+            "http_method": tasks_v2.HttpMethod.POST,
+            "url": self.run_url(payload.kind),
+            "headers": {"Content-Type": "application/json"},
+            "body": json.dumps(self.run_body(payload), separators=(",", ":")).encode(),
+        }
+        if self._service_account:
+            http_request["oauth_token"] = {
+                "service_account_email": self._service_account,
+                "scope": CLOUD_PLATFORM_SCOPE,
+            }
+        return {
+            "name": self.task_name(payload.creation_id, payload.dispatch),
+            "http_request": http_request,
+            "dispatch_deadline": duration_pb2.Duration(seconds=DISPATCH_DEADLINE_S),
+        }
+
+    def dispatch(self, payload: TaskPayload) -> None:
+        task = self.build_task(payload)
+        last: Exception | None = None
+        for _ in range(CREATE_ATTEMPTS):
+            try:
+                self._client.create_task(
+                    request={"parent": self._queue, "task": task},
+                    retry=None,
+                    timeout=self._timeout_s,
+                )
+                return
+            except gexc.AlreadyExists:
+                return  # this creation's task exists (or ran recently): already dispatched
+            except gexc.ServiceUnavailable as exc:
+                last = exc
+            except gexc.DeadlineExceeded as exc:  # already waited the full timeout: no retry
+                raise DispatchError(f"cloud tasks timed out: {_describe(exc)}") from exc
+            except gexc.GoogleAPICallError as exc:
+                raise DispatchError(f"cloud tasks refused the task: {_describe(exc)}") from exc
+            except Exception as exc:  # transport/auth errors outside GoogleAPICallError
+                raise DispatchError(f"cloud tasks unavailable: {_describe(exc)}") from exc
+        assert last is not None
+        raise DispatchError(f"cloud tasks unavailable: {_describe(last)}") from last
+
+    def close(self) -> None:
+        # The client (and its channel) is shared process-wide; nothing per-dispatcher to free.
+        return None
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]

@@ -1,0 +1,196 @@
+"""The production creation store: one Firestore document per creation, id = creation id.
+
+The document is ``lifecycle.to_dict`` (the one schema every store shares) with its timestamps
+stored as Firestore timestamps, so the console shows dates and range queries compare instants,
+not strings. ``updated_at`` is always the server's commit time (SERVER_TIMESTAMP): API instances
+and job containers have independent clocks, and the sweeper compares ``updated_at`` across them.
+
+``update`` runs read -> lifecycle function -> write inside a Firestore transaction, which is
+what makes the claim safe when Cloud Tasks delivers twice: the second transaction is aborted
+and retried, re-reads the claimed record and the lifecycle raises AlreadyClaimed.
+
+Queries need the composite indexes in ``src/python/api/deploy/firestore.indexes.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Mapping
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from common.config import Settings
+from common.domain import creation as lifecycle
+from common.domain.creation import Creation, Status
+from common.domain.errors import NotFound
+from common.ports import CreationStore
+
+COLLECTION = "creations"
+_TIMESTAMP_FIELDS = (
+    "created_at",
+    "updated_at",
+    "lease_expires_at",
+    "claimed_at",
+    "finished_at",
+    "dispatched_at",
+)
+
+_clients: dict[tuple[str, str, str], firestore.Client] = {}
+_clients_lock = threading.Lock()
+
+
+def firestore_client(project: str, database: str = "(default)") -> firestore.Client:
+    """The process-wide client for ``project``/``database``.
+
+    One per process: a client owns a gRPC channel, and creating one per request (or per store
+    in each job) would pay the channel set-up and leak sockets. The key includes
+    FIRESTORE_EMULATOR_HOST so a test switching emulators never gets a stale channel.
+    """
+    emulator = os.environ.get("FIRESTORE_EMULATOR_HOST", "")
+    key = (project, database, emulator)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            # With FIRESTORE_EMULATOR_HOST set the library connects there without credentials,
+            # but it still needs a project id to build document paths.
+            kwargs: dict[str, Any] = {"database": database}
+            if project or emulator:
+                kwargs["project"] = project or "phoenix-local"
+            client = firestore.Client(**kwargs)
+            _clients[key] = client
+        return client
+
+
+def _to_document(c: Creation) -> dict[str, Any]:
+    doc = lifecycle.to_dict(c)
+    for name in _TIMESTAMP_FIELDS:
+        value = getattr(c, name)
+        doc[name] = value.astimezone(timezone.utc) if value is not None else None
+    doc["updated_at"] = firestore.SERVER_TIMESTAMP
+    return doc
+
+
+def _from_document(data: Mapping[str, Any] | None) -> Creation:
+    if data is None:  # only called for snapshots that exist
+        raise NotFound("document vanished while reading")
+    return lifecycle.from_dict(data)
+
+
+def _commit_time(value: Any, fallback: datetime) -> datetime:
+    """A write's commit time is the value Firestore stored for SERVER_TIMESTAMP."""
+    if value is None:
+        return fallback
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    # protobuf Timestamp (Transaction.commit_time is the raw proto)
+    return value.ToDatetime(tzinfo=timezone.utc)
+
+
+class FirestoreCreationStore(CreationStore):
+    def __init__(self, client: firestore.Client, *, prefix: str = "") -> None:
+        self._client = client
+        self._collection = client.collection(f"{prefix}{COLLECTION}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "FirestoreCreationStore":
+        client = firestore_client(settings.gcp_project, settings.firestore_database)
+        return cls(client, prefix=settings.firestore_prefix)
+
+    @property
+    def collection_name(self) -> str:
+        return self._collection.id
+
+    def add(self, creation: Creation) -> None:
+        try:
+            self._collection.document(creation.id).create(_to_document(creation))
+        except gexc.AlreadyExists:
+            raise ValueError(f"creation {creation.id} already exists") from None
+
+    def get(self, creation_id: str) -> Creation | None:
+        snap = self._collection.document(creation_id).get()
+        return _from_document(snap.to_dict()) if snap.exists else None
+
+    def update(self, creation_id: str, change: Callable[[Creation], Creation]) -> Creation:
+        ref = self._collection.document(creation_id)
+
+        # The function may run several times: Firestore retries it when a concurrent
+        # transaction touched the document (Aborted). ``change`` is a pure lifecycle function,
+        # so re-running it on the fresh record is exactly right.
+        @firestore.transactional
+        def apply(tx: firestore.Transaction) -> tuple[Creation, bool]:
+            snap = ref.get(transaction=tx)
+            if not snap.exists:
+                raise NotFound(creation_id)
+            current = _from_document(snap.to_dict())
+            updated = change(current)
+            if updated is current:
+                return current, False
+            tx.set(ref, _to_document(updated))
+            return updated, True
+
+        tx = self._client.transaction()
+        result, written = apply(tx)
+        if not written:
+            return result
+        committed = _commit_time(getattr(tx, "commit_time", None), result.updated_at)
+        return _with_updated_at(result, committed)
+
+    def list_for_user(self, user_id: str, limit: int) -> list[Creation]:
+        # Needs the (user_id ASC, created_at DESC) composite index; Firestore breaks created_at
+        # ties by document id in the same direction, like the SQLite store's "id DESC".
+        query = (
+            self._collection.where(filter=FieldFilter("user_id", "==", user_id))
+            .order_by("created_at", direction=firestore.Query.DESCENDING)
+            .limit(limit)
+        )
+        return [_from_document(s.to_dict()) for s in query.stream()]
+
+    def scan(
+        self,
+        *,
+        statuses: Iterable[Status] | None = None,
+        updated_before: datetime | None = None,
+        created_after: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[Creation]:
+        """Oldest ``updated_at`` first, like the other stores.
+
+        Firestore orders only by a field it also range-filters first, so ``created_after``
+        alone (the dashboard's query) is served from the ``created_at`` index and re-sorted
+        here; combined with ``updated_before`` it is applied in memory after the
+        ``updated_at`` query (no caller combines them; the limit then counts before it).
+        """
+        query: Any = self._collection
+        if statuses is not None:
+            values = [s.value for s in statuses]
+            if not values:
+                return []
+            query = query.where(filter=FieldFilter("status", "in", values))
+        created_in_memory = False
+        if created_after is not None and updated_before is None:
+            query = query.where(filter=FieldFilter("created_at", ">=", created_after))
+            query = query.order_by("created_at")
+        else:
+            if updated_before is not None:
+                query = query.where(filter=FieldFilter("updated_at", "<", updated_before))
+            created_in_memory = created_after is not None
+            query = query.order_by("updated_at")
+        found = [_from_document(s.to_dict()) for s in query.limit(limit).stream()]
+        if created_in_memory:
+            assert created_after is not None
+            found = [c for c in found if c.created_at >= created_after]
+        found.sort(key=lambda c: c.updated_at)
+        return found
+
+    def ping(self) -> None:
+        # A bounded read of one (possibly missing) document: proves auth and reachability.
+        self._collection.document("_ping").get(timeout=5)
+
+
+def _with_updated_at(c: Creation, updated_at: datetime) -> Creation:
+    return dataclasses.replace(c, updated_at=updated_at)

@@ -1,0 +1,431 @@
+"""Imagen and Veo on Vertex AI through google-genai (the job processes' production generator).
+
+Images are one synchronous ``:predict`` call. Videos are a long-running operation: we start it
+with ``storageUri`` = our bucket (so the video never travels through this process), record the
+operation name on the creation *immediately*, then poll. A job that crashes after the Veo call
+is re-run by Cloud Run and resumes polling the recorded operation: it never pays for a second
+generation.
+
+Veo has a per-project concurrency/RPM quota that Cloud Tasks cannot enforce (``jobs:run`` returns
+at once), so each video job takes a slot from a ConcurrencyGuard before calling Veo and holds it
+while the operation runs (also when resuming: the operation still occupies Veo capacity).
+
+Provider errors become GenerationError with a stable code; ``retryable`` tells the job runner
+whether to hand the creation back for another attempt (quota, outages) or fail it for good
+(filtered content, invalid arguments, permissions).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable, TypeVar
+
+import structlog
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from common.config import Settings
+from common.domain.creation import Kind
+from common.domain.errors import GenerationError
+from common.ports import ConcurrencyGuard, GeneratedMedia, GenerationContext, Generator
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+REQUEST_TIMEOUT_MS = 120_000  # one HTTP call (Imagen can take tens of seconds)
+EXPECTED_VIDEO_SECONDS = 90.0  # typical Veo run: drives the progress estimate only
+MAX_POLL_ERRORS = 5  # consecutive transient poll failures tolerated before giving the job back
+
+_clients: dict[tuple[str, str, str, str], genai.Client] = {}
+_clients_lock = threading.Lock()
+
+
+def genai_client(project: str, location: str, base_url: str = "", token: str = "") -> genai.Client:
+    """One client per process: it holds the HTTP session and refreshes ADC tokens.
+
+    ``base_url`` points at a local Vertex stand-in; ``token`` is a static bearer token for it
+    (AnonymousCredentials are refused by the library). Production sets neither: ADC (the Cloud
+    Run Job's service account) authenticates against {location}-aiplatform.googleapis.com.
+    """
+    key = (project, location, base_url, token)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            kwargs: dict[str, Any] = {"vertexai": True, "location": location}
+            if project:
+                kwargs["project"] = project
+            if token:
+                from google.oauth2.credentials import Credentials
+
+                kwargs["credentials"] = Credentials(token=token)
+            options: dict[str, Any] = {"timeout": REQUEST_TIMEOUT_MS}
+            if base_url:
+                options.update(base_url=base_url.rstrip("/") + "/", api_version="v1")
+            kwargs["http_options"] = types.HttpOptions(**options)
+            client = genai.Client(**kwargs)
+            _clients[key] = client
+        return client
+
+
+def build_guard(settings: Settings) -> ConcurrencyGuard:
+    """The guard shares the creation store's backend, so every job of one deployment counts
+    against the same cap (SQLite file locally, Firestore in production)."""
+    if settings.store == "firestore":
+        from common.adapters.firestore_guard import FirestoreConcurrencyGuard
+
+        return FirestoreConcurrencyGuard.from_settings(settings)
+    from common.adapters.concurrency_guard import SqliteConcurrencyGuard
+
+    return SqliteConcurrencyGuard(settings.sqlite_path)
+
+
+@dataclass(frozen=True)
+class Polling:
+    """Backoff knobs (seconds). Production: poll 2 s -> x1.5 -> 15 s; tests shrink them."""
+
+    initial: float = 2.0
+    maximum: float = 15.0
+    factor: float = 1.5
+    timeout: float = 20 * 60  # give the job back (it will resume) if Veo runs this long
+    slot_initial: float = 1.0
+    slot_maximum: float = 10.0
+    slot_wait: float = 30 * 60
+
+
+class VertexGenerator(Generator):
+    def __init__(
+        self,
+        client_factory: Callable[[], genai.Client],
+        *,
+        imagen_model: str,
+        veo_model: str,
+        guard: ConcurrencyGuard,
+        veo_limit: int,
+        veo_resource: str | None = None,
+        polling: Polling = Polling(),
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client_factory = client_factory
+        self._client: genai.Client | None = None
+        self._imagen_model = imagen_model
+        self._veo_model = veo_model
+        self._guard = guard
+        self._veo_limit = veo_limit
+        self._veo_resource = veo_resource or f"veo/{veo_model}"
+        self._polling = polling
+        # A slot outlives a few missed renewals (one per poll), but frees soon after a crash.
+        self._slot_ttl = timedelta(seconds=max(60.0, 4 * polling.maximum))
+        self._sleep = sleep
+        self._clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "VertexGenerator":
+        def factory() -> genai.Client:
+            return genai_client(
+                settings.gcp_project,
+                settings.gcp_location,
+                settings.vertex_base_url,
+                settings.vertex_access_token,
+            )
+
+        return cls(
+            factory,
+            imagen_model=settings.imagen_model,
+            veo_model=settings.veo_model,
+            guard=build_guard(settings),
+            veo_limit=settings.veo_max_concurrent,
+            # Veo quota is per base model *and region*.
+            veo_resource=f"veo/{settings.gcp_location}/{settings.veo_model}",
+            polling=Polling(
+                initial=settings.veo_poll_initial_seconds,
+                maximum=settings.veo_poll_max_seconds,
+                slot_wait=float(settings.veo_slot_wait_seconds),
+            ),
+        )
+
+    @property
+    def client(self) -> genai.Client:
+        # Built on first use, not at construction: a job that fails its claim never pays for it.
+        if self._client is None:
+            self._client = self._client_factory()
+        return self._client
+
+    @property
+    def veo_resource(self) -> str:
+        return self._veo_resource
+
+    def generate(
+        self, kind: Kind, prompt: str, params: dict, ctx: GenerationContext
+    ) -> list[GeneratedMedia]:
+        if kind is Kind.IMAGE:
+            return self._images(prompt, params)
+        return self._video(prompt, params, ctx)
+
+    # --- Imagen ----------------------------------------------------------------------------
+
+    def _images(self, prompt: str, params: dict) -> list[GeneratedMedia]:
+        count = int(params.get("count") or 1)
+        config = types.GenerateImagesConfig(
+            number_of_images=count,
+            aspect_ratio=params.get("aspect_ratio") or "1:1",
+            include_rai_reason=True,
+            output_mime_type="image/png",
+        )
+        response = _call(
+            lambda: self.client.models.generate_images(
+                model=self._imagen_model, prompt=prompt, config=config
+            )
+        )
+        generated = response.generated_images or []
+        out = [
+            GeneratedMedia(mime_type=g.image.mime_type or "image/png", data=g.image.image_bytes)
+            for g in generated
+            if g.image is not None and g.image.image_bytes
+        ]
+        if out:
+            return out  # fewer than requested means some were filtered: keep the rest
+        reasons = sorted({g.rai_filtered_reason for g in generated if g.rai_filtered_reason})
+        raise GenerationError(
+            "content_filtered",
+            "; ".join(reasons) or "every image was removed by the safety filters",
+            retryable=False,
+        )
+
+    # --- Veo -------------------------------------------------------------------------------
+
+    def _video(self, prompt: str, params: dict, ctx: GenerationContext) -> list[GeneratedMedia]:
+        holder = ctx.creation_id
+        self._wait_for_slot(holder, ctx)
+        try:
+            resumed = bool(ctx.existing_operation)
+            if resumed:
+                # Resume: never start a second (billed) generation for this creation.
+                operation = types.GenerateVideosOperation(  # type: ignore[call-arg]
+                    name=ctx.existing_operation  # ``name`` comes from the Operation mixin
+                )
+            else:
+                operation = self._start_video(prompt, params, ctx)
+            operation = self._poll(operation, ctx, holder, resumed=resumed)
+            return self._video_result(operation, ctx)
+        finally:
+            try:
+                self._guard.release(self._veo_resource, holder)
+            except Exception:  # the slot expires by itself; never mask the real outcome
+                pass
+
+    def _wait_for_slot(self, holder: str, ctx: GenerationContext) -> None:
+        p = self._polling
+        deadline = self._clock() + p.slot_wait
+        delay = p.slot_initial
+        while not self._guard.acquire(
+            self._veo_resource, holder, limit=self._veo_limit, ttl=self._slot_ttl
+        ):
+            if self._clock() >= deadline:
+                raise GenerationError(
+                    "provider_busy",
+                    f"no free Veo slot within {p.slot_wait:.0f}s (limit {self._veo_limit})",
+                    retryable=True,
+                )
+            ctx.heartbeat()  # keep our claim on the creation while we queue
+            self._sleep(delay * random.uniform(0.8, 1.2))  # jitter: waiters don't stampede
+            delay = min(delay * p.factor, p.slot_maximum)
+
+    def _start_video(
+        self, prompt: str, params: dict, ctx: GenerationContext
+    ) -> types.GenerateVideosOperation:
+        config = types.GenerateVideosConfig(
+            number_of_videos=1,
+            duration_seconds=params.get("duration_seconds"),
+            aspect_ratio=params.get("aspect_ratio"),
+            output_gcs_uri=ctx.output_prefix,
+        )
+        operation = _call(
+            lambda: self.client.models.generate_videos(
+                model=self._veo_model,
+                source=types.GenerateVideosSource(prompt=prompt),
+                config=config,
+            )
+        )
+        if not operation.name:
+            raise GenerationError(
+                "provider_error", "Veo returned an operation without a name", retryable=True
+            )
+        ctx.record_operation(operation.name)  # before anything else can fail
+        return operation
+
+    def _poll(
+        self,
+        operation: types.GenerateVideosOperation,
+        ctx: GenerationContext,
+        holder: str,
+        *,
+        resumed: bool,
+    ) -> types.GenerateVideosOperation:
+        p = self._polling
+        started = self._clock()
+        delay = p.initial
+        errors = 0
+        # A resumed operation is polled at once: it may have finished while nobody watched.
+        sleep_first = not resumed
+        while not operation.done:
+            if self._clock() - started > p.timeout:
+                raise GenerationError(
+                    "provider_timeout",
+                    f"Veo operation still running after {p.timeout:.0f}s",
+                    retryable=True,  # the next attempt resumes the same operation
+                )
+            if sleep_first:
+                self._sleep(delay)
+                delay = min(delay * p.factor, p.maximum)
+            sleep_first = True
+            try:
+                operation = _call(functools.partial(self.client.operations.get, operation))
+                errors = 0
+            except GenerationError as exc:
+                # One failed poll costs nothing (the operation keeps running); give the job
+                # back only when the provider stays unreachable.
+                errors += 1
+                if not exc.retryable or errors >= MAX_POLL_ERRORS:
+                    raise
+            try:
+                self._guard.renew(self._veo_resource, holder, ttl=self._slot_ttl)
+            except Exception as exc:  # best effort: a missed renewal only risks the slot's TTL
+                log.warning("veo_slot_renew_failed", creation_id=holder, error=repr(exc)[:300])
+            elapsed = self._clock() - started
+            ctx.report_progress(min(95, 5 + int(90 * elapsed / EXPECTED_VIDEO_SECONDS)))
+            ctx.heartbeat()
+        return operation
+
+    def _video_result(
+        self, operation: types.GenerateVideosOperation, ctx: GenerationContext
+    ) -> list[GeneratedMedia]:
+        if operation.error:
+            exc = _operation_error(operation.error)
+            if exc.retryable:
+                # A failed operation stays failed: forget it so the retry starts a new one
+                # instead of re-reading this error until the attempts run out.
+                ctx.record_operation("")
+            raise exc
+        response = operation.response or operation.result
+        videos = (response.generated_videos if response else None) or []
+        out: list[GeneratedMedia] = []
+        for item in videos:
+            video = item.video
+            if video is None:
+                continue
+            mime = video.mime_type or "video/mp4"
+            if video.uri:
+                out.append(GeneratedMedia(mime_type=mime, uri=video.uri))
+            elif video.video_bytes:
+                out.append(GeneratedMedia(mime_type=mime, data=video.video_bytes))
+        if out:
+            return out
+        if response is not None and response.rai_media_filtered_count:
+            reasons = "; ".join(response.rai_media_filtered_reasons or [])
+            raise GenerationError(
+                "content_filtered",
+                reasons or "the video was removed by the safety filters",
+                retryable=False,
+            )
+        raise GenerationError("no_output", "Veo finished without a video", retryable=False)
+
+
+# --- Error mapping -----------------------------------------------------------------------------
+
+_RETRYABLE_STATUSES = {"UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED", "ABORTED", "UNKNOWN"}
+# google.rpc.Code numbers, as found in a failed operation's ``error.code``.
+_RPC_CODES = {
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    16: "UNAUTHENTICATED",
+}
+
+
+def classify(code: int | None, status: str | None, message: str) -> GenerationError:
+    """HTTP status and/or canonical status name -> our error code and retry decision."""
+    status = (status or "").upper()
+    if code == 429 or status == "RESOURCE_EXHAUSTED":
+        return GenerationError("quota_exhausted", message, retryable=True)
+    if code == 400 or status in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "OUT_OF_RANGE"):
+        return GenerationError("invalid_argument", message, retryable=False)
+    if code in (401, 403) or status in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return GenerationError("permission_denied", message, retryable=False)
+    if code == 404 or status == "NOT_FOUND":
+        return GenerationError("not_found", message, retryable=False)
+    if code in (408, 409) or (code is not None and code >= 500) or status in _RETRYABLE_STATUSES:
+        return GenerationError("provider_unavailable", message, retryable=True)
+    return GenerationError("provider_error", message, retryable=False)
+
+
+def _operation_error(error: dict[str, Any]) -> GenerationError:
+    code = error.get("code")
+    status = error.get("status") or (_RPC_CODES.get(code) if isinstance(code, int) else None)
+    message = str(error.get("message") or error)[:500]
+    # An rpc code (e.g. 8) is not an HTTP code: classify by its name only.
+    return classify(None, status, message)
+
+
+def _call(fn: Callable[[], T]) -> T:
+    """Run one provider call, translating every failure into a classified GenerationError."""
+    try:
+        return fn()
+    except genai_errors.APIError as exc:
+        message = str(exc.message or exc)[:500]
+        raise classify(exc.code, exc.status, message) from exc
+    except GenerationError:
+        raise
+    except Exception as exc:
+        if _is_transport_error(exc):
+            raise GenerationError(
+                "provider_unavailable", f"{type(exc).__name__}: {exc}"[:500], retryable=True
+            ) from exc
+        raise
+
+
+def _is_transport_error(exc: Exception) -> bool:
+    """Connection failures and timeouts from whichever HTTP stack google-genai picked."""
+    import requests
+    from google.auth import exceptions as auth_exceptions
+
+    if isinstance(
+        exc,
+        (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            auth_exceptions.TransportError,
+            TimeoutError,
+            ConnectionError,
+        ),
+    ):
+        return True
+    # google-genai 3.x vendors httpx as "httpx2"/"httpcore2"; match the family, not a name.
+    # Only their transport classes (connect/read/timeouts), not e.g. an invalid-URL error.
+    for cls in type(exc).__mro__:
+        root = cls.__module__.split(".")[0]
+        if root.startswith(("httpx", "httpcore", "aiohttp")) and cls.__name__ in (
+            "TransportError",
+            "TimeoutException",
+            "NetworkError",
+            "ConnectError",
+            "ReadError",
+            "WriteError",
+            "RemoteProtocolError",
+            "ClientConnectionError",
+            "ServerTimeoutError",
+        ):
+            return True
+    return False

@@ -1,0 +1,206 @@
+"""The page in a real browser (headless Chromium via Playwright) against the real local
+server: type a prompt, pick image or video, submit, and watch the result appear inline.
+
+Chromium is Debian's (``apt-get install chromium``; ``tools/provision`` does it for CI), never
+a browser downloaded by ``playwright install``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+# Imported for Pants' dependency inference (it ships only imported code into the sandbox).
+import api.local  # noqa: F401
+import jobs.image.main  # noqa: F401
+import jobs.video.main  # noqa: F401
+
+CHROMIUM = os.environ.get("PHOENIX_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+FINISH_TIMEOUT_MS = 120_000
+SCREENSHOT_FOR_HUMANS = Path("/tmp/phoenix-page.png")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``python -m api.local`` on a free port with its data in a temp dir."""
+    data_dir = tmp_path_factory.mktemp("phoenix-browser")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PHOENIX_")}
+    env.update(
+        PORT=str(port),
+        PHOENIX_DATA_DIR=str(data_dir),
+        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+        PYTHONUNBUFFERED="1",
+    )
+    log_path = data_dir / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "api.local"],
+            env=env,
+            cwd=data_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"server did not start:\n{log_path.read_text()[-4000:]}")
+            try:
+                if requests.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)
+        yield base
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: run tools/provision (apt chromium)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Browser, base_url: str) -> Iterator[Page]:
+    # A fresh user per test: the list starts empty and tests do not see each other's cards.
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Console errors catch what is not an exception: CSP violations, failed resource loads.
+    # (The one expected 400 of the validation test is answered, not a failed load.)
+    pg.on(
+        "console",
+        lambda msg: errors.append(msg.text)
+        if msg.type == "error" and "status of 400" not in msg.text
+        else None,
+    )
+    pg.goto(f"{base_url}/?user=browser-{uuid.uuid4().hex[:8]}")
+    expect(pg.locator("#who")).to_contain_text("browser-")
+    yield pg
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def test_image_and_video_appear_inline_when_finished(page: Page, tmp_path: Path) -> None:
+    # Image: 16:9, two of them.
+    page.fill("#prompt", "A lighthouse on a cliff at dawn, soft light")
+    page.click("label[for=kind-image]")
+    expect(page.locator("#options-image")).to_be_visible()
+    expect(page.locator("#options-video")).to_be_hidden()
+    page.select_option("#image-aspect-ratio", "16:9")
+    page.fill("#count", "2")
+    page.click("#submit")
+
+    image_card = page.locator("[data-testid=creation][data-kind=image]").first
+    expect(image_card).to_be_visible()
+    expect(image_card).to_have_attribute("data-status", "completed", timeout=FINISH_TIMEOUT_MS)
+    images = image_card.locator("img")
+    expect(images).to_have_count(2)
+    for i in range(2):
+        handle = images.nth(i).element_handle()
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=handle, timeout=30_000
+        )
+        width, height = handle.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        assert abs(width / height - 16 / 9) < 0.02
+    expect(image_card.locator("progress")).to_be_hidden()
+    expect(page.locator("#prompt")).to_have_value("")  # cleared for the next prompt
+
+    # Video: 9:16, 4 s. The newest card is first.
+    page.fill("#prompt", "A paper boat drifting down a rainy street")
+    page.click("label[for=kind-video]")
+    page.select_option("#video-aspect-ratio", "9:16")
+    page.select_option("#duration", "4")
+    page.click("#submit")
+
+    cards = page.locator("[data-testid=creation]")
+    expect(cards).to_have_count(2)
+    expect(cards.first).to_have_attribute("data-kind", "video")
+    expect(cards.first).to_have_attribute("data-status", "completed", timeout=FINISH_TIMEOUT_MS)
+    video = cards.first.locator("video")
+    expect(video).to_have_count(1)
+    src = video.get_attribute("src")
+    assert src and src.startswith("/media/") and src.endswith(".mp4")
+    # The browser really decodes it: metadata loads and the size is the 9:16 video's.
+    page.wait_for_function(
+        "v => v.readyState >= 1 && v.videoWidth > 0", arg=video.element_handle(), timeout=30_000
+    )
+    dims = video.evaluate("v => [v.videoWidth, v.videoHeight, v.duration]")
+    assert dims[:2] == [360, 640] and abs(dims[2] - 4.0) < 0.25, dims
+
+    # Reloading shows the same list from GET /api/creations, newest first.
+    page.reload()
+    expect(page.locator("[data-testid=creation]")).to_have_count(2)
+    expect(page.locator("[data-testid=creation]").first).to_have_attribute("data-kind", "video")
+    page.locator("[data-testid=creation] video").first.wait_for()
+
+    shot = tmp_path / "page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    data = shot.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    shutil.copyfile(shot, SCREENSHOT_FOR_HUMANS)
+
+
+def test_api_errors_are_shown_and_failures_are_reported(page: Page) -> None:
+    # Empty prompt: the API's own validation message is shown.
+    page.click("label[for=kind-image]")
+    page.click("#submit")
+    expect(page.locator("#error")).to_be_visible()
+    expect(page.locator("#error")).to_contain_text("prompt: must not be empty")
+    expect(page.locator("[data-testid=creation]")).to_have_count(0)
+
+    # A generation failure ends as a failed card with the reason.
+    page.fill("#prompt", "Something the filter blocks [fail:content_filtered]")
+    page.click("#submit")
+    expect(page.locator("#error")).to_be_hidden()
+    card = page.locator("[data-testid=creation]").first
+    expect(card).to_have_attribute("data-status", "failed", timeout=FINISH_TIMEOUT_MS)
+    expect(card.locator("[data-testid=creation-error]")).to_be_visible()
+    expect(card.locator("[data-testid=creation-error]")).to_have_attribute(
+        "data-code", "content_filtered"
+    )
+    expect(card.locator("img")).to_have_count(0)

@@ -1,0 +1,346 @@
+"""One CreationStore contract, held against every backend: memory, SQLite, Firestore (emulator).
+
+What the Firestore emulator can and cannot prove: it stores and queries documents faithfully
+(CRUD, ordering, filters, server timestamps) but its transactions have NO isolation, so two
+racing claims on it could both "win". The claim race is therefore proven on SQLite (real
+cross-process locking, bottom of this file); for Firestore we prove the part that is ours —
+``update`` re-runs the lifecycle function on fresh data when Firestore aborts the transaction —
+by injecting the Aborted a contended commit gets in production (``test_firestore_update_...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import random
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta
+
+import pytest
+
+from common.adapters.memory_store import InMemoryCreationStore
+from common.adapters.sqlite_store import SqliteCreationStore
+from common.config import Settings
+from common.domain import creation as lc
+from common.domain.creation import Creation, CreationError, Kind, MediaRef, Status
+from common.domain.errors import AlreadyClaimed, InvalidTransition, NotFound
+from tools.servers import firestore_emulator
+
+LEASE = timedelta(seconds=60)
+
+
+@pytest.fixture(scope="module")
+def firestore_host():
+    with firestore_emulator() as fs:
+        yield fs.url
+
+
+def _firestore_store(host: str, monkeypatch):
+    from common.adapters.firestore_store import FirestoreCreationStore
+
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", host)
+    # A unique collection prefix per test: parallel tests (and reruns) never see each other.
+    settings = Settings(gcp_project="phoenix-test", firestore_prefix=f"t{uuid.uuid4().hex[:10]}_")
+    return FirestoreCreationStore.from_settings(settings)
+
+
+@pytest.fixture(params=["memory", "sqlite", "firestore"])
+def store(request, tmp_path, monkeypatch):
+    if request.param == "memory":
+        s = InMemoryCreationStore()
+    elif request.param == "sqlite":
+        s = SqliteCreationStore(tmp_path / "creations.sqlite3")
+    else:
+        s = _firestore_store(request.getfixturevalue("firestore_host"), monkeypatch)
+    yield s
+    s.close()
+
+
+def _new(user="u1", *, created_at: datetime | None = None, kind=Kind.IMAGE, prompt="a cat"):
+    return lc.new(
+        user_id=user,
+        kind=kind,
+        prompt=prompt,
+        params={"count": 2, "aspect_ratio": "1:1"},
+        path="cloud-tasks",
+        now=created_at or lc.utcnow(),
+    )
+
+
+def _without_updated_at(c: Creation) -> dict:
+    d = lc.to_dict(c)
+    d.pop("updated_at")
+    return d
+
+
+def test_add_get_roundtrips_every_field(store):
+    now = lc.utcnow().replace(microsecond=123456)
+    full = dataclasses.replace(
+        _new(created_at=now, kind=Kind.VIDEO, prompt="ünïcode ✓ prompt"),
+        params={"aspect_ratio": "9:16", "duration_seconds": 8, "nested": {"a": [1, 2]}},
+        status=Status.PROCESSING,
+        progress=37,
+        media=(MediaRef("x/0.mp4", "video/mp4"), MediaRef("x/1.png", "image/png")),
+        error=CreationError("quota_exhausted", "try later"),
+        attempts=2,
+        lease_owner="exec-1/abc",
+        lease_expires_at=now + timedelta(seconds=120),
+        claimed_at=now + timedelta(seconds=1),
+        finished_at=None,
+        operation="projects/p/locations/l/publishers/google/models/veo/operations/42",
+        dispatched_at=now + timedelta(milliseconds=5),
+        dispatch_error="once failed",
+        dispatches=3,
+        traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+        extra={"k": "v"},
+    )
+    store.add(full)
+    got = store.get(full.id)
+    assert got is not None
+    # updated_at may be set by the server (Firestore: commit time); everything else is exact.
+    assert _without_updated_at(got) == _without_updated_at(full)
+    assert got.updated_at.tzinfo is not None
+    assert abs(got.updated_at - full.updated_at) < timedelta(seconds=30)
+    assert store.get("does-not-exist") is None
+
+
+def test_add_of_an_existing_id_raises_value_error(store):
+    c = _new()
+    store.add(c)
+    with pytest.raises(ValueError):
+        store.add(dataclasses.replace(c, prompt="other"))
+    assert store.get(c.id).prompt == c.prompt
+
+
+def test_update_applies_the_change_persists_it_and_returns_the_record_as_written(store):
+    c = _new()
+    store.add(c)
+    written = store.update(
+        c.id, lambda cur: dataclasses.replace(cur, progress=42, updated_at=lc.utcnow())
+    )
+    assert written.progress == 42
+    stored = store.get(c.id)
+    assert lc.to_dict(stored) == lc.to_dict(written)  # including the (server) updated_at
+
+
+def test_update_whose_change_raises_writes_nothing(store):
+    c = _new()
+    store.add(c)
+    before = lc.to_dict(store.get(c.id))
+
+    def bad(cur: Creation) -> Creation:
+        raise InvalidTransition("no")
+
+    with pytest.raises(InvalidTransition):
+        store.update(c.id, bad)
+    assert lc.to_dict(store.get(c.id)) == before
+
+
+def test_update_of_an_unknown_id_raises_not_found(store):
+    with pytest.raises(NotFound):
+        store.update("nope", lambda c: c)
+
+
+def test_list_for_user_is_newest_first_limited_and_isolated(store):
+    t0 = lc.utcnow() - timedelta(hours=1)
+    mine = [_new("alice", created_at=t0 + timedelta(seconds=i)) for i in range(3)]
+    theirs = _new("bob", created_at=t0 + timedelta(seconds=10))
+    for c in [mine[1], theirs, mine[0], mine[2]]:
+        store.add(c)
+    assert [c.id for c in store.list_for_user("alice", 2)] == [mine[2].id, mine[1].id]
+    assert [c.id for c in store.list_for_user("alice", 10)] == [c.id for c in reversed(mine)]
+    assert [c.id for c in store.list_for_user("bob", 10)] == [theirs.id]
+    assert store.list_for_user("carol", 10) == []
+
+
+def test_scan_filters_by_status_updated_before_and_created_after(store):
+    t0 = lc.utcnow() - timedelta(hours=2)
+    old = _new(created_at=t0)  # created long ago
+    recent = _new(created_at=t0 + timedelta(hours=1))
+    store.add(old)
+    store.add(recent)
+    store.update(
+        recent.id, lambda c: lc.claim(c, owner="o", now=lc.utcnow(), lease=LEASE, max_attempts=3)
+    )
+    time.sleep(0.05)
+    # A cut taken from the stored records themselves (Firestore's updated_at is server time).
+    cut = max(store.get(old.id).updated_at, store.get(recent.id).updated_at) + timedelta(
+        milliseconds=1
+    )
+    time.sleep(0.05)
+    later = dataclasses.replace(
+        _new(created_at=t0 + timedelta(hours=1, minutes=30)), updated_at=lc.utcnow()
+    )
+    store.add(later)
+
+    ids = lambda cs: [c.id for c in cs]  # noqa: E731
+    assert set(ids(store.scan())) == {old.id, recent.id, later.id}
+    assert set(ids(store.scan(statuses=[Status.PENDING]))) == {old.id, later.id}
+    assert ids(store.scan(statuses=[Status.PROCESSING])) == [recent.id]
+    assert store.scan(statuses=[]) == []
+    assert set(ids(store.scan(updated_before=cut))) == {old.id, recent.id}
+    assert ids(store.scan(statuses=[Status.PENDING], updated_before=cut)) == [old.id]
+    assert set(ids(store.scan(created_after=t0 + timedelta(minutes=30)))) == {recent.id, later.id}
+    # Oldest updated_at first, and limit counts.
+    ordered = store.scan()
+    assert [c.updated_at for c in ordered] == sorted(c.updated_at for c in ordered)
+    assert len(store.scan(limit=2)) == 2
+
+
+def test_claim_semantics_through_update(store):
+    c = _new(kind=Kind.VIDEO)
+    store.add(c)
+    now = lc.utcnow()
+
+    def claim(owner: str, at: datetime):
+        return lambda cur: lc.claim(cur, owner=owner, now=at, lease=LEASE, max_attempts=3)
+
+    first = store.update(c.id, claim("exec-a", now))
+    assert first.status is Status.PROCESSING and first.lease_owner == "exec-a"
+    assert first.attempts == 1
+    with pytest.raises(AlreadyClaimed):
+        store.update(c.id, claim("exec-b", now + timedelta(seconds=1)))
+    assert store.get(c.id).lease_owner == "exec-a"
+    # exec-a died: once its lease has expired, a new execution takes over (attempt 2).
+    later = now + LEASE + timedelta(seconds=1)
+    taken = store.update(c.id, claim("exec-c", later))
+    assert taken.lease_owner == "exec-c" and taken.attempts == 2
+    stored = store.get(c.id)
+    assert stored.lease_owner == "exec-c" and stored.attempts == 2
+    assert stored.status is Status.PROCESSING
+
+
+# --- Firestore only: the transaction retry path ---------------------------------------------
+
+
+def test_firestore_update_reruns_the_change_on_fresh_data_when_the_commit_is_aborted(
+    firestore_host, monkeypatch
+):
+    """Production Firestore aborts a transaction whose read document was written concurrently
+    and the client retries it. We inject exactly that: during our first commit another
+    execution claims the creation, and the commit fails with Aborted. The retry must re-read,
+    re-run the lifecycle function (-> AlreadyClaimed) and write nothing of ours."""
+    from google.api_core import exceptions as gexc
+    from google.cloud.firestore_v1.transaction import Transaction
+
+    from common.adapters import firestore_store
+
+    store = _firestore_store(firestore_host, monkeypatch)
+    c = _new(kind=Kind.VIDEO)
+    store.add(c)
+    now = lc.utcnow()
+    rival = lc.claim(c, owner="rival", now=now, lease=LEASE, max_attempts=3)
+
+    real_commit = Transaction._commit
+    commits = {"n": 0}
+
+    def contended_commit(self):
+        commits["n"] += 1
+        if commits["n"] == 1:
+            # The rival's write lands between our read and our commit.
+            store._collection.document(c.id).set(firestore_store._to_document(rival))
+            self._clean_up()
+            raise gexc.Aborted("transaction contention")
+        return real_commit(self)
+
+    monkeypatch.setattr(Transaction, "_commit", contended_commit)
+    seen: list[str | None] = []
+
+    def claim(cur: Creation) -> Creation:
+        seen.append(cur.lease_owner)
+        return lc.claim(cur, owner="me", now=now, lease=LEASE, max_attempts=3)
+
+    with pytest.raises(AlreadyClaimed):
+        store.update(c.id, claim)
+    assert seen == [None, "rival"]  # ran twice: the second time on the rival's record
+    assert store.get(c.id).lease_owner == "rival"
+
+
+def test_firestore_documents_use_native_timestamps_and_server_updated_at(
+    firestore_host, monkeypatch
+):
+    store = _firestore_store(firestore_host, monkeypatch)
+    past = lc.utcnow() - timedelta(days=3)
+    c = dataclasses.replace(_new(created_at=past), updated_at=past)
+    store.add(c)
+    raw = store._collection.document(c.id).get().to_dict()
+    assert isinstance(raw["created_at"], datetime) and isinstance(raw["updated_at"], datetime)
+    # updated_at is the server's clock, not the (3 days old) value the caller put in.
+    assert raw["updated_at"] - past > timedelta(days=2)
+    assert raw["lease_expires_at"] is None and raw["status"] == "pending"
+
+
+# --- SQLite only: the claim race with real isolation ----------------------------------------
+
+
+def _claim_everything(path: str, ids: list[str], tag: str, start, out) -> None:
+    store = SqliteCreationStore(path)
+    wins: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        owner = f"{tag}-t{n}"
+        order = ids[:]
+        random.Random(owner).shuffle(order)
+        for cid in order:
+            try:
+                store.update(
+                    cid,
+                    lambda cur: lc.claim(
+                        cur,
+                        owner=owner,
+                        now=lc.utcnow(),
+                        lease=timedelta(minutes=5),
+                        max_attempts=3,
+                    ),
+                )
+            except AlreadyClaimed:
+                continue
+            with lock:
+                wins.append((cid, owner))
+
+    start.wait()
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.extend(wins)
+
+
+def test_sqlite_claim_race_across_processes_has_exactly_one_winner_per_creation(tmp_path):
+    """2 processes x 8 threads each try to claim all 25 creations: exactly one wins each."""
+    path = str(tmp_path / "race.sqlite3")
+    seed = SqliteCreationStore(path)
+    ids = []
+    for _ in range(25):
+        c = _new(kind=Kind.VIDEO)
+        seed.add(c)
+        ids.append(c.id)
+    seed.close()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        out = manager.list()
+        start = ctx.Event()
+        procs = [
+            ctx.Process(target=_claim_everything, args=(path, ids, f"p{i}", start, out))
+            for i in range(2)
+        ]
+        for p in procs:
+            p.start()
+        start.set()
+        for p in procs:
+            p.join(120)
+            assert p.exitcode == 0
+        wins = list(out)
+    winners: dict[str, list[str]] = {}
+    for cid, owner in wins:
+        winners.setdefault(cid, []).append(owner)
+    assert sorted(winners) == sorted(ids)
+    assert all(len(owners) == 1 for owners in winners.values()), winners
+    check = SqliteCreationStore(path)
+    for cid, owners in winners.items():
+        c = check.get(cid)
+        assert c.lease_owner == owners[0] and c.attempts == 1

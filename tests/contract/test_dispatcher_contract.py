@@ -1,0 +1,306 @@
+"""One Dispatcher contract for the local process pool and Cloud Tasks (emulator -> the Cloud Run
+``jobs:run`` stand-in -> a job process): the payload reaches the job with ``CREATION_ID`` (and
+``TRACEPARENT``) in its environment, a repeated dispatch is not an error, and an unreachable
+queue fails fast with DispatchError.
+
+Emulator limits (docs/notes/emulators.md): the Cloud Tasks emulator does not dedup task names
+and sends no OAuth token. So "a duplicate dispatch is absorbed as ALREADY_EXISTS" is proven with a
+fake client raising the error real Cloud Tasks returns, and the OAuth token is checked in the
+task we build, not at the receiving end.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from google.api_core import exceptions as gexc
+
+from common.adapters.cloud_tasks_dispatch import CloudTasksDispatcher, task_id_for
+from common.adapters.local_dispatch import LocalProcessDispatcher, RecordingDispatcher
+from common.config import ConfigError, Settings
+from common.domain.creation import Kind
+from common.domain.errors import DispatchError
+from common.domain.payload import TaskPayload
+from tools.servers import free_port, tasks_emulator
+from tools.standins.run_api import RunApiStandin
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+QUEUE = "projects/phoenix-test/locations/us-central1/queues/contract"
+JOBS = {Kind.VIDEO: "phoenix-video-job", Kind.IMAGE: "phoenix-image-job"}
+
+# A stand-in job: records what a job execution would see, then exits 0.
+JOB_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, uuid
+    out = os.environ["CONTRACT_OUT_DIR"]
+    seen = {k: os.environ.get(k) for k in (
+        "CREATION_ID", "TRACEPARENT", "CLOUD_RUN_EXECUTION", "CLOUD_RUN_TASK_ATTEMPT")}
+    seen["argv"] = sys.argv[1:]
+    name = f"{seen['CREATION_ID']}.{uuid.uuid4().hex}.json"
+    with open(os.path.join(out, name + ".tmp"), "w") as fh:
+        json.dump(seen, fh)
+    os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+    """
+)
+
+
+def _deliveries(out_dir: Path, creation_id: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out_dir.glob(f"{creation_id}.*.json"))]
+
+
+def _wait_for(out_dir: Path, creation_id: str, count: int = 1, timeout: float = 20.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = _deliveries(out_dir, creation_id)
+        if len(seen) >= count:
+            return seen
+        time.sleep(0.02)
+    raise AssertionError(f"{creation_id} reached the job {len(_deliveries(out_dir, creation_id))}x")
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    with tasks_emulator(max_retries=5) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def job_command(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(JOB_SCRIPT)
+    out = tmp_path / "deliveries"
+    out.mkdir()
+    return [sys.executable, str(script)], out
+
+
+@pytest.fixture(params=["local", "cloud-tasks"])
+def target(request, tmp_path, job_command, monkeypatch):
+    """(dispatcher, out_dir, backend) — each backend ends in the same stand-in job command."""
+    command, out = job_command
+    if request.param == "local":
+        dispatcher = LocalProcessDispatcher(
+            max_parallel=2,
+            command_for={"video": command, "image": command},
+            extra_env={"CONTRACT_OUT_DIR": str(out)},
+        )
+        yield dispatcher, out, request.param
+        dispatcher.wait_idle(20)
+        dispatcher.close()
+        return
+    emulator = request.getfixturevalue("tasks")
+    from common.adapters.cloud_tasks_dispatch import tasks_client
+
+    queue = f"{QUEUE}-{uuid.uuid4().hex[:8]}"  # one queue per test: no cross-test deliveries
+    tasks_client(emulator.url).create_queue(
+        parent=queue.rsplit("/queues/", 1)[0], queue={"name": queue}
+    )
+    with RunApiStandin(
+        {JOBS[Kind.VIDEO]: command, JOBS[Kind.IMAGE]: command},
+        env={"CONTRACT_OUT_DIR": str(out)},
+        max_retries=0,
+    ) as run_api:
+        settings = Settings(
+            tasks_queue=queue,
+            cloud_tasks_endpoint=emulator.url,
+            run_api_url=run_api.url,
+            tasks_service_account="phoenix-tasks@phoenix-test.iam.gserviceaccount.com",
+            video_job=JOBS[Kind.VIDEO],
+            image_job=JOBS[Kind.IMAGE],
+        )
+        dispatcher = CloudTasksDispatcher.from_settings(settings)
+        dispatcher.run_api = run_api  # type: ignore[attr-defined]  # for assertions below
+        yield dispatcher, out, request.param
+
+
+@pytest.mark.parametrize("kind", [Kind.VIDEO, Kind.IMAGE])
+def test_a_dispatched_payload_reaches_the_job_with_its_creation_id(target, kind):
+    dispatcher, out, backend = target
+    cid = uuid.uuid4().hex
+    started = time.monotonic()
+    dispatcher.dispatch(TaskPayload(creation_id=cid, kind=kind, traceparent=TRACEPARENT))
+    (seen,) = _wait_for(out, cid)
+    latency = time.monotonic() - started
+    assert seen["CREATION_ID"] == cid
+    assert seen["TRACEPARENT"] == TRACEPARENT
+    assert seen["CLOUD_RUN_EXECUTION"] and seen["CLOUD_RUN_TASK_ATTEMPT"] == "0"
+    assert latency < 15
+    if backend == "cloud-tasks":
+        (call,) = [c for c in dispatcher.run_api.calls() if c["path"].endswith(":run")]
+        assert call["status"] == 200
+        assert call["path"] == (
+            f"/v2/projects/phoenix-test/locations/us-central1/jobs/{JOBS[kind]}:run"
+        )
+        assert call["body"] == {
+            "overrides": {
+                "containerOverrides": [
+                    {
+                        "env": [
+                            {"name": "CREATION_ID", "value": cid},
+                            {"name": "TRACEPARENT", "value": TRACEPARENT},
+                        ]
+                    }
+                ],
+                "taskCount": 1,
+            }
+        }
+        headers = {k.lower(): v for k, v in call["headers"].items()}
+        assert headers["content-type"] == "application/json"
+        assert headers["x-cloudtasks-taskname"] == task_id_for(cid)
+
+
+def test_without_a_traceparent_only_the_creation_id_is_sent(target):
+    dispatcher, out, _ = target
+    cid = uuid.uuid4().hex
+    dispatcher.dispatch(TaskPayload(creation_id=cid, kind=Kind.IMAGE))
+    (seen,) = _wait_for(out, cid)
+    assert seen["CREATION_ID"] == cid and seen["TRACEPARENT"] is None
+
+
+def test_dispatching_the_same_creation_twice_is_not_an_error(target):
+    """At-least-once: a repeat is accepted. (Real Cloud Tasks absorbs it as ALREADY_EXISTS; the
+    emulator does not dedup and delivers twice — the job's claim makes that harmless.)"""
+    dispatcher, out, _ = target
+    cid = uuid.uuid4().hex
+    payload = TaskPayload(creation_id=cid, kind=Kind.VIDEO)
+    dispatcher.dispatch(payload)
+    dispatcher.dispatch(payload)
+    assert len(_wait_for(out, cid, 1)) >= 1
+
+
+def test_recording_dispatcher_accepts_and_remembers():
+    d = RecordingDispatcher()
+    p = TaskPayload(creation_id="abc", kind=Kind.IMAGE)
+    d.dispatch(p)
+    d.dispatch(p)
+    assert d.dispatched == [p, p] and d.name == "record"
+
+
+# --- Cloud Tasks specifics ------------------------------------------------------------------
+
+
+def test_unreachable_cloud_tasks_fails_fast_with_dispatch_error():
+    endpoint = f"127.0.0.1:{free_port()}"  # nothing listens there
+    dispatcher = CloudTasksDispatcher.from_settings(
+        Settings(tasks_queue=QUEUE, cloud_tasks_endpoint=endpoint, run_api_url="http://127.0.0.1:9")
+    )
+    started = time.monotonic()
+    with pytest.raises(DispatchError, match="unavailable"):
+        dispatcher.dispatch(TaskPayload(creation_id="abc", kind=Kind.VIDEO))
+    assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.parametrize(
+    "queue", ["", "my-queue", "projects/p/queues/q", "projects/p/locations/l/queues/bad name"]
+)
+def test_a_malformed_queue_is_a_config_error(queue):
+    with pytest.raises(ConfigError, match="PHOENIX_TASKS_QUEUE"):
+        CloudTasksDispatcher.from_settings(Settings(tasks_queue=queue))
+
+
+def test_a_google_run_api_without_a_service_account_is_a_config_error():
+    with pytest.raises(ConfigError, match="PHOENIX_TASKS_SERVICE_ACCOUNT"):
+        CloudTasksDispatcher(
+            object(), queue=QUEUE, run_api_url="https://run.googleapis.com", jobs=JOBS
+        )
+
+
+class FakeTasksClient:
+    """Plays back one outcome per create_task call and records the requests."""
+
+    def __init__(self, *outcomes):
+        self.outcomes = list(outcomes)
+        self.requests: list[dict] = []
+        self.kwargs: list[dict] = []
+
+    def create_task(self, request, **kwargs):
+        self.requests.append(request)
+        self.kwargs.append(kwargs)
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+def _dispatcher(client) -> CloudTasksDispatcher:
+    return CloudTasksDispatcher(
+        client,
+        queue=QUEUE,
+        run_api_url="https://run.googleapis.com",
+        jobs=JOBS,
+        service_account="phoenix-tasks@phoenix-test.iam.gserviceaccount.com",
+    )
+
+
+def test_the_task_is_a_named_oauth_authenticated_post_to_jobs_run():
+    client = FakeTasksClient()
+    _dispatcher(client).dispatch(TaskPayload("c1", Kind.VIDEO, traceparent=TRACEPARENT))
+    (request,) = client.requests
+    task = request["task"]
+    assert request["parent"] == QUEUE
+    assert task["name"] == f"{QUEUE}/tasks/{task_id_for('c1')}"
+    http = task["http_request"]
+    assert http["url"] == (
+        "https://run.googleapis.com/v2/projects/phoenix-test/locations/us-central1/"
+        "jobs/phoenix-video-job:run"
+    )
+    assert http["oauth_token"] == {
+        "service_account_email": "phoenix-tasks@phoenix-test.iam.gserviceaccount.com",
+        "scope": "https://www.googleapis.com/auth/cloud-platform",
+    }
+    assert "oidc_token" not in http
+    assert json.loads(http["body"])["overrides"]["containerOverrides"][0]["env"][0] == {
+        "name": "CREATION_ID",
+        "value": "c1",
+    }
+    assert 15 <= task["dispatch_deadline"].seconds <= 1800  # Cloud Tasks' allowed range
+    assert client.kwargs[0]["timeout"] <= 10 and client.kwargs[0]["retry"] is None
+
+
+def test_task_ids_are_deterministic_hash_prefixed_and_valid():
+    a, b = task_id_for("abc"), task_id_for("abd")
+    assert a == task_id_for("abc") and a.endswith("-abc")
+    assert a[:8] != b[:8]  # the prefix spreads similar ids apart
+    assert all(ch.isalnum() or ch in "-_" for ch in a) and len(a) <= 500
+
+
+def test_already_exists_means_already_dispatched():
+    client = FakeTasksClient(gexc.AlreadyExists("Requested entity already exists"))
+    _dispatcher(client).dispatch(TaskPayload("c1", Kind.IMAGE))  # no exception
+    assert len(client.requests) == 1
+
+
+def test_one_transient_unavailable_is_retried_once():
+    client = FakeTasksClient(gexc.ServiceUnavailable("reset"), None)
+    _dispatcher(client).dispatch(TaskPayload("c1", Kind.IMAGE))
+    assert len(client.requests) == 2
+    assert client.requests[0]["task"]["name"] == client.requests[1]["task"]["name"]
+
+
+@pytest.mark.parametrize(
+    "errors, calls",
+    [
+        ([gexc.ServiceUnavailable("down"), gexc.ServiceUnavailable("down")], 2),
+        ([gexc.DeadlineExceeded("slow")], 1),
+        ([gexc.PermissionDenied("no actAs")], 1),
+        ([gexc.NotFound("queue not found")], 1),
+        ([gexc.InvalidArgument("bad task")], 1),
+    ],
+)
+def test_other_failures_raise_dispatch_error(errors, calls):
+    client = FakeTasksClient(*errors)
+    with pytest.raises(DispatchError):
+        _dispatcher(client).dispatch(TaskPayload("c1", Kind.VIDEO))
+    assert len(client.requests) == calls
+
+
+def test_a_sweeper_redispatch_gets_a_new_task_name():
+    """Cloud Tasks keeps a task name reserved for about an hour after it ran, so a deliberate
+    re-dispatch must not reuse it (it would be swallowed as ALREADY_EXISTS)."""
+    first, again = task_id_for("abc"), task_id_for("abc", 1)
+    assert first != again and again == task_id_for("abc", 1)

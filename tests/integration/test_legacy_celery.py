@@ -1,0 +1,135 @@
+"""The legacy path end to end: CeleryDispatcher -> real redis-server -> real Celery worker process
+running the shared ``run_job`` -> SQLite store, exactly as the side-by-side phase runs it."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from common.adapters.celery_dispatch import TASK_NAMES, CeleryDispatcher, sender_app
+from common.adapters.sqlite_store import SqliteCreationStore
+from common.config import Settings
+from common.domain.creation import Kind, Status
+from common.domain.errors import DispatchError
+from common.domain.payload import TaskPayload
+from tests.support.legacy_worker import (
+    add_creation,
+    legacy_worker,
+    phoenix_env,
+    redis_url,
+    wait_terminal,
+)
+
+
+@pytest.fixture
+def legacy(tmp_path):
+    with redis_url() as url:
+        env = phoenix_env(tmp_path / "data", url)
+        settings = Settings.from_env(env)
+        store = SqliteCreationStore(settings.sqlite_path)
+        yield env, settings, store
+        store.close()
+
+
+def test_video_and_image_complete_through_celery(legacy, tmp_path):
+    env, settings, store = legacy
+    dispatcher = CeleryDispatcher.from_settings(settings)
+    with legacy_worker(env, tmp_path / "worker.log", concurrency=2):
+        video = add_creation(store, Kind.VIDEO, "a red fox running in snow")
+        image = add_creation(store, Kind.IMAGE, "a lighthouse at dusk")
+        for c in (video, image):
+            dispatcher.dispatch(TaskPayload(creation_id=c.id, kind=c.kind))
+        done = wait_terminal(store, [video.id, image.id])
+    for c in done.values():
+        assert c.status is Status.COMPLETED, (c.status, c.error)
+        assert c.path == "celery"
+        assert c.attempts == 1
+        assert c.claimed_at is not None and c.finished_at is not None
+        assert c.media and (settings.media_dir / c.media[0].key).is_file()
+    assert done[video.id].media[0].mime_type.startswith("video/")
+    assert done[image.id].media[0].mime_type.startswith("image/")
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert TASK_NAMES[Kind.VIDEO] in log and TASK_NAMES[Kind.IMAGE] in log  # registered by name
+
+
+def test_retryable_failure_is_retried_by_celery_then_fails_with_the_reason(legacy, tmp_path):
+    env, settings, store = legacy
+    dispatcher = CeleryDispatcher.from_settings(settings)
+    with legacy_worker(env, tmp_path / "worker.log", concurrency=1):
+        c = add_creation(store, Kind.IMAGE, "[retry-fail:provider_unavailable] a cat")
+        dispatcher.dispatch(TaskPayload(creation_id=c.id, kind=c.kind))
+        final = wait_terminal(store, [c.id])[c.id]
+    assert final.status is Status.FAILED
+    assert final.error is not None and final.error.code == "provider_unavailable"
+    assert "after 3 attempts" in final.error.message
+    assert final.attempts == settings.max_attempts == 3  # one Celery delivery per attempt
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert log.count("retry: Retry in") == 2, log[-3000:]  # Celery itself scheduled 2 retries
+
+
+def test_permanent_failure_is_not_retried(legacy, tmp_path):
+    env, settings, store = legacy
+    dispatcher = CeleryDispatcher.from_settings(settings)
+    with legacy_worker(env, tmp_path / "worker.log", concurrency=1):
+        c = add_creation(store, Kind.VIDEO, "[fail:safety_filtered] something")
+        dispatcher.dispatch(TaskPayload(creation_id=c.id, kind=c.kind))
+        final = wait_terminal(store, [c.id])[c.id]
+    assert final.status is Status.FAILED and final.error.code == "safety_filtered"
+    assert final.attempts == 1
+
+
+def test_a_duplicate_delivery_does_not_run_the_job_twice(legacy, tmp_path):
+    env, settings, store = legacy
+    dispatcher = CeleryDispatcher.from_settings(settings)
+    with legacy_worker(env, tmp_path / "worker.log", concurrency=2):
+        c = add_creation(store, Kind.IMAGE, "[slow:2] twice delivered")
+        payload = TaskPayload(creation_id=c.id, kind=c.kind)
+        dispatcher.dispatch(payload)
+        dispatcher.dispatch(payload)  # e.g. the sweeper re-sent it
+        final = wait_terminal(store, [c.id])[c.id]
+        time.sleep(1.0)  # let the second delivery finish too
+        final = store.get(c.id)
+    assert final.status is Status.COMPLETED and final.attempts == 1
+
+
+def test_dispatch_fails_fast_when_redis_is_down():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    dispatcher = CeleryDispatcher(sender_app(f"redis://127.0.0.1:{port}/0"))
+    started = time.monotonic()
+    with pytest.raises(DispatchError, match="celery broker unavailable"):
+        dispatcher.dispatch(TaskPayload(creation_id="abc123", kind=Kind.VIDEO))
+    assert time.monotonic() - started < 5.0
+
+
+def test_dispatch_fails_fast_when_redis_accepts_but_never_answers():
+    # A half-open broker (failover, dead NAT entry): the bounded socket timeout must still
+    # return control to the request thread in seconds.
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        dispatcher = CeleryDispatcher(sender_app(f"redis://127.0.0.1:{hung.getsockname()[1]}/0"))
+        started = time.monotonic()
+        with pytest.raises(DispatchError):
+            dispatcher.dispatch(TaskPayload(creation_id="abc123", kind=Kind.IMAGE))
+        assert time.monotonic() - started < 10.0
+
+
+def test_one_sender_app_per_broker_url():
+    assert sender_app("redis://127.0.0.1:1/0") is sender_app("redis://127.0.0.1:1/0")
+    assert sender_app("redis://127.0.0.1:1/0") is not sender_app("redis://127.0.0.1:1/1")
+
+
+def test_legacy_celery_config_fixes_the_known_pitfalls():
+    from jobs.legacy.celery_app import create_celery_app
+
+    conf = create_celery_app(Settings()).conf
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.broker_transport_options["visibility_timeout"] >= 2 * 3600
+    assert conf.accept_content == ["json"] and conf.task_serializer == "json"

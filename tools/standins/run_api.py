@@ -1,0 +1,766 @@
+"""A local stand-in for the Cloud Run Admin API v2 ``jobs:run`` method.
+
+Why: in production Cloud Tasks POSTs to
+``https://run.googleapis.com/v2/projects/P/locations/L/jobs/JOB:run`` with
+``{"overrides": {"containerOverrides": [{"env": [...]}], "taskCount": 1}}``, and Cloud Run
+starts a job execution. Locally the Cloud Tasks emulator delivers that very request here, and
+this server does what Cloud Run would:
+
+* validates the RunJobRequest body strictly (unknown keys, wrong types, reserved env names →
+  400 ``INVALID_ARGUMENT`` google-style JSON), so a malformed dispatcher body fails locally
+  exactly where it would fail in production;
+* answers at once with a long-running Operation naming the new Execution (it does not wait for
+  the job: a 2xx means "execution created", never "job succeeded");
+* runs the job's command as a child process with the job's base environment MERGED with the
+  override env, plus ``CLOUD_RUN_JOB``, ``CLOUD_RUN_EXECUTION``, ``CLOUD_RUN_TASK_INDEX``,
+  ``CLOUD_RUN_TASK_COUNT`` and ``CLOUD_RUN_TASK_ATTEMPT``;
+* emulates the job's ``maxRetries`` (a non-zero exit or a task timeout re-runs the task with
+  the attempt number incremented, up to ``max_retries`` extra attempts) and the task timeout;
+* with ``require_auth=True`` rejects requests without ``Authorization: Bearer …`` with 401
+  (the real API needs an OAuth token; the Cloud Tasks emulator sends none, so the local chain
+  runs with ``require_auth=False``).
+
+Inspection: ``GET /_standin/calls`` (every request: method, path, headers with the
+Authorization value redacted, body, status), ``GET /_standin/executions`` (attempts and exit
+codes), ``POST /_standin/reset``; in-process ``calls()``, ``executions()``,
+``wait_for_executions()``.
+
+CLI: ``python -m tools.standins.run_api --port N --job phoenix-video-job="python -m jobs.video.main"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import re
+import secrets
+import shlex
+import signal
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit
+
+RUN_PATH = re.compile(
+    r"^/v2/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/jobs/(?P<job>[^/:]+):run$"
+)
+DURATION = re.compile(r"^\d+(\.\d{1,9})?s$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Names Cloud Run sets itself; a request may not override them.
+RESERVED_ENV = {
+    "PORT",
+    "K_SERVICE",
+    "K_REVISION",
+    "K_CONFIGURATION",
+    "CLOUD_RUN_JOB",
+    "CLOUD_RUN_EXECUTION",
+    "CLOUD_RUN_TASK_INDEX",
+    "CLOUD_RUN_TASK_COUNT",
+    "CLOUD_RUN_TASK_ATTEMPT",
+}
+REQUEST_KEYS = {"validateOnly", "etag", "overrides"}
+OVERRIDES_KEYS = {"containerOverrides", "taskCount", "timeout"}
+CONTAINER_OVERRIDE_KEYS = {"name", "args", "env", "clearArgs"}
+ENV_VAR_KEYS = {"name", "value"}
+MAX_TASK_COUNT = 10  # a local machine has 2 cores; the real quota is 10,000
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, status: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.status, self.message = code, status, message
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "status": self.status}}
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(400, "INVALID_ARGUMENT", message)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job's container: ``command`` + default ``args`` (overridable per run), base env, cwd."""
+
+    command: Sequence[str]
+    args: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """The validated parts of a RunJobRequest body that change what is run."""
+
+    env: dict[str, str]
+    args: list[str] | None  # None = keep the job's args
+    clear_args: bool
+    task_count: int | None
+    timeout_seconds: float | None
+    validate_only: bool
+
+
+def _parse_int(value: Any, what: str) -> int:
+    # proto3 JSON accepts int32 as a number or a decimal string
+    if isinstance(value, bool):
+        raise _invalid(f"Invalid value at '{what}' (TYPE_INT32), {json.dumps(value)}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value):
+        return int(value)
+    raise _invalid(f"Invalid value at '{what}' (TYPE_INT32), {json.dumps(value)}")
+
+
+def validate_run_body(body: Any) -> RunRequest:
+    """Validate a RunJobRequest JSON body the way the Admin API does (strict proto3 JSON)."""
+    if body is None or body == {}:
+        return RunRequest({}, None, False, None, None, False)
+    if not isinstance(body, dict):
+        raise _invalid("Invalid JSON payload received. Expected an object.")
+    unknown = set(body) - REQUEST_KEYS
+    if unknown:
+        raise _invalid(
+            f'Invalid JSON payload received. Unknown name "{sorted(unknown)[0]}": Cannot find field.'
+        )
+    validate_only = body.get("validateOnly", False)
+    if not isinstance(validate_only, bool):
+        raise _invalid("Invalid value at 'validate_only' (TYPE_BOOL)")
+    if "etag" in body and not isinstance(body["etag"], str):
+        raise _invalid("Invalid value at 'etag' (TYPE_STRING)")
+    overrides = body.get("overrides", {})
+    if not isinstance(overrides, dict):
+        raise _invalid("Invalid value at 'overrides': expected an object.")
+    unknown = set(overrides) - OVERRIDES_KEYS
+    if unknown:
+        raise _invalid(
+            f"Invalid JSON payload received. Unknown name \"{sorted(unknown)[0]}\" at 'overrides': Cannot find field."
+        )
+    task_count = None
+    if "taskCount" in overrides:
+        task_count = _parse_int(overrides["taskCount"], "overrides.task_count")
+        if not 1 <= task_count <= MAX_TASK_COUNT:
+            raise _invalid(
+                f"overrides.task_count must be between 1 and {MAX_TASK_COUNT} here, got {task_count}."
+            )
+    timeout_seconds = None
+    if "timeout" in overrides:
+        t = overrides["timeout"]
+        if not isinstance(t, str) or not DURATION.match(t):
+            raise _invalid(
+                f"Invalid value at 'overrides.timeout' (type.googleapis.com/google.protobuf.Duration), {json.dumps(t)}"
+            )
+        timeout_seconds = float(t[:-1])
+        if timeout_seconds <= 0:
+            raise _invalid("overrides.timeout must be positive.")
+    containers = overrides.get("containerOverrides", [])
+    if not isinstance(containers, list):
+        raise _invalid("Invalid value at 'overrides.container_overrides': expected a list.")
+    if len(containers) > 1:
+        raise _invalid(
+            "overrides.container_overrides: this job has a single container; give at most one override."
+        )
+    env: dict[str, str] = {}
+    args: list[str] | None = None
+    clear_args = False
+    for ci, co in enumerate(containers):
+        where = f"overrides.container_overrides[{ci}]"
+        if not isinstance(co, dict):
+            raise _invalid(f"Invalid value at '{where}': expected an object.")
+        unknown = set(co) - CONTAINER_OVERRIDE_KEYS
+        if unknown:
+            raise _invalid(
+                f"Invalid JSON payload received. Unknown name \"{sorted(unknown)[0]}\" at '{where}': Cannot find field."
+            )
+        if "name" in co and not isinstance(co["name"], str):
+            raise _invalid(f"Invalid value at '{where}.name' (TYPE_STRING)")
+        if "clearArgs" in co:
+            if not isinstance(co["clearArgs"], bool):
+                raise _invalid(f"Invalid value at '{where}.clear_args' (TYPE_BOOL)")
+            clear_args = co["clearArgs"]
+        if "args" in co:
+            if not isinstance(co["args"], list) or not all(isinstance(a, str) for a in co["args"]):
+                raise _invalid(f"Invalid value at '{where}.args': expected a list of strings.")
+            args = list(co["args"])
+        if clear_args and args:
+            raise _invalid(f"{where}: clear_args and args are mutually exclusive.")
+        env_list = co.get("env", [])
+        if not isinstance(env_list, list):
+            raise _invalid(f"Invalid value at '{where}.env': expected a list.")
+        for ei, item in enumerate(env_list):
+            ew = f"{where}.env[{ei}]"
+            if not isinstance(item, dict):
+                raise _invalid(f"Invalid value at '{ew}': expected an object.")
+            unknown = set(item) - ENV_VAR_KEYS
+            if unknown:
+                raise _invalid(
+                    f"Invalid JSON payload received. Unknown name \"{sorted(unknown)[0]}\" at '{ew}': Cannot find field."
+                )
+            name, value = item.get("name"), item.get("value", "")
+            if not isinstance(name, str) or not ENV_NAME.match(name):
+                raise _invalid(
+                    f"{ew}.name must be a valid environment variable name, got {json.dumps(name)}."
+                )
+            if name in RESERVED_ENV:
+                raise _invalid(f"{ew}.name: {name} is a reserved environment variable.")
+            if not isinstance(value, str):
+                raise _invalid(f"Invalid value at '{ew}.value' (TYPE_STRING), {json.dumps(value)}")
+            if name in env:
+                raise _invalid(f"{ew}.name: duplicate environment variable {name}.")
+            env[name] = value
+    return RunRequest(env, args, clear_args, task_count, timeout_seconds, validate_only)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _execution_id(job: str) -> str:
+    suffix = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
+    return f"{job}-{suffix}"
+
+
+class RunApiStandin:
+    """The stand-in server (background thread) plus the supervisor of the job processes.
+
+    Args:
+        jobs: job name → argv list (command and default args) or :class:`JobSpec`.
+        env: base environment for every job (merged over ``os.environ`` when ``inherit_env``).
+        max_retries: the job's ``maxRetries`` (Cloud Run default 3).
+        task_timeout: the job's per-task timeout in seconds (Cloud Run default 600).
+        require_auth: 401 for requests without ``Authorization: Bearer <token>``.
+        log_dir: where each attempt's stdout/stderr goes (default: a temp dir kept until stop).
+    """
+
+    def __init__(
+        self,
+        jobs: Mapping[str, Sequence[str] | JobSpec],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        env: Mapping[str, str] | None = None,
+        inherit_env: bool = True,
+        max_retries: int = 3,
+        task_timeout: float = 600.0,
+        require_auth: bool = False,
+        log_dir: str | os.PathLike[str] | None = None,
+        stop_grace: float = 5.0,
+    ) -> None:
+        self.jobs: dict[str, JobSpec] = {
+            name: spec if isinstance(spec, JobSpec) else JobSpec(command=list(spec))
+            for name, spec in jobs.items()
+        }
+        self.host, self._requested_port = host, port
+        self.base_env = dict(env or {})
+        self.inherit_env = inherit_env
+        self.max_retries = max_retries
+        self.task_timeout = task_timeout
+        self.require_auth = require_auth
+        self.stop_grace = stop_grace
+        self._own_log_dir = log_dir is None
+        self._log_dir_arg = log_dir
+        self.log_dir: Path | None = None
+        self._lock = threading.Condition()
+        self._calls: list[dict[str, Any]] = []
+        self._executions: dict[str, dict[str, Any]] = {}
+        self._running: dict[int, subprocess.Popen[bytes]] = {}
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> "RunApiStandin":
+        if self._httpd is not None:
+            return self
+        self._stopping.clear()
+        if self._own_log_dir:
+            self.log_dir = Path(tempfile.mkdtemp(prefix="phoenix-run-api-"))
+        else:
+            self.log_dir = Path(self._log_dir_arg)  # type: ignore[arg-type]
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._httpd = ThreadingHTTPServer((self.host, self._requested_port), _make_handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="run-api-standin",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, terminate running job processes (whole groups) and reap them."""
+        if self._httpd is None:
+            return
+        self._stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            procs = list(self._running.values())
+        for proc in procs:
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_grace
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+        for t in list(self._threads):
+            t.join(timeout=self.stop_grace + 5)
+        self._httpd = self._thread = None
+        if (
+            self._own_log_dir
+            and self.log_dir is not None
+            and os.environ.get("PHOENIX_KEEP_SERVER_LOGS") != "1"
+        ):
+            import shutil
+
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+    def __enter__(self) -> "RunApiStandin":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("RunApiStandin is not started")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def run_url(
+        self, job: str, project: str = "local-project", location: str = "us-central1"
+    ) -> str:
+        """The full ``jobs:run`` URL a dispatcher should POST to."""
+        return f"{self.url}/v2/projects/{project}/locations/{location}/jobs/{job}:run"
+
+    # inspection -----------------------------------------------------------------------------
+
+    def calls(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self._calls)
+
+    def executions(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [copy.deepcopy(e) for e in self._executions.values()]
+
+    def reset(self) -> None:
+        """Forget recorded calls and finished executions (running ones keep running)."""
+        with self._lock:
+            self._calls.clear()
+            for name in [n for n, e in self._executions.items() if e["status"] != "running"]:
+                del self._executions[name]
+
+    def wait_for_executions(self, count: int = 1, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Block until at least ``count`` executions exist and none is still running."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                done = [e for e in self._executions.values() if e["status"] != "running"]
+                if len(self._executions) >= count and len(done) == len(self._executions):
+                    return [copy.deepcopy(e) for e in self._executions.values()]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"wanted {count} finished executions within {timeout}s, have: "
+                        + json.dumps(
+                            [
+                                {k: e[k] for k in ("execution", "status")}
+                                for e in self._executions.values()
+                            ]
+                        )
+                    )
+                self._lock.wait(min(remaining, 0.2))
+
+    # request handling -----------------------------------------------------------------------
+
+    def handle(
+        self, method: str, raw_path: str, headers: Mapping[str, str], raw_body: bytes
+    ) -> tuple[int, Any]:
+        path = urlsplit(raw_path).path
+        if path.startswith("/_standin/"):
+            return self._admin(method, path)
+        body: Any
+        try:
+            body = json.loads(raw_body) if raw_body.strip() else {}
+        except ValueError:
+            body = raw_body.decode("utf-8", "replace")
+        record = {
+            "method": method,
+            "path": raw_path,
+            "body": body,
+            "time": time.time(),
+            "headers": {
+                k: ("<redacted>" if k.lower() == "authorization" else v) for k, v in headers.items()
+            },
+        }
+        try:
+            status, payload = 200, self._run(method, path, headers, body)
+        except ApiError as err:
+            status, payload = err.code, err.body()
+        record["status"] = status
+        with self._lock:
+            self._calls.append(record)
+        return status, payload
+
+    def _admin(self, method: str, path: str) -> tuple[int, Any]:
+        if method == "GET" and path == "/_standin/calls":
+            return 200, self.calls()
+        if method == "GET" and path == "/_standin/executions":
+            return 200, self.executions()
+        if method == "POST" and path == "/_standin/reset":
+            self.reset()
+            return 200, {"ok": True}
+        if method == "GET" and path == "/_standin/health":
+            return 200, {"ok": True}
+        return 404, ApiError(404, "NOT_FOUND", f"No route for {method} {path}").body()
+
+    def _run(self, method: str, path: str, headers: Mapping[str, str], body: Any) -> dict[str, Any]:
+        m = RUN_PATH.match(path)
+        if not m:
+            raise ApiError(
+                404, "NOT_FOUND", f"The requested URL {path} was not found on this server."
+            )
+        if method != "POST":
+            raise ApiError(
+                405, "METHOD_NOT_ALLOWED", f"Method {method} not allowed for {path}; use POST."
+            )
+        auth = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
+        if self.require_auth and not re.fullmatch(r"Bearer \S+", auth):
+            raise ApiError(
+                401,
+                "UNAUTHENTICATED",
+                "Request is missing required authentication credential. Expected OAuth 2 access token, "
+                "login cookie or other valid authentication credential.",
+            )
+        project, location, job = m.group("project"), m.group("location"), m.group("job")
+        spec = self.jobs.get(job)
+        if spec is None:
+            raise ApiError(
+                404,
+                "NOT_FOUND",
+                f"Resource 'projects/{project}/locations/{location}/jobs/{job}' was not found",
+            )
+        req = validate_run_body(body)
+        exec_id = _execution_id(job)
+        exec_name = f"projects/{project}/locations/{location}/jobs/{job}/executions/{exec_id}"
+        task_count = req.task_count or 1
+        metadata = {
+            "@type": "type.googleapis.com/google.cloud.run.v2.Execution",
+            "name": exec_name,
+            "uid": str(uuid.uuid4()),
+            "job": job,
+            "createTime": _now(),
+            "taskCount": task_count,
+            "parallelism": task_count,
+        }
+        operation: dict[str, Any] = {
+            "name": f"projects/{project}/locations/{location}/operations/{uuid.uuid4()}",
+            "metadata": metadata,
+        }
+        if req.validate_only:
+            operation["done"] = True
+            return operation
+        if self._stopping.is_set():
+            raise ApiError(503, "UNAVAILABLE", "The service is shutting down.")
+        if req.clear_args:
+            args: list[str] = []
+        elif req.args is not None:
+            args = req.args
+        else:
+            args = list(spec.args)
+        argv = [*spec.command, *args]
+        execution = {
+            "name": exec_name,
+            "execution": exec_id,
+            "job": job,
+            "argv": argv,
+            "env_overrides": req.env,
+            "task_count": task_count,
+            "status": "running",
+            "created": time.time(),
+            "tasks": [{"index": i, "status": "running", "attempts": []} for i in range(task_count)],
+        }
+        with self._lock:
+            self._executions[exec_name] = execution
+        timeout = req.timeout_seconds or self.task_timeout
+        for i in range(task_count):
+            t = threading.Thread(
+                target=self._run_task,
+                args=(spec, exec_name, exec_id, job, i, task_count, argv, req.env, timeout),
+                name=f"{exec_id}-task{i}",
+                daemon=True,
+            )
+            with self._lock:
+                self._threads = [x for x in self._threads if x.is_alive()]
+                self._threads.append(t)
+            t.start()
+        return operation
+
+    # job supervision ------------------------------------------------------------------------
+
+    def _task_env(
+        self,
+        spec: JobSpec,
+        job: str,
+        exec_id: str,
+        index: int,
+        count: int,
+        attempt: int,
+        overrides: Mapping[str, str],
+    ) -> dict[str, str]:
+        env = dict(os.environ) if self.inherit_env else {}
+        env.update(self.base_env)
+        env.update(spec.env)
+        env.update(overrides)  # "Will be merged with existing env"
+        env.update(
+            {
+                "CLOUD_RUN_JOB": job,
+                "CLOUD_RUN_EXECUTION": exec_id,
+                "CLOUD_RUN_TASK_INDEX": str(index),
+                "CLOUD_RUN_TASK_COUNT": str(count),
+                "CLOUD_RUN_TASK_ATTEMPT": str(attempt),
+            }
+        )
+        return env
+
+    def _run_task(
+        self,
+        spec: JobSpec,
+        exec_name: str,
+        exec_id: str,
+        job: str,
+        index: int,
+        count: int,
+        argv: list[str],
+        overrides: Mapping[str, str],
+        timeout: float,
+    ) -> None:
+        status = "failed"
+        for attempt in range(self.max_retries + 1):
+            if self._stopping.is_set():
+                status = "cancelled"
+                break
+            assert self.log_dir is not None
+            log_path = self.log_dir / f"{exec_id}-task{index}-attempt{attempt}.log"
+            record: dict[str, Any] = {
+                "attempt": attempt,
+                "started": time.time(),
+                "exit_code": None,
+                "timed_out": False,
+                "log": str(log_path),
+            }
+            try:
+                with open(log_path, "wb") as log:
+                    proc = subprocess.Popen(  # noqa: S603 - argv comes from the stand-in's configuration
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=self._task_env(spec, job, exec_id, index, count, attempt, overrides),
+                        cwd=spec.cwd,
+                        start_new_session=True,
+                    )
+            except OSError as exc:
+                record.update(exit_code=127, ended=time.time(), error=str(exc))
+                self._record_attempt(exec_name, index, record)
+                continue
+            record["pid"] = proc.pid
+            self._record_attempt(exec_name, index, record, proc)
+            if self._stopping.is_set():  # stop() may have snapshotted children just before us
+                _signal_group(proc, signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                record["timed_out"] = True
+                _signal_group(proc, signal.SIGTERM)
+                try:
+                    code = proc.wait(timeout=self.stop_grace)
+                except subprocess.TimeoutExpired:
+                    _signal_group(proc, signal.SIGKILL)
+                    code = proc.wait()
+            _signal_group(proc, signal.SIGKILL)  # leftovers of the attempt's process group
+            record.update(exit_code=code, ended=time.time(), log_tail=_tail(log_path))
+            self._record_attempt(exec_name, index, record, None, proc.pid)
+            if code == 0 and not record["timed_out"]:
+                status = "succeeded"
+                break
+            if self._stopping.is_set():
+                status = "cancelled"
+                break
+        with self._lock:
+            execution = self._executions.get(exec_name)
+            if execution is not None:
+                execution["tasks"][index]["status"] = status
+                states = {t["status"] for t in execution["tasks"]}
+                if "running" not in states:
+                    execution["status"] = (
+                        "succeeded"
+                        if states == {"succeeded"}
+                        else "cancelled"
+                        if "cancelled" in states
+                        else "failed"
+                    )
+                    execution["completed"] = time.time()
+            self._lock.notify_all()
+
+    def _record_attempt(
+        self,
+        exec_name: str,
+        index: int,
+        record: dict[str, Any],
+        running: subprocess.Popen[bytes] | None = None,
+        finished_pid: int | None = None,
+    ) -> None:
+        with self._lock:
+            if running is not None:
+                self._running[running.pid] = running
+            if finished_pid is not None:
+                self._running.pop(finished_pid, None)
+            execution = self._executions.get(exec_name)
+            if execution is not None:
+                attempts = execution["tasks"][index]["attempts"]
+                snapshot = dict(record)
+                if attempts and attempts[-1]["attempt"] == record["attempt"]:
+                    attempts[-1] = snapshot
+                else:
+                    attempts.append(snapshot)
+            self._lock.notify_all()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Signal the child's whole process group (it was started in its own session).
+
+    Linux does not hand out a pid that is still in use as a process-group id, so the group
+    cannot belong to anyone else while any of its members lives; once it is empty the call
+    fails with ProcessLookupError, which is ignored.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _tail(path: Path, max_chars: int = 2000) -> str:
+    try:
+        return path.read_bytes()[-max_chars:].decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _make_handler(standin: RunApiStandin) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = 30
+        server_version = "RunApiStandin/1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            if os.environ.get("RUN_API_STANDIN_VERBOSE"):
+                super().log_message(format, *args)
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                status, payload = standin.handle(
+                    self.command, self.path, dict(self.headers.items()), raw
+                )
+            except (
+                Exception
+            ) as exc:  # a stand-in bug must be a visible 500, not a dropped connection
+                status, payload = (
+                    500,
+                    ApiError(500, "INTERNAL", f"run_api stand-in crashed: {exc!r}").body(),
+                )
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Length", str(len(data)))
+            if status == 401:
+                self.send_header("WWW-Authenticate", 'Bearer realm="https://accounts.google.com/"')
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle  # noqa: N815
+
+    return Handler
+
+
+def _parse_job(text: str) -> tuple[str, list[str]]:
+    name, sep, cmd = text.partition("=")
+    if not sep or not name or not cmd.strip():
+        raise argparse.ArgumentTypeError(f"--job expects NAME=COMMAND, got {text!r}")
+    return name, shlex.split(cmd)
+
+
+def _parse_env(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not ENV_NAME.match(name):
+        raise argparse.ArgumentTypeError(f"--env expects NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Local stand-in for the Cloud Run Admin API v2 jobs:run."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 = any free port (printed on stdout)")
+    parser.add_argument(
+        "--job", type=_parse_job, action="append", default=[], metavar="NAME=COMMAND", required=True
+    )
+    parser.add_argument(
+        "--env",
+        type=_parse_env,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="base environment for every job",
+    )
+    parser.add_argument("--max-retries", type=int, default=3)
+    parser.add_argument("--task-timeout", type=float, default=600.0)
+    parser.add_argument("--require-auth", action="store_true")
+    parser.add_argument("--log-dir", default=None)
+    args = parser.parse_args(argv)
+    standin = RunApiStandin(
+        dict(args.job),
+        host=args.host,
+        port=args.port,
+        env=dict(args.env),
+        max_retries=args.max_retries,
+        task_timeout=args.task_timeout,
+        require_auth=args.require_auth,
+        log_dir=args.log_dir,
+    ).start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"READY {standin.url}", flush=True)
+    try:
+        stop.wait()
+    finally:
+        standin.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
