@@ -327,7 +327,7 @@ def run_wrk(
         os.environ,
         WRK_METHOD=method,
         WRK_BODY=body,
-        WRK_HEADERS=json.dumps(dict(headers or {})),
+        WRK_HEADERS="\n".join(f"{k}: {v}" for k, v in (headers or {}).items()),
         WRK_USERS=str(users),
     )
     proc = subprocess.run(

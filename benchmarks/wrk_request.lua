@@ -1,5 +1,5 @@
 -- wrk script shared by the benchmarks (driven by benchmarks/_common.py:run_wrk).
--- Env: WRK_METHOD, WRK_BODY, WRK_HEADERS (JSON object of string values, flat),
+-- Env: WRK_METHOD, WRK_BODY, WRK_HEADERS ("Name: value" lines),
 --      WRK_USERS (>0: spread requests over that many X-Phoenix-User ids).
 -- Prints one line "WRK_JSON {...}" with requests, rps, latency percentiles (ms) and a count per
 -- HTTP status (so a 304 run can prove it got 304s, and an enqueue run that it got 202s).
@@ -10,8 +10,11 @@ local users = tonumber(os.getenv("WRK_USERS") or "0") or 0
 
 local function parse_headers(raw)
   local h = {}
-  for k, v in string.gmatch(raw or "", '"([^"]+)"%s*:%s*"([^"]*)"') do
-    h[k] = v
+  for line in string.gmatch(raw or "", "[^\n]+") do
+    local k, v = string.match(line, "^%s*([^:]+):%s*(.-)%s*$")
+    if k then
+      h[k] = v
+    end
   end
   return h
 end

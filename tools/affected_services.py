@@ -276,9 +276,7 @@ def _resolve(tree: Tree, dotted: str) -> list[str]:
         base = prefix + "/".join(parts)
         for candidate in (f"{base}.py", f"{base}/__init__.py"):
             if candidate in tree.files:
-                inits = [
-                    f"{prefix}{'/'.join(parts[:i])}/__init__.py" for i in range(1, len(parts))
-                ]
+                inits = [f"{prefix}{'/'.join(parts[:i])}/__init__.py" for i in range(1, len(parts))]
                 return [candidate, *(p for p in inits if p in tree.files)]
         if base in tree.dirs and f"{base}/__init__.py" not in tree.files:
             # A namespace package: importing it loads nothing, but its parents' inits.
@@ -463,11 +461,11 @@ def render(result: Result, fmt: str, services: Sequence[Service] = SERVICES) -> 
             + "\n"
         )
     if fmt == "github":
-        compact = {"separators": (",", ":")}
+        compact = (",", ":")  # one line per output: $GITHUB_OUTPUT is line-based
         lines = [f"{s.name}={'true' if s.name in result.affected else 'false'}" for s in services]
         lines += [
-            f"matrix={json.dumps(result.affected, **compact)}",  # type: ignore[arg-type]
-            f"deploy_matrix={json.dumps(matrix, **compact)}",  # type: ignore[arg-type]
+            f"matrix={json.dumps(result.affected, separators=compact)}",
+            f"deploy_matrix={json.dumps(matrix, separators=compact)}",
             f"any={'true' if result.affected else 'false'}",
             f"any_deployable={'true' if matrix else 'false'}",
             f"global={'true' if result.global_change else 'false'}",

@@ -20,8 +20,6 @@ import pytest
 from tools import affected_services as aff
 from tools.affected_services import affected_services
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
-
 ALL_THREE = ["api", "video-job", "image-job"]
 
 
@@ -251,7 +249,9 @@ def _commit_change(repo: Path, files: dict[str, str]) -> str:
 def test_cli_github_format(mini, capsys):
     repo, base = mini
     head = _commit_change(repo, {"src/python/jobs/image/main.py": "from common import x\n"})
-    assert aff.main(["--repo", str(repo), "--base", base, "--head", head, "--format", "github"]) == 0
+    assert (
+        aff.main(["--repo", str(repo), "--base", base, "--head", head, "--format", "github"]) == 0
+    )
     out = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
     assert out["api"] == "false" and out["video-job"] == "false" and out["image-job"] == "true"
     assert out["legacy-worker"] == "false"

@@ -77,15 +77,28 @@ def stop_process_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
 
 @contextmanager
 def legacy_worker(
-    env: dict[str, str], log_path: Path, *, concurrency: int = 1, pool: str = "prefork",
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    concurrency: int = 1,
+    pool: str = "prefork",
     ready_timeout: float = 60.0,
 ) -> Iterator[subprocess.Popen]:
     """``python -m jobs.legacy.worker`` as a real process, yielded once Celery says it's ready."""
     log = open(log_path, "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs.legacy.worker", f"--pool={pool}",
-         f"--concurrency={concurrency}", "--loglevel=INFO"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "jobs.legacy.worker",
+            f"--pool={pool}",
+            f"--concurrency={concurrency}",
+            "--loglevel=INFO",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:

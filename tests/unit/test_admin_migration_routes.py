@@ -24,14 +24,20 @@ def seed(store):
     ):
         t = NOW - timedelta(minutes=30 + i)
         c = lc.new(user_id=f"u{i}", kind=Kind.VIDEO, prompt="p", params={}, path=path, now=t)
-        c = lc.claim(c, owner="o", now=t + timedelta(seconds=2), lease=timedelta(minutes=5),
-                     max_attempts=3)
+        c = lc.claim(
+            c, owner="o", now=t + timedelta(seconds=2), lease=timedelta(minutes=5), max_attempts=3
+        )
         if outcome == "completed":
-            c = lc.complete(c, owner="o", now=t + timedelta(seconds=90),
-                            media=(MediaRef("k", "video/mp4"),))
+            c = lc.complete(
+                c, owner="o", now=t + timedelta(seconds=90), media=(MediaRef("k", "video/mp4"),)
+            )
         else:
-            c = lc.fail(c, owner="o", now=t + timedelta(seconds=30),
-                        error=CreationError("quota_exceeded", "<b>no</b>"))
+            c = lc.fail(
+                c,
+                owner="o",
+                now=t + timedelta(seconds=30),
+                error=CreationError("quota_exceeded", "<b>no</b>"),
+            )
         store.add(c)
 
 
@@ -42,10 +48,15 @@ def client_for():
         seed(store)
         settings = Settings(admins=("admin-1",), rollout="video=cloud-tasks:25,celery:75")
         app = Flask(__name__)
-        app.register_blueprint(admin_blueprint(
-            store=store, settings=settings, route=make_route(settings, env={}),
-            current_user=lambda: user, clock=lambda: NOW,
-        ))
+        app.register_blueprint(
+            admin_blueprint(
+                store=store,
+                settings=settings,
+                route=make_route(settings, env={}),
+                current_user=lambda: user,
+                clock=lambda: NOW,
+            )
+        )
         return app.test_client()
 
     return make
@@ -89,7 +100,8 @@ def test_html_has_well_formed_inline_svg_charts_and_escapes_text(client_for):
     assert resp.status_code == 200 and resp.mimetype == "text/html"
     page = resp.get_data(as_text=True)
     assert "<script" not in page and "http://" not in page.replace(
-        'xmlns="http://www.w3.org/2000/svg"', "")
+        'xmlns="http://www.w3.org/2000/svg"', ""
+    )
     svgs = [s.split("</svg>")[0] + "</svg>" for s in page.split("<svg")[1:]]
     assert len(svgs) == 4  # success rate, queue wait, run time, cost curve
     for s in svgs:
@@ -116,8 +128,9 @@ def test_wired_into_the_real_app_with_the_identity_seam(tmp_path):
     client = app.test_client()
     denied = client.get("/api/admin/migration", headers={"X-Phoenix-User": "mallory"})
     assert denied.status_code == 403
-    assert denied.get_json() == {"error": {"code": "forbidden",
-                                           "message": "the migration dashboard is for admins only"}}
+    assert denied.get_json() == {
+        "error": {"code": "forbidden", "message": "the migration dashboard is for admins only"}
+    }
     ok = client.get("/api/admin/migration?window_hours=720", headers={"X-Phoenix-User": "boss"})
     assert ok.status_code == 200
     assert ok.get_json()["rollout"] is None or "video" in ok.get_json()["rollout"]

@@ -554,9 +554,7 @@ def test_production_auth_ignores_the_local_header_and_requires_a_token(tmp_path)
     from tests.support.tokens import firebase_claims, make_key
 
     key = make_key()
-    verifier = FirebaseTokenVerifier(
-        "proj", fetch_certs=lambda: ({key.kid: key.cert_pem}, 3600.0)
-    )
+    verifier = FirebaseTokenVerifier("proj", fetch_certs=lambda: ({key.kid: key.cert_pem}, 3600.0))
     app = create_app(
         Settings(data_dir=tmp_path, auth="firebase", firebase_project="proj"),
         store=InMemoryCreationStore(),

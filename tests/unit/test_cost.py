@@ -12,8 +12,8 @@ from common import cost
 from common.cost import (
     HOURS_PER_MONTH,
     LIST,
-    SEED,
     SECONDS_PER_MONTH,
+    SEED,
     jobs_monthly,
     legacy_monthly,
     measured_run_seconds,
@@ -48,8 +48,10 @@ def test_seed_saving_is_over_80_percent_at_a_thousand_videos():
 
 def test_jobs_compute_is_run_time_plus_startup_times_unit_prices():
     p, s = LIST.prices, LIST.jobs
-    expected = 1000 * (120 + s.startup_seconds) * (
-        s.job_vcpu * p.run_usd_per_vcpu_second + s.job_memory_gib * p.run_usd_per_gib_second
+    expected = (
+        1000
+        * (120 + s.startup_seconds)
+        * (s.job_vcpu * p.run_usd_per_vcpu_second + s.job_memory_gib * p.run_usd_per_gib_second)
     )
     assert jobs_monthly(1000, 120, LIST).variable["cloud_run_jobs"] == pytest.approx(expected)
     assert expected == pytest.approx(2.375)
@@ -101,12 +103,14 @@ def test_measured_run_seconds_is_the_median_of_completed_records_of_the_kind():
 
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     records = []
-    for i, (kind, secs) in enumerate([(Kind.VIDEO, 60), (Kind.VIDEO, 100), (Kind.VIDEO, 200),
-                                      (Kind.IMAGE, 5)]):
+    for _i, (kind, secs) in enumerate(
+        [(Kind.VIDEO, 60), (Kind.VIDEO, 100), (Kind.VIDEO, 200), (Kind.IMAGE, 5)]
+    ):
         c = lc.new(user_id="u", kind=kind, prompt="p", params={}, path="cloud-tasks", now=t0)
         c = lc.claim(c, owner="o", now=t0, lease=timedelta(minutes=5), max_attempts=3)
-        c = lc.complete(c, owner="o", now=t0 + timedelta(seconds=secs),
-                        media=(MediaRef("k", "video/mp4"),))
+        c = lc.complete(
+            c, owner="o", now=t0 + timedelta(seconds=secs), media=(MediaRef("k", "video/mp4"),)
+        )
         records.append(c)
     assert measured_run_seconds(records, "video") == (100.0, 3)
     assert measured_run_seconds(records, None) == (80.0, 4)
@@ -144,8 +148,11 @@ def test_cli_from_store_uses_the_measured_median(tmp_path, monkeypatch, capsys):
     for secs in (30, 45, 300):
         c = lc.new(user_id="u", kind=Kind.VIDEO, prompt="p", params={}, path="celery", now=t0)
         c = lc.claim(c, owner="o", now=t0, lease=timedelta(minutes=5), max_attempts=3)
-        store.add(lc.complete(c, owner="o", now=t0 + timedelta(seconds=secs),
-                              media=(MediaRef("k", "video/mp4"),)))
+        store.add(
+            lc.complete(
+                c, owner="o", now=t0 + timedelta(seconds=secs), media=(MediaRef("k", "video/mp4"),)
+            )
+        )
     store.close()
     assert cost.main(["--from-store", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -22,6 +22,10 @@ import pytest
 import structlog
 
 from common import logs
+
+# Child interpreters started by these tests import all three modules: name them here so the
+# test's sandbox (Pants infers dependencies from imports) contains them.
+from common import logs as _logs, metrics as _metrics, tracing as _tracing  # noqa: F401
 from common.config import ConfigError, Settings
 from common.logs import REDACTED
 
@@ -104,8 +108,13 @@ def test_bind_creation_as_a_plain_call_binds_until_cleared() -> None:
 
 @pytest.mark.parametrize(
     ("method", "severity"),
-    [("debug", "DEBUG"), ("info", "INFO"), ("warning", "WARNING"), ("error", "ERROR"),
-     ("critical", "CRITICAL")],
+    [
+        ("debug", "DEBUG"),
+        ("info", "INFO"),
+        ("warning", "WARNING"),
+        ("error", "ERROR"),
+        ("critical", "CRITICAL"),
+    ],
 )
 def test_severity_mapping(method: str, severity: str) -> None:
     buf = _configure()
@@ -246,10 +255,12 @@ def test_secret_keys_are_redacted_at_any_depth_without_mutating_the_caller() -> 
     )
     (line,) = _lines(buf)
     out = json.dumps(line)
-    for secret in ("abc.def", "-----BEGIN", "AIza123", "hunter2", "eyJhbGciOi", "s3",
-                   "session=1"):
+    for secret in ("abc.def", "-----BEGIN", "AIza123", "hunter2", "eyJhbGciOi", "s3", "session=1"):
         assert secret not in out
-    assert line["request"]["headers"] == {"Authorization": REDACTED, "Content-Type": "application/json"}
+    assert line["request"]["headers"] == {
+        "Authorization": REDACTED,
+        "Content-Type": "application/json",
+    }
     assert line["request"]["body"]["credentials"]["private_key"] == REDACTED
     assert line["request"]["body"]["credentials"]["client_email"] == "sa@x"
     assert line["request"]["items"] == [{"apiKey": REDACTED}, {"password": REDACTED}]

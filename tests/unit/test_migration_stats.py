@@ -34,8 +34,9 @@ def make(
     claimed_at = created + timedelta(seconds=wait)
     for i in range(attempts - 1):  # earlier attempts failed retryably
         c = lc.claim(c, owner=f"o{i}", now=claimed_at, lease=LEASE, max_attempts=9)
-        c = lc.release_for_retry(c, owner=f"o{i}", now=claimed_at,
-                                 error=CreationError("flaky", "x"), max_attempts=9)
+        c = lc.release_for_retry(
+            c, owner=f"o{i}", now=claimed_at, error=CreationError("flaky", "x"), max_attempts=9
+        )
     c = lc.claim(c, owner="o", now=claimed_at, lease=LEASE, max_attempts=9)
     if outcome == "processing" or run is None:
         return c
@@ -72,7 +73,10 @@ def test_counts_success_rate_and_failure_codes_per_path_and_kind():
     )
     report = ms.compute(records, now=NOW, window=timedelta(hours=24))
     assert [(g.path, g.kind) for g in report.groups] == [
-        ("celery", "video"), ("cloud-tasks", "image"), ("cloud-tasks", "video")]
+        ("celery", "video"),
+        ("cloud-tasks", "image"),
+        ("cloud-tasks", "video"),
+    ]
     legacy = group(report, "celery")
     assert (legacy.count, legacy.completed, legacy.failed, legacy.in_progress) == (8, 3, 3, 2)
     assert legacy.success_rate == pytest.approx(0.5)
@@ -82,8 +86,10 @@ def test_counts_success_rate_and_failure_codes_per_path_and_kind():
 
 
 def test_queue_wait_and_run_time_percentiles():
-    records = [make("cloud-tasks", wait=w, run=r) for w, r in
-               [(1, 50), (2, 60), (3, 70), (4, 80), (100, 300)]]
+    records = [
+        make("cloud-tasks", wait=w, run=r)
+        for w, r in [(1, 50), (2, 60), (3, 70), (4, 80), (100, 300)]
+    ]
     g = group(ms.compute(records, now=NOW, window=timedelta(hours=24)), "cloud-tasks")
     assert (g.queue_wait_s.p50, g.queue_wait_s.p95, g.queue_wait_s.p99) == (3, 100, 100)
     assert (g.run_time_s.p50, g.run_time_s.p95, g.run_time_s.p99) == (70, 300, 300)
@@ -110,8 +116,11 @@ def test_window_excludes_older_records():
 
 
 def test_costs_prorate_fixed_cost_to_the_window_and_split_it_by_count():
-    records = [make("celery", run=120) for _ in range(3)] + [
-        make("celery", Kind.IMAGE, run=10)] + [make("cloud-tasks", run=120) for _ in range(10)]
+    records = (
+        [make("celery", run=120) for _ in range(3)]
+        + [make("celery", Kind.IMAGE, run=10)]
+        + [make("cloud-tasks", run=120) for _ in range(10)]
+    )
     window = timedelta(hours=24)
     report = ms.compute(records, now=NOW, window=window, preset=cost_model.SEED)
     fraction = window.total_seconds() / cost_model.SECONDS_PER_MONTH
@@ -135,9 +144,11 @@ def test_cost_curve_uses_the_measured_median_video_run_time():
     points = {p["creations"]: p for p in report.cost_curve}
     assert points[0]["cloud_tasks"] == 0.0
     assert points[1000]["cloud_tasks"] == pytest.approx(
-        cost_model.jobs_monthly(1000, 40).total, abs=0.01)
+        cost_model.jobs_monthly(1000, 40).total, abs=0.01
+    )
     assert points[1000]["celery"] == pytest.approx(
-        cost_model.legacy_monthly(1000, 40).total, abs=0.01)
+        cost_model.legacy_monthly(1000, 40).total, abs=0.01
+    )
 
 
 def test_empty_window_and_json_shape():
@@ -146,8 +157,9 @@ def test_empty_window_and_json_shape():
     assert d["groups"] == []
     assert d["window"]["hours"] == 1
     assert d["cost_model"]["job_seconds"] == ms.DEFAULT_JOB_SECONDS
-    full = ms.compute([make("celery", outcome="failed", code="quota")], now=NOW,
-                      window=timedelta(hours=2)).to_dict()["groups"][0]
+    full = ms.compute(
+        [make("celery", outcome="failed", code="quota")], now=NOW, window=timedelta(hours=2)
+    ).to_dict()["groups"][0]
     assert full["failure_codes"] == {"quota": 1}
     assert set(full["queue_wait_s"]) == {"p50", "p95", "p99", "n"}
     assert full["success_rate"] == 0.0

@@ -25,11 +25,17 @@ def shares(rollout: Rollout, kind: Kind) -> dict[str, float]:
     [
         ("video=cloud-tasks:25,celery:75", Kind.VIDEO, {"cloud-tasks": 25, "celery": 75}),
         ("video=cloud-tasks:50,celery:50", Kind.VIDEO, {"cloud-tasks": 50, "celery": 50}),
-        ("video=cloud-tasks:10,celery:90;image=celery:100", Kind.VIDEO,
-         {"cloud-tasks": 10, "celery": 90}),
+        (
+            "video=cloud-tasks:10,celery:90;image=celery:100",
+            Kind.VIDEO,
+            {"cloud-tasks": 10, "celery": 90},
+        ),
         ("image=celery:1,cloud-tasks:99", Kind.IMAGE, {"cloud-tasks": 99, "celery": 1}),
-        ("image=cloud-tasks:20,local:30,celery:50", Kind.IMAGE,
-         {"cloud-tasks": 20, "local": 30, "celery": 50}),
+        (
+            "image=cloud-tasks:20,local:30,celery:50",
+            Kind.IMAGE,
+            {"cloud-tasks": 20, "local": 30, "celery": 50},
+        ),
     ],
 )
 def test_split_within_three_points_over_10k_users(flag, kind, expected):
@@ -80,8 +86,11 @@ def test_raising_the_new_share_only_moves_users_from_old_to_new(steps):
     moved_total = 0
     initially_on_celery: int | None = None
     for pct in steps:
-        flag = f"video=cloud-tasks:{pct},celery:{100 - pct}" if 0 < pct < 100 else (
-            "video=cloud-tasks:100" if pct == 100 else "video=celery:100")
+        flag = (
+            f"video=cloud-tasks:{pct},celery:{100 - pct}"
+            if 0 < pct < 100
+            else ("video=cloud-tasks:100" if pct == 100 else "video=celery:100")
+        )
         r = Rollout.parse(flag, "local")
         now = {u: r.route(Kind.VIDEO, u) for u in USERS}
         if previous is not None:

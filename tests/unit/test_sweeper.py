@@ -43,7 +43,10 @@ def test_failed_dispatch_is_redispatched_after_the_grace_period():
         paths.append(path)
         return rec
 
-    assert sweep(store, dispatcher_for, now=T0 + timedelta(seconds=5), policy=POLICY).redispatched == []
+    assert (
+        sweep(store, dispatcher_for, now=T0 + timedelta(seconds=5), policy=POLICY).redispatched
+        == []
+    )
     report = sweep(store, dispatcher_for, now=T0 + timedelta(seconds=11), policy=POLICY)
     assert report.redispatched == [cid] and paths == ["celery"]
     assert [p.creation_id for p in rec.dispatched] == [cid]
@@ -81,14 +84,20 @@ def test_expired_lease_is_redispatched_but_a_live_one_is_left_alone():
         ]
     )
     rec = RecordingDispatcher()
-    assert sweep(store, lambda p: rec, now=T0 + timedelta(minutes=1), policy=POLICY).redispatched == []
-    assert sweep(store, lambda p: rec, now=T0 + timedelta(minutes=3), policy=POLICY).redispatched == [cid]
+    assert (
+        sweep(store, lambda p: rec, now=T0 + timedelta(minutes=1), policy=POLICY).redispatched == []
+    )
+    assert sweep(
+        store, lambda p: rec, now=T0 + timedelta(minutes=3), policy=POLICY
+    ).redispatched == [cid]
     assert store.get(cid).status is Status.PROCESSING  # the next claim takes it over
 
 
 def test_too_old_creations_fail_with_timed_out():
     store, cid = setup(steps=[lambda c: lc.mark_dispatched(c, now=T0)])
-    report = sweep(store, lambda p: RecordingDispatcher(), now=T0 + timedelta(hours=2), policy=POLICY)
+    report = sweep(
+        store, lambda p: RecordingDispatcher(), now=T0 + timedelta(hours=2), policy=POLICY
+    )
     assert report.failed == [cid] and store.get(cid).error.code == "timed_out"
 
 
@@ -99,7 +108,9 @@ def test_finished_creations_are_never_touched():
             lambda c: lc.complete(c, owner="j", now=T0, media=(lc.MediaRef("k", "video/mp4"),)),
         ]
     )
-    report = sweep(store, lambda p: RecordingDispatcher(), now=T0 + timedelta(hours=9), policy=POLICY)
+    report = sweep(
+        store, lambda p: RecordingDispatcher(), now=T0 + timedelta(hours=9), policy=POLICY
+    )
     assert report.as_dict() == {"redispatched": 0, "failed": 0, "errors": 0}
 
 

@@ -22,6 +22,10 @@ import pytest
 from opentelemetry import baggage, trace
 
 from common import metrics, tracing
+
+# Child interpreters started by these tests import all three modules: name them here so the
+# test's sandbox (Pants infers dependencies from imports) contains them.
+from common import logs as _logs, metrics as _metrics, tracing as _tracing  # noqa: F401
 from common.config import ConfigError
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -30,8 +34,14 @@ TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 @pytest.fixture(autouse=True)
 def _clean_providers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in (tracing.EXPORTER_ENV, metrics.EXPORTER_ENV, "CLOUD_RUN_EXECUTION",
-                 "CLOUD_RUN_TASK_ATTEMPT", "CLOUD_RUN_JOB", "K_SERVICE"):
+    for name in (
+        tracing.EXPORTER_ENV,
+        metrics.EXPORTER_ENV,
+        "CLOUD_RUN_EXECUTION",
+        "CLOUD_RUN_TASK_ATTEMPT",
+        "CLOUD_RUN_JOB",
+        "K_SERVICE",
+    ):
         monkeypatch.delenv(name, raising=False)
     tracing._reset_for_tests()
     metrics._reset_for_tests()
@@ -122,7 +132,9 @@ def test_context_from_env_reads_the_env_carrier() -> None:
         assert tracing.current_trace_id() == tid
 
 
-@pytest.mark.parametrize("carrier", [None, "", "not-a-traceparent", "00-" + "0" * 32 + "-" + "0" * 16 + "-01"])
+@pytest.mark.parametrize(
+    "carrier", [None, "", "not-a-traceparent", "00-" + "0" * 32 + "-" + "0" * 16 + "-01"]
+)
 def test_missing_or_invalid_traceparent_starts_a_new_root_trace(carrier: str | None) -> None:
     tracing.configure_tracing("svc", "none")
     with tracing.tracer("t").start_as_current_span("unrelated"):
@@ -147,7 +159,11 @@ def test_context_from_headers_prefers_traceparent_then_cloud_trace_context() -> 
     assert ctx.trace_flags.sampled and ctx.is_remote
 
     for bad in ({}, {"X-Cloud-Trace-Context": "garbage"}, {"traceparent": "nope"}):
-        assert not trace.get_current_span(tracing.context_from_headers(bad)).get_span_context().is_valid
+        assert (
+            not trace.get_current_span(tracing.context_from_headers(bad))
+            .get_span_context()
+            .is_valid
+        )
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -163,7 +179,9 @@ def test_configure_is_idempotent_first_call_wins(tmp_path: Path) -> None:
     assert not second.exists()
 
 
-def test_exporter_from_env_and_cloud_run_resource(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exporter_from_env_and_cloud_run_resource(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "nested" / "spans.jsonl"
     monkeypatch.setenv(tracing.EXPORTER_ENV, f"file:{out}")
     monkeypatch.setenv("CLOUD_RUN_JOB", "phoenix-video-job")
@@ -191,19 +209,35 @@ def test_unknown_exporter_is_a_config_error_and_installs_nothing() -> None:
     ("exporter", "module", "package"),
     [
         ("gcp", "opentelemetry.exporter.cloud_trace", "opentelemetry-exporter-gcp-trace"),
-        ("otlp", "opentelemetry.exporter.otlp.proto.http", "opentelemetry-exporter-otlp-proto-http"),
+        (
+            "otlp",
+            "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+            "opentelemetry-exporter-otlp-proto-http",
+        ),
     ],
 )
-def test_missing_optional_exporter_names_the_package(exporter: str, module: str, package: str) -> None:
-    try:
-        installed = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        installed = False
-    if installed:
-        pytest.skip(f"{module} is installed here")
+def test_missing_optional_exporter_names_the_package(
+    exporter: str, module: str, package: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployable built without the exporter's package fails at start-up, naming it. The
+    packages are in our lockfile, so their absence is simulated (None in sys.modules makes
+    the import raise ImportError)."""
+    monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(ConfigError, match=re.escape(package)):
         tracing.configure_tracing("svc", exporter)
     assert tracing._provider is None
+
+
+def test_otlp_over_grpc_is_not_bundled_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")
+    with pytest.raises(ConfigError, match="opentelemetry-exporter-otlp-proto-grpc"):
+        tracing.configure_tracing("svc", "otlp")
+
+
+def test_bundled_otlp_http_exporter_configures(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    tracing.configure_tracing("svc", "otlp")
+    assert tracing._provider is not None
 
 
 def test_shutdown_is_safe_twice_and_spans_after_it_do_not_fail(tmp_path: Path) -> None:
@@ -329,7 +363,9 @@ def test_metrics_file_exporter_records_creation_lifecycle(tmp_path: Path) -> Non
     waits = {p["attributes"]["kind"]: p for p in points[metrics.QUEUE_WAIT]}
     assert waits["video"]["sum"] == 1.5 and waits["video"]["count"] == 1
     assert waits["image"]["min"] == 0.0  # negative durations are clamped
-    runs = {(p["attributes"]["kind"], p["attributes"]["outcome"]): p for p in points[metrics.RUN_TIME]}
+    runs = {
+        (p["attributes"]["kind"], p["attributes"]["outcome"]): p for p in points[metrics.RUN_TIME]
+    }
     assert runs[("video", "completed")]["sum"] == 42.0
     assert runs[("image", "failed")]["sum"] == 3.0
     assert 30 in runs[("video", "completed")]["explicit_bounds"]  # seconds-scale buckets

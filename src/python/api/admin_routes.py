@@ -55,7 +55,9 @@ def admin_blueprint(
         "admin_migration", __name__, static_folder="static", static_url_path="/admin/static"
     )
     who = current_user or _default_current_user
-    get_store = store if callable(store) and not isinstance(store, CreationStore) else (lambda: store)
+    get_store = (
+        store if callable(store) and not isinstance(store, CreationStore) else (lambda: store)
+    )
 
     def _authorize() -> tuple[Response, int] | None:
         user = who()
@@ -65,28 +67,44 @@ def admin_blueprint(
             return _error(403, "forbidden", "the migration dashboard is for admins only")
         return None
 
-    def _report() -> tuple[migration_stats.MigrationReport | None, tuple[Response, int] | None, bool]:
+    def _report() -> (
+        tuple[migration_stats.MigrationReport | None, tuple[Response, int] | None, bool]
+    ):
         raw = request.args.get("window_hours", "24")
         try:
             hours = float(raw)
         except ValueError:
-            return None, _error(400, "invalid_request", f"window_hours={raw!r} is not a number"), False
+            return (
+                None,
+                _error(400, "invalid_request", f"window_hours={raw!r} is not a number"),
+                False,
+            )
         if not 0 < hours <= MAX_WINDOW_HOURS:
-            return None, _error(
-                400, "invalid_request", f"window_hours must be in (0, {MAX_WINDOW_HOURS}]"
-            ), False
+            return (
+                None,
+                _error(400, "invalid_request", f"window_hours must be in (0, {MAX_WINDOW_HOURS}]"),
+                False,
+            )
         preset_name = request.args.get("preset", "list")
         if preset_name not in cost_model.PRESETS:
-            return None, _error(
-                400, "invalid_request",
-                f"preset must be one of {', '.join(sorted(cost_model.PRESETS))}",
-            ), False
+            return (
+                None,
+                _error(
+                    400,
+                    "invalid_request",
+                    f"preset must be one of {', '.join(sorted(cost_model.PRESETS))}",
+                ),
+                False,
+            )
         now = clock()
         window = timedelta(hours=hours)
         records = get_store().scan(created_after=now - window, limit=MAX_RECORDS)
         report = migration_stats.compute(
-            records, now=now, window=window,
-            preset=cost_model.PRESETS[preset_name], preset_name=preset_name,
+            records,
+            now=now,
+            window=window,
+            preset=cost_model.PRESETS[preset_name],
+            preset_name=preset_name,
         )
         return report, None, len(records) >= MAX_RECORDS
 
@@ -145,7 +163,11 @@ def _label(g: migration_stats.GroupStats) -> str:
 
 
 def svg_hbars(
-    rows: list[tuple[str, float | None, str]], *, max_value: float, unit: str, title: str,
+    rows: list[tuple[str, float | None, str]],
+    *,
+    max_value: float,
+    unit: str,
+    title: str,
     width: int = 640,
 ) -> str:
     """Horizontal bars: (label, value, colour) per row."""
@@ -159,21 +181,30 @@ def svg_hbars(
     ]
     for i, (label, value, color) in enumerate(rows):
         y = top + i * (bar_h + gap)
-        out.append(f'<text x="{left - 8}" y="{y + 15}" font-size="12" text-anchor="end">'
-                   f'{_e(label)}</text>')
+        out.append(
+            f'<text x="{left - 8}" y="{y + 15}" font-size="12" text-anchor="end">'
+            f"{_e(label)}</text>"
+        )
         if value is None:
-            out.append(f'<text x="{left + 4}" y="{y + 15}" font-size="12" fill="#888">no data</text>')
+            out.append(
+                f'<text x="{left + 4}" y="{y + 15}" font-size="12" fill="#888">no data</text>'
+            )
             continue
         w = 0 if max_value <= 0 else max(1.0, plot_w * min(value, max_value) / max_value)
         out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{color}"/>')
-        out.append(f'<text x="{left + w + 6:.1f}" y="{y + 15}" font-size="12">'
-                   f'{value:.1f}{_e(unit)}</text>')
+        out.append(
+            f'<text x="{left + w + 6:.1f}" y="{y + 15}" font-size="12">'
+            f"{value:.1f}{_e(unit)}</text>"
+        )
     out.append("</svg>")
     return "".join(out)
 
 
 def svg_grouped_bars(
-    groups: list[tuple[str, tuple[float | None, ...]]], *, series: tuple[str, ...], title: str,
+    groups: list[tuple[str, tuple[float | None, ...]]],
+    *,
+    series: tuple[str, ...],
+    title: str,
     width: int = 640,
 ) -> str:
     """Vertical grouped bars (e.g. p50/p95/p99 per path/kind), values in seconds."""
@@ -192,25 +223,33 @@ def svg_grouped_bars(
     ]
     for j, name in enumerate(series):  # legend
         x = 260 + j * 70
-        out.append(f'<rect x="{x}" y="6" width="10" height="10" fill="{SERIES_COLORS[j % 3]}"/>'
-                   f'<text x="{x + 14}" y="15" font-size="11">{_e(name)}</text>')
+        out.append(
+            f'<rect x="{x}" y="6" width="10" height="10" fill="{SERIES_COLORS[j % 3]}"/>'
+            f'<text x="{x + 14}" y="15" font-size="11">{_e(name)}</text>'
+        )
     for k in range(5):  # y grid
         tick = vmax * k / 4
         y = top + plot_h - plot_h * k / 4
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#ddd"/>'
-                   f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">'
-                   f'{_e(_fmt_s(tick))}</text>')
+        out.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#ddd"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">'
+            f"{_e(_fmt_s(tick))}</text>"
+        )
     for i, (label, vs) in enumerate(groups):
         x0 = left + i * slot + 8
         for j, v in enumerate(vs):
             if v is None:
                 continue
             h = plot_h * v / vmax
-            out.append(f'<rect x="{x0 + j * bw:.1f}" y="{top + plot_h - h:.1f}" width="{bw - 2:.1f}" '
-                       f'height="{h:.1f}" fill="{SERIES_COLORS[j % 3]}">'
-                       f'<title>{_e(label)} {_e(series[j])}: {_e(_fmt_s(v))}</title></rect>')
-        out.append(f'<text x="{x0 + len(vs) * bw / 2:.1f}" y="{height - bottom + 16}" font-size="11" '
-                   f'text-anchor="middle">{_e(label)}</text>')
+            out.append(
+                f'<rect x="{x0 + j * bw:.1f}" y="{top + plot_h - h:.1f}" width="{bw - 2:.1f}" '
+                f'height="{h:.1f}" fill="{SERIES_COLORS[j % 3]}">'
+                f"<title>{_e(label)} {_e(series[j])}: {_e(_fmt_s(v))}</title></rect>"
+            )
+        out.append(
+            f'<text x="{x0 + len(vs) * bw / 2:.1f}" y="{height - bottom + 16}" font-size="11" '
+            f'text-anchor="middle">{_e(label)}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -233,33 +272,51 @@ def svg_cost_curve(curve: list[dict], *, title: str, width: int = 640) -> str:
     for k in range(5):
         usd = ymax * k / 4
         _, y = xy(0, usd)
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="#ddd"/>'
-                   f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">'
-                   f'${usd:,.0f}</text>')
+        out.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="#ddd"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">'
+            f"${usd:,.0f}</text>"
+        )
     last_label_x = -1e9
     for p in curve:
         x, _ = xy(p["creations"], 0)
         if x - last_label_x < 40:  # keep tick labels from overlapping at the low end
             continue
         last_label_x = x
-        out.append(f'<text x="{x:.1f}" y="{height - bottom + 16}" font-size="10" '
-                   f'text-anchor="middle">{p["creations"]:,}</text>')
-    out.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" font-size="11" '
-               f'text-anchor="middle">creations per month</text>')
-    for key, name, color in (("celery", "Celery + Redis (legacy)", PATH_COLORS["celery"]),
-                             ("cloud_tasks", "Cloud Tasks + Jobs", PATH_COLORS["cloud-tasks"])):
+        out.append(
+            f'<text x="{x:.1f}" y="{height - bottom + 16}" font-size="10" '
+            f'text-anchor="middle">{p["creations"]:,}</text>'
+        )
+    out.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" font-size="11" '
+        f'text-anchor="middle">creations per month</text>'
+    )
+    for key, name, color in (
+        ("celery", "Celery + Redis (legacy)", PATH_COLORS["celery"]),
+        ("cloud_tasks", "Cloud Tasks + Jobs", PATH_COLORS["cloud-tasks"]),
+    ):
         pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(p["creations"], p[key]) for p in curve))
-        out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2.5">'
-                   f'<title>{_e(name)}</title></polyline>')
+        out.append(
+            f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2.5">'
+            f"<title>{_e(name)}</title></polyline>"
+        )
         for p in curve:
             x, y = xy(p["creations"], p[key])
-            out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}">'
-                       f'<title>{_e(name)}: {p["creations"]:,}/month = ${p[key]:,.2f}</title></circle>')
-    for j, (name, color) in enumerate((("Celery + Redis (legacy)", PATH_COLORS["celery"]),
-                                       ("Cloud Tasks + Jobs", PATH_COLORS["cloud-tasks"]))):
+            out.append(
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}">'
+                f'<title>{_e(name)}: {p["creations"]:,}/month = ${p[key]:,.2f}</title></circle>'
+            )
+    for j, (name, color) in enumerate(
+        (
+            ("Celery + Redis (legacy)", PATH_COLORS["celery"]),
+            ("Cloud Tasks + Jobs", PATH_COLORS["cloud-tasks"]),
+        )
+    ):
         x = 260 + j * 190
-        out.append(f'<rect x="{x}" y="6" width="10" height="10" fill="{color}"/>'
-                   f'<text x="{x + 14}" y="15" font-size="11">{_e(name)}</text>')
+        out.append(
+            f'<rect x="{x}" y="6" width="10" height="10" fill="{color}"/>'
+            f'<text x="{x + 14}" y="15" font-size="11">{_e(name)}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -273,17 +330,27 @@ def render_page(
     groups = report.groups
     hours = (report.window_end - report.window_start).total_seconds() / 3600
     success = svg_hbars(
-        [(_label(g), None if g.success_rate is None else g.success_rate * 100,
-          PATH_COLORS.get(g.path, "#555")) for g in groups],
-        max_value=100, unit="%", title="Success rate (completed / finished)",
+        [
+            (
+                _label(g),
+                None if g.success_rate is None else g.success_rate * 100,
+                PATH_COLORS.get(g.path, "#555"),
+            )
+            for g in groups
+        ],
+        max_value=100,
+        unit="%",
+        title="Success rate (completed / finished)",
     )
     waits = svg_grouped_bars(
         [(_label(g), (g.queue_wait_s.p50, g.queue_wait_s.p95, g.queue_wait_s.p99)) for g in groups],
-        series=("p50", "p95", "p99"), title="Queue wait (created → claimed)",
+        series=("p50", "p95", "p99"),
+        title="Queue wait (created → claimed)",
     )
     runs = svg_grouped_bars(
         [(_label(g), (g.run_time_s.p50, g.run_time_s.p95, g.run_time_s.p99)) for g in groups],
-        series=("p50", "p95", "p99"), title="Run time (claimed → finished)",
+        series=("p50", "p95", "p99"),
+        title="Run time (claimed → finished)",
     )
     curve = svg_cost_curve(
         report.cost_curve,
@@ -315,18 +382,25 @@ def render_page(
     cost_rows = "".join(
         f"<tr><td>{p['creations']:,}</td><td>${p['celery']:,.2f}</td>"
         f"<td>${p['cloud_tasks']:,.2f}</td></tr>"
-        for p in report.cost_curve if p["creations"] in (0, 1000, 10_000)
+        for p in report.cost_curve
+        if p["creations"] in (0, 1000, 10_000)
     )
     rollout_html = ""
     if rollout:
-        rollout_html = "<p class=rollout>Live rollout: " + "; ".join(
-            f"<b>{_e(kind)}</b> " + ", ".join(f"{_e(p)} {w}%" for p, w in split.items())
-            for kind, split in rollout.items()
-        ) + "</p>"
+        rollout_html = (
+            "<p class=rollout>Live rollout: "
+            + "; ".join(
+                f"<b>{_e(kind)}</b> " + ", ".join(f"{_e(p)} {w}%" for p, w in split.items())
+                for kind, split in rollout.items()
+            )
+            + "</p>"
+        )
     notes = "".join(f"<p class=note>{_e(n)}</p>" for n in report.notes)
     if truncated:
-        notes += (f"<p class=note>Only the first {MAX_RECORDS:,} records were read; "
-                  "narrow the window for exact figures.</p>")
+        notes += (
+            f"<p class=note>Only the first {MAX_RECORDS:,} records were read; "
+            "narrow the window for exact figures.</p>"
+        )
     windows = " · ".join(
         f'<a href="?window_hours={h}">{label}</a>'
         for h, label in ((1, "1 h"), (24, "24 h"), (168, "7 d"), (720, "30 d"))

@@ -53,7 +53,13 @@ def start_background_tasks(app: Any) -> None:
     def loop() -> None:
         while True:
             try:
-                sweep(services.store, services.dispatchers, now=utcnow(), policy=policy)
+                sweep(
+                    services.store,
+                    services.dispatchers,
+                    now=utcnow(),
+                    policy=policy,
+                    route=services.route,
+                )
             except Exception:  # a failed sweep is retried on the next tick
                 log.exception("sweep_failed")
             if stop.wait(interval):

@@ -104,8 +104,16 @@ def build_openapi() -> dict[str, Any]:
     creation_schema = {
         "type": "object",
         "required": [
-            "id", "kind", "status", "progress", "prompt", "params", "media", "error",
-            "created_at", "updated_at",
+            "id",
+            "kind",
+            "status",
+            "progress",
+            "prompt",
+            "params",
+            "media",
+            "error",
+            "created_at",
+            "updated_at",
         ],
         "properties": {
             "id": {"type": "string"},

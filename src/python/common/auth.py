@@ -79,7 +79,9 @@ class FirebaseTokenVerifier:
                 except Exception as exc:
                     if self._certs and kid in self._certs:
                         return self._certs  # serve stale rather than lock everyone out
-                    raise AuthError(f"cannot fetch signing certificates: {type(exc).__name__}")
+                    raise AuthError(
+                        f"cannot fetch signing certificates: {type(exc).__name__}"
+                    ) from None
                 self._certs, self._expires = dict(certs), self._clock() + max_age
             return self._certs
 

@@ -195,7 +195,10 @@ def jobs_monthly(
 
 
 def monthly(
-    path: str, creations: float, job_seconds: float, preset: Preset = LIST,
+    path: str,
+    creations: float,
+    job_seconds: float,
+    preset: Preset = LIST,
     attempts_per_creation: float = 1.0,
 ) -> CostBreakdown:
     """Cost of running ``creations``/month on ``path``; "local" (dev) costs nothing."""
@@ -274,11 +277,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--creations", type=int, default=1000, help="your monthly volume")
     parser.add_argument(
-        "--video-seconds", type=float, default=120.0,
+        "--video-seconds",
+        type=float,
+        default=120.0,
         help="job run time per creation (claimed->finished), seconds; default 120 (seed)",
     )
     parser.add_argument(
-        "--from-store", action="store_true",
+        "--from-store",
+        action="store_true",
         help="use the median run time of completed creations in the configured store",
     )
     parser.add_argument("--kind", default="video", help="kind measured by --from-store ('' = all)")
@@ -300,13 +306,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = sorted({0, 1000, 10_000, max(0, args.creations)})
     rows = table(counts, job_seconds, preset)
     if args.json:
-        print(json.dumps({
-            "job_seconds": job_seconds, "job_seconds_source": source, "preset": args.preset,
-            "prices": asdict(preset.prices), "legacy_shape": asdict(preset.legacy),
-            "jobs_shape": asdict(preset.jobs),
-            "rows": [{"creations": n, "celery": l.to_dict(), "cloud_tasks": j.to_dict()}
-                     for n, l, j in rows],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "job_seconds": job_seconds,
+                    "job_seconds_source": source,
+                    "preset": args.preset,
+                    "prices": asdict(preset.prices),
+                    "legacy_shape": asdict(preset.legacy),
+                    "jobs_shape": asdict(preset.jobs),
+                    "rows": [
+                        {"creations": n, "celery": legacy.to_dict(), "cloud_tasks": jobs.to_dict()}
+                        for n, legacy, jobs in rows
+                    ],
+                },
+                indent=2,
+            )
+        )
         return 0
     print(f"Preset: {args.preset}   job run time: {job_seconds:.1f} s ({source})")
     print(render_table(rows))
@@ -315,8 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("Legacy fixed: " + ", ".join(f"{k} ${v:,.2f}" for k, v in legacy0.fixed.items()))
     marginal = replace(preset, prices=replace(preset.prices, apply_free_tier=False))
     one = jobs_monthly(1, job_seconds, marginal)
-    print(f"Jobs per creation (beyond any free tier): ${one.total:.5f}; "
-          f"{break_even_note(job_seconds, marginal)}")
+    print(
+        f"Jobs per creation (beyond any free tier): ${one.total:.5f}; "
+        f"{break_even_note(job_seconds, marginal)}"
+    )
     print("Excluded (same on both paths): Veo/Imagen usage, Firestore, storage, the API service.")
     return 0
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import signal
+import sys
 from datetime import timedelta
 from typing import TYPE_CHECKING, Sequence
 

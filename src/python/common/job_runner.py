@@ -110,7 +110,9 @@ def run_job(creation_id: str, kind: Kind, deps: JobDeps, *, owner: str) -> JobOu
     now = deps.clock()
     spans = tracer("phoenix.job")
     try:
-        with spans.start_as_current_span("job.claim", attributes={"phoenix.creation_id": creation_id}):
+        with spans.start_as_current_span(
+            "job.claim", attributes={"phoenix.creation_id": creation_id}
+        ):
             claimed = deps.store.update(
                 creation_id,
                 lambda c: lifecycle.claim(
@@ -159,9 +161,7 @@ def run_job(creation_id: str, kind: Kind, deps: JobDeps, *, owner: str) -> JobOu
                 creation_id, lambda c: lifecycle.complete(c, owner=owner, now=done_at, media=refs)
             )
         bound.info("job_completed", media=len(refs))
-        metrics.record_completed(
-            completed.kind.value, completed.path, *_durations(completed)
-        )
+        metrics.record_completed(completed.kind.value, completed.path, *_durations(completed))
         return JobOutcome(EXIT_DONE, "completed", completed)
     except GenerationError as exc:
         error = CreationError(exc.code, exc.message)

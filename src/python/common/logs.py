@@ -157,7 +157,9 @@ def redact(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, (list, tuple, set, frozenset)):
         return [redact(v, _depth + 1) for v in value]
     if isinstance(value, Enum):
-        return value.value if isinstance(value.value, (str, int, float)) else redact_text(str(value))
+        return (
+            value.value if isinstance(value.value, (str, int, float)) else redact_text(str(value))
+        )
     if isinstance(value, bytes):
         return redact_text(value.decode("utf-8", "replace"))
     if isinstance(value, (datetime, date)):
@@ -183,9 +185,7 @@ def redact_processor(_: WrappedLogger, __: str, event_dict: EventDict) -> EventD
         if key in _PASSTHROUGH:
             continue
         value = event_dict[key]
-        event_dict[key] = (
-            _secret_placeholder(value) if is_secret_key(key) else redact(value)
-        )
+        event_dict[key] = _secret_placeholder(value) if is_secret_key(key) else redact(value)
     return event_dict
 
 
@@ -432,9 +432,7 @@ class CreationBinding:
             self._tokens = {}
 
 
-def bind_creation(
-    creation_id: str, kind: Any = None, path: str | None = None
-) -> CreationBinding:
+def bind_creation(creation_id: str, kind: Any = None, path: str | None = None) -> CreationBinding:
     """Binds ``creation_id`` (and ``kind``, ``path`` when given) to every log line of this
     context: a job's lines, or an API request's, all carry the creation they are about.
     Works as a plain call (a job binds once for its whole life) or as ``with bind_creation(...)``.

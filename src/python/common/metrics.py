@@ -173,9 +173,7 @@ def _exporter(spec: str) -> Any:
         ).strip()
         if protocol == "grpc":
             try:
-                from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-                    OTLPMetricExporter,
-                )
+                from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter  # pants: no-infer-dep  # noqa: E501
             except ImportError as exc:
                 raise _missing("otlp", "opentelemetry-exporter-otlp-proto-grpc", exc) from exc
         else:

@@ -54,7 +54,9 @@ class Percentiles:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> "Percentiles":
-        return cls(percentile(values, 50), percentile(values, 95), percentile(values, 99), len(values))
+        return cls(
+            percentile(values, 50), percentile(values, 95), percentile(values, 99), len(values)
+        )
 
     def to_dict(self) -> dict:
         r = lambda v: None if v is None else round(v, 3)  # noqa: E731
@@ -182,8 +184,13 @@ def _with_costs(
         )
         total = fixed + variable
         priced.append(
-            GroupStats(**{**g.__dict__, "cost_total_usd": total,
-                          "cost_per_creation_usd": (total / g.count) if g.count else None})
+            GroupStats(
+                **{
+                    **g.__dict__,
+                    "cost_total_usd": total,
+                    "cost_per_creation_usd": (total / g.count) if g.count else None,
+                }
+            )
         )
     return priced
 

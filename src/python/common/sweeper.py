@@ -90,9 +90,7 @@ def sweep(
     # behind a recent update, so also look at every processing record's lease.
     seen = {c.id for c in candidates}
     candidates += [
-        c
-        for c in store.scan(statuses=[Status.PROCESSING], limit=limit)
-        if c.id not in seen
+        c for c in store.scan(statuses=[Status.PROCESSING], limit=limit) if c.id not in seen
     ]
     for c in candidates:
         try:
@@ -158,12 +156,12 @@ def _sweep_one(
     try:
         dispatcher_for(path).dispatch(payload)
     except Exception as exc:
-        store.update(
-            c.id, lambda cur: lifecycle.mark_dispatch_failed(cur, now=now, reason=str(exc))
-        )
+        reason = f"{type(exc).__name__}: {exc}"
+        store.update(c.id, lambda cur: lifecycle.mark_dispatch_failed(cur, now=now, reason=reason))
         report.errors.append(c.id)
-        log.warning("sweep_redispatch_failed", creation_id=c.id, error=str(exc))
+        log.warning("sweep_redispatch_failed", creation_id=c.id, error=reason)
         return
+
     def dispatched(cur: Creation) -> Creation:
         if path != cur.path:
             cur = lifecycle.reroute(cur, now=now, path=path)

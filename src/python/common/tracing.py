@@ -151,7 +151,7 @@ def _otlp_exporter() -> Any:
     ).strip()
     if protocol == "grpc":
         try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # pants: no-infer-dep
         except ImportError as exc:
             raise _missing("otlp", "opentelemetry-exporter-otlp-proto-grpc", exc) from exc
     else:
@@ -190,7 +190,9 @@ def _span_processor(spec: str) -> SpanProcessor | None:
     if spec.startswith("file:"):
         path = spec[len("file:") :].strip()
         if not path:
-            raise ConfigError(f"{EXPORTER_ENV}={spec!r}: file: needs a path (file:/tmp/spans.jsonl)")
+            raise ConfigError(
+                f"{EXPORTER_ENV}={spec!r}: file: needs a path (file:/tmp/spans.jsonl)"
+            )
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
         return SimpleSpanProcessor(_file_span_exporter(path))

@@ -40,7 +40,8 @@ def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     # Under `pants run` or a PEX the parent's import path is assembled at start-up, not from
     # PYTHONPATH; hand it to the child so `python -m jobs.video.main` resolves the same code.
-    paths = [p for p in sys.path if p]
+    # Absolute: the child may run in another working directory.
+    paths = [os.path.abspath(p) for p in sys.path if p]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))

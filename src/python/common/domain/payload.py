@@ -36,7 +36,11 @@ class TaskPayload:
             raise ValidationError("creation_id", "must be 1-100 characters of [A-Za-z0-9_-]")
         if self.traceparent is not None and not _TRACEPARENT_RE.match(self.traceparent):
             raise ValidationError("traceparent", "is not a W3C traceparent")
-        if not isinstance(self.dispatch, int) or isinstance(self.dispatch, bool) or self.dispatch < 0:
+        if (
+            not isinstance(self.dispatch, int)
+            or isinstance(self.dispatch, bool)
+            or self.dispatch < 0
+        ):
             raise ValidationError("dispatch", "must be a non-negative integer")
 
     def to_dict(self) -> dict[str, Any]:

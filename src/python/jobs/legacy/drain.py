@@ -270,7 +270,8 @@ def drain(
             print(
                 "Legacy path drained: queue empty, nothing in flight, no open creations on path "
                 "celery.",
-                file=out, flush=True,
+                file=out,
+                flush=True,
             )
             print(SAFE_TO_DELETE, file=out, flush=True)
             return 0
@@ -284,18 +285,26 @@ def drain(
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.legacy.drain", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rollout-file", default=os.environ.get("PHOENIX_ROLLOUT_FILE") or None,
-                        help="write the new flag here (the API re-reads it on change)")
-    parser.add_argument("--to", default="cloud-tasks", choices=[p for p in PATH_ORDER
-                                                                 if p != LEGACY_PATH])
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.legacy.drain",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--rollout-file",
+        default=os.environ.get("PHOENIX_ROLLOUT_FILE") or None,
+        help="write the new flag here (the API re-reads it on change)",
+    )
+    parser.add_argument(
+        "--to", default="cloud-tasks", choices=[p for p in PATH_ORDER if p != LEGACY_PATH]
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait")
     parser.add_argument("--poll-interval", type=float, default=5.0)
     parser.add_argument("--inspect-timeout", type=float, default=1.0)
     parser.add_argument("-Q", "--queues", default=LEGACY_QUEUE, help="comma-separated")
-    parser.add_argument("--no-flag", action="store_true",
-                        help="only wait/check; do not compute or write the flag")
+    parser.add_argument(
+        "--no-flag", action="store_true", help="only wait/check; do not compute or write the flag"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -312,11 +321,17 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         print(f"PHOENIX_ROLLOUT={new_flag}", file=out)
         if args.rollout_file:
             write_atomically(args.rollout_file, new_flag)
-            print(f"Wrote the new flag to {args.rollout_file}; the API applies it on its next "
-                  "request.", file=out)
+            print(
+                f"Wrote the new flag to {args.rollout_file}; the API applies it on its next "
+                "request.",
+                file=out,
+            )
         else:
-            print("Set this as the API's PHOENIX_ROLLOUT (or pass --rollout-file) so no new work "
-                  "goes to Celery.", file=out)
+            print(
+                "Set this as the API's PHOENIX_ROLLOUT (or pass --rollout-file) so no new work "
+                "goes to Celery.",
+                file=out,
+            )
         out.flush()
 
     observer = LegacyObserver(

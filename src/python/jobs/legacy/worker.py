@@ -148,8 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.log_format, settings.log_level, service=SERVICE, gcp_project=settings.gcp_project
     )
     log.info(
-        "legacy_worker_starting", pool=args.pool, concurrency=args.concurrency,
-        queues=args.queues, store=settings.store, generator=settings.generator,
+        "legacy_worker_starting",
+        pool=args.pool,
+        concurrency=args.concurrency,
+        queues=args.queues,
+        store=settings.store,
+        generator=settings.generator,
     )
     celery_app.worker_main(
         [

@@ -1,0 +1,104 @@
+"""The OpenAPI document and the Flask routes cannot drift apart: every route the app serves
+(except static files) is documented with the same methods, and every documented operation is
+served. Clients and the fuzz test (tests/integration/test_openapi_fuzz.py) trust the document;
+an undocumented route is untested surface, a documented-but-missing one breaks generated
+clients."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from api.app import create_app
+from api.openapi import build_openapi
+from common.adapters.local_dispatch import RecordingDispatcher
+from common.adapters.local_media import LocalMediaStore
+from common.adapters.memory_store import InMemoryCreationStore
+from common.config import Settings
+
+IGNORED_METHODS = {"HEAD", "OPTIONS"}  # Werkzeug adds them to every rule
+_ANY = re.compile(r"<any\(([^)]*)\):(\w+)>")
+_PARAM = re.compile(r"<(?:[a-z]+(?:\([^)]*\))?:)?(\w+)>")
+
+
+def _app(tmp_path: Path):
+    recorder = RecordingDispatcher()
+    # Local media: the local runtime's route set (it adds /media/<key>), the superset.
+    return create_app(
+        Settings(data_dir=tmp_path, dispatch="record", admins=("admin",)),
+        store=InMemoryCreationStore(),
+        media=LocalMediaStore(tmp_path / "media"),
+        dispatchers=lambda path: recorder,
+    )
+
+
+def _openapi_paths(rule: str) -> list[str]:
+    """A Werkzeug rule as the OpenAPI path(s) it serves: ``<any(a, b):kind>`` becomes one
+    concrete path per choice (that is how the document lists /api/generate/video|image), other
+    converters become ``{name}``."""
+    match = _ANY.search(rule)
+    if match:
+        choices = [c.strip().strip("'\"") for c in match.group(1).split(",")]
+        return [p for c in choices for p in _openapi_paths(rule.replace(match.group(0), c, 1))]
+    return [_PARAM.sub(lambda m: "{" + m.group(1) + "}", rule)]
+
+
+def flask_operations(app) -> set[tuple[str, str]]:
+    ops = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static" or rule.endpoint.endswith(".static"):
+            continue
+        for path in _openapi_paths(rule.rule):
+            for method in (rule.methods or set()) - IGNORED_METHODS:
+                ops.add((method, path))
+    return ops
+
+
+def documented_operations(doc: dict) -> set[tuple[str, str]]:
+    methods = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+    return {
+        (method.upper(), path)
+        for path, item in doc["paths"].items()
+        for method in item
+        if method in methods
+    }
+
+
+def test_every_served_route_is_documented_and_every_documented_route_is_served(tmp_path):
+    served = flask_operations(_app(tmp_path))
+    documented = documented_operations(build_openapi())
+    undocumented = sorted(served - documented)
+    phantom = sorted(documented - served)
+    assert not undocumented, f"served but not in build_openapi(): {undocumented}"
+    assert not phantom, f"in build_openapi() but not served: {phantom}"
+
+
+def test_documented_path_parameters_match_the_route_placeholders():
+    doc = build_openapi()
+    for path, item in doc["paths"].items():
+        placeholders = set(re.findall(r"{(\w+)}", path))
+        for method, op in item.items():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            params = [*item.get("parameters", []), *op.get("parameters", [])]
+            declared = {p["name"] for p in params if p.get("in") == "path"}
+            assert declared == placeholders, (method, path, declared)
+            for p in params:
+                if p.get("in") == "path":
+                    assert p.get("required") is True, (method, path, p)
+
+
+def test_the_served_document_is_the_built_one(tmp_path):
+    client = _app(tmp_path).test_client()
+    resp = client.get("/api/openapi.json")
+    assert resp.status_code == 200
+    assert resp.get_json() == build_openapi()
+
+
+def test_the_rule_translation_itself():
+    assert _openapi_paths("/api/generate/<any(video, image):kind>") == [
+        "/api/generate/video",
+        "/api/generate/image",
+    ]
+    assert _openapi_paths("/api/creations/<creation_id>") == ["/api/creations/{creation_id}"]
+    assert _openapi_paths("/media/<path:key>") == ["/media/{key}"]
