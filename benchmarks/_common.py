@@ -95,7 +95,9 @@ def r1(x: float) -> float:
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    """Context for the JSON line; ``loadavg_1m`` > ~0.5 at the end of a run means something else
+    was using the (2-core) machine and the figures are pessimistic."""
+    return {"cpus": os.cpu_count(), "python": sys.version.split()[0], "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
 # --- environment --------------------------------------------------------------------------------
@@ -107,7 +109,9 @@ def clean_env(extra: Mapping[str, str] | None = None, *, pythonpath: str | None 
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")
+        # PYTHONDONTWRITEBYTECODE: this machine's login env sets it; children decide for
+        # themselves (the job image sets it explicitly, see cold_start.py).
+        if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE")
         and not k.startswith(("PEX_", "PHOENIX_", "OTEL_", "CLOUD_RUN_"))
     }
     env.setdefault("PHOENIX_LOG_FORMAT", "json")

@@ -54,6 +54,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # self-locating
+from benchmarks import _common  # noqa: E402,F401  (puts src/python on sys.path)
+from common.ports import Dispatcher  # noqa: E402
+
 KILL_POINTS = (
     "before_claim",
     "after_provider_call",
@@ -188,7 +192,7 @@ def child_env(data_dir: Path, vertex_url: str, crash: str, lease_s: int) -> dict
     return env
 
 
-class ProcessDispatcher:
+class ProcessDispatcher(Dispatcher):
     """The sweeper's dispatcher here: each dispatch runs one job process (no automatic retry,
     so every recovery in this run is the sweeper's doing), logs to a file, bounded pool."""
 

@@ -34,9 +34,7 @@ POLL = re.compile(
 @pytest.fixture
 def legacy(tmp_path):
     with redis_url() as url:
-        env = phoenix_env(
-            tmp_path / "data", url, PHOENIX_ROLLOUT="video=cloud-tasks:50,celery:50"
-        )
+        env = phoenix_env(tmp_path / "data", url, PHOENIX_ROLLOUT="video=cloud-tasks:50,celery:50")
         settings = Settings.from_env(env)
         store = SqliteCreationStore(settings.sqlite_path)
         yield env, settings, store
@@ -45,9 +43,20 @@ def legacy(tmp_path):
 
 def start_drain(env, *args):
     return subprocess.Popen(
-        [sys.executable, "-m", "jobs.legacy.drain", "--poll-interval", "0.3",
-         "--inspect-timeout", "0.5", *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "jobs.legacy.drain",
+            "--poll-interval",
+            "0.3",
+            "--inspect-timeout",
+            "0.5",
+            *args,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
 
@@ -108,8 +117,12 @@ def test_drain_reports_a_stuck_legacy_creation_and_exits_non_zero(legacy, tmp_pa
     env, settings, store = legacy
     # A legacy creation claimed by a worker that died: processing, lease live, no message left.
     stuck = add_creation(store, Kind.VIDEO, "orphaned")
-    store.update(stuck.id, lambda c: lc.claim(
-        c, owner="celery-dead/1", now=lc.utcnow(), lease=timedelta(hours=1), max_attempts=3))
+    store.update(
+        stuck.id,
+        lambda c: lc.claim(
+            c, owner="celery-dead/1", now=lc.utcnow(), lease=timedelta(hours=1), max_attempts=3
+        ),
+    )
     # A creation on the new path is none of the drain's business.
     add_creation(store, Kind.VIDEO, "new path", path="cloud-tasks")
 

@@ -120,9 +120,15 @@ def test_fuzzed_requests_never_5xx_and_always_match_the_document(fuzz_app: Any) 
                     samples.setdefault(kind, f"{response.status_code} {str(failure)[:400]}\n"
                                               f"{case.as_curl_command()}")
 
-        run()
+        try:
+            run()
+        except hypothesis.errors.Unsatisfiable:
+            # Negative mode for an operation whose only input is an unconstrained string
+            # (e.g. /media/{key}): no invalid request exists for it. Anything else is a bug.
+            if not label.endswith("negative"):
+                raise
 
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
     # Schemathesis leaves out the operation that serves the document itself.
     assert len(operations) >= 6
     for op in operations:

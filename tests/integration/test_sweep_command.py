@@ -17,8 +17,14 @@ from common.domain.creation import Kind, Status
 def test_sweep_command_recovers_a_creation_whose_dispatch_failed(tmp_path):
     store = SqliteCreationStore(tmp_path / "creations.sqlite3")
     long_ago = lc.utcnow() - timedelta(minutes=2)
-    c = lc.new(user_id="u", kind=Kind.IMAGE, prompt="a red fox", params={"count": 1,
-               "aspect_ratio": "1:1"}, path="local", now=long_ago)
+    c = lc.new(
+        user_id="u",
+        kind=Kind.IMAGE,
+        prompt="a red fox",
+        params={"count": 1, "aspect_ratio": "1:1"},
+        path="local",
+        now=long_ago,
+    )
     store.add(c)
     store.update(c.id, lambda cur: lc.mark_dispatch_failed(cur, now=long_ago, reason="down"))
 
@@ -29,7 +35,9 @@ def test_sweep_command_recovers_a_creation_whose_dispatch_failed(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {
-        "redispatched": 1, "failed": 0, "errors": 0,
+        "redispatched": 1,
+        "failed": 0,
+        "errors": 0,
     }
     done = store.get(c.id)
     assert done.status is Status.COMPLETED and done.dispatches == 1
@@ -37,8 +45,12 @@ def test_sweep_command_recovers_a_creation_whose_dispatch_failed(tmp_path):
 
 
 def test_sweep_command_rejects_bad_configuration(tmp_path):
-    env = dict(os.environ, PHOENIX_DATA_DIR=str(tmp_path), PHOENIX_ROLLOUT="video=celery:50",
-               PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    env = dict(
+        os.environ,
+        PHOENIX_DATA_DIR=str(tmp_path),
+        PHOENIX_ROLLOUT="video=celery:50",
+        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+    )
     out = subprocess.run(
         [sys.executable, "-m", "api.sweep"], env=env, capture_output=True, text=True, timeout=60
     )

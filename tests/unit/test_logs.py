@@ -25,7 +25,7 @@ from common import logs
 
 # Child interpreters started by these tests import all three modules: name them here so the
 # test's sandbox (Pants infers dependencies from imports) contains them.
-from common import logs as _logs, metrics as _metrics, tracing as _tracing  # noqa: F401
+from common import logs as _logs  # noqa: F401
 from common.config import ConfigError, Settings
 from common.logs import REDACTED
 

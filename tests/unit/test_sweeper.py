@@ -131,3 +131,18 @@ def test_a_drained_path_sends_stuck_creations_to_the_users_current_path():
     assert report.redispatched == [cid]
     assert list(built) == ["cloud-tasks"]
     assert store.get(cid).path == "cloud-tasks"
+
+
+def test_an_expired_lease_is_resent_once_per_pending_timeout_not_every_pass():
+    lease = timedelta(minutes=2)
+    store, cid = setup(
+        steps=[lambda c: lc.claim(c, owner="job", now=T0, lease=lease, max_attempts=3)]
+    )
+    rec = RecordingDispatcher()
+    now = T0 + timedelta(minutes=3)
+    assert sweep(store, lambda p: rec, now=now, policy=POLICY).redispatched == [cid]
+    for minutes in (1, 2, 4):  # nobody claimed it yet: wait for the pending timeout (5 min)
+        later = now + timedelta(minutes=minutes)
+        assert sweep(store, lambda p: rec, now=later, policy=POLICY).redispatched == []
+    assert sweep(store, lambda p: rec, now=now + timedelta(minutes=6), policy=POLICY).redispatched == [cid]
+    assert len(rec.dispatched) == 2

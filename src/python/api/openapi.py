@@ -67,6 +67,14 @@ _USER_HEADER = {
 }
 
 
+_WINDOW_PARAM = {
+    "name": "window_hours",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 24 * 90},
+}
+
+
 def _generate_op(kind: Kind) -> dict[str, Any]:
     return {
         "summary": f"Ask for a {kind.value}; generation runs asynchronously",
@@ -236,8 +244,69 @@ def build_openapi() -> dict[str, Any]:
                             },
                         },
                         "304": {"description": "Not modified since the given ETag"},
+                        "400": _error_response("Malformed identity header (local mode)"),
                         "401": _error_response("Not authenticated"),
                         "404": _error_response("Unknown, or not the caller's"),
+                    },
+                }
+            },
+            "/": {
+                "get": {
+                    "summary": "The web page (HTML)",
+                    "operationId": "index",
+                    "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+                }
+            },
+            "/media/{key}": {
+                "get": {
+                    "summary": "A generated file (local media mode only; production serves "
+                    "signed Cloud Storage URLs)",
+                    "operationId": "media",
+                    "parameters": [
+                        {
+                            "name": "key",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": {"description": "The file (supports Range requests)"},
+                        "206": {"description": "Partial content"},
+                        "304": {"description": "Not modified"},
+                        "404": _error_response("No such file"),
+                        "416": {"description": "Range not satisfiable"},
+                    },
+                }
+            },
+            "/admin/migration": {
+                "get": {
+                    "summary": "Migration dashboard (HTML, server-rendered SVG plots); admins only",
+                    "operationId": "admin_migration_page",
+                    "parameters": [_USER_HEADER, _WINDOW_PARAM],
+                    "responses": {
+                        "200": {"description": "HTML", "content": {"text/html": {}}},
+                        "400": _error_response("Bad window or identity header"),
+                        "401": _error_response("Not authenticated"),
+                        "403": _error_response("Not an admin"),
+                    },
+                }
+            },
+            "/api/admin/migration": {
+                "get": {
+                    "summary": "Old and new dispatch paths compared per kind over a window; "
+                    "admins only",
+                    "operationId": "admin_migration",
+                    "parameters": [_USER_HEADER, _WINDOW_PARAM],
+                    "responses": {
+                        "200": {
+                            "description": "Per path and kind: counts, success rate, failure "
+                            "codes, queue-wait and run-time percentiles, retries, cost",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "400": _error_response("Bad window or identity header"),
+                        "401": _error_response("Not authenticated"),
+                        "403": _error_response("Not an admin"),
                     },
                 }
             },

@@ -37,7 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"phoenix-sweep: {exc}", file=sys.stderr)
         return 2
     logs.configure_logging(
-        settings.log_format, settings.log_level, service="phoenix-sweeper",
+        settings.log_format,
+        settings.log_level,
+        service="phoenix-sweeper",
         gcp_project=settings.gcp_project,
     )
     store = bootstrap.build_store(settings)

@@ -20,6 +20,7 @@ Nothing from OpenTelemetry is imported with this module.
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import os
 import sys
@@ -173,7 +174,11 @@ def _exporter(spec: str) -> Any:
         ).strip()
         if protocol == "grpc":
             try:
-                from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter  # pants: no-infer-dep  # noqa: E501
+                # Not in our lockfile (we bundle OTLP over HTTP): looked up by name so the build
+                # does not expect it, and a deployable that adds it can use it.
+                OTLPMetricExporter = importlib.import_module(
+                    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter"
+                ).OTLPMetricExporter
             except ImportError as exc:
                 raise _missing("otlp", "opentelemetry-exporter-otlp-proto-grpc", exc) from exc
         else:

@@ -63,8 +63,13 @@ def _needs_dispatch(c: Creation, now: datetime, policy: SweepPolicy) -> bool:
         # Dispatched (or handed back for retry) but nobody picked it up in time.
         return c.updated_at <= now - policy.pending_timeout
     if c.status is Status.PROCESSING:
-        # The job holding it died: its lease ran out without renewal or completion.
-        return c.lease_expires_at is not None and c.lease_expires_at <= now
+        # The job holding it died: its lease ran out without renewal or completion. Once we
+        # re-dispatched it, give that delivery the same time as any other to be claimed,
+        # instead of re-sending on every pass until some job takes the lease over.
+        if c.lease_expires_at is None or c.lease_expires_at > now:
+            return False
+        resent = c.dispatched_at is not None and c.dispatched_at >= c.lease_expires_at
+        return not resent or c.dispatched_at <= now - policy.pending_timeout
     return False
 
 

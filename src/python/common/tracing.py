@@ -30,6 +30,7 @@ Cost: only the OpenTelemetry API is imported with this module; the SDK is import
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import os
 import sys
@@ -151,7 +152,11 @@ def _otlp_exporter() -> Any:
     ).strip()
     if protocol == "grpc":
         try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # pants: no-infer-dep
+            # Not in our lockfile (we bundle OTLP over HTTP): looked up by name so the build
+            # does not expect it, and a deployable that adds it can use it.
+            OTLPSpanExporter = importlib.import_module(
+                "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"
+            ).OTLPSpanExporter
         except ImportError as exc:
             raise _missing("otlp", "opentelemetry-exporter-otlp-proto-grpc", exc) from exc
     else:
