@@ -69,7 +69,9 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 def table(title: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     rows = [[_cell(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     print(f"\n## {title}")
     print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -94,16 +96,25 @@ def r1(x: float) -> float:
     return round(float(x), 1)
 
 
+_LOAD_AT_START = os.getloadavg()[0]
+
+
 def machine() -> dict[str, Any]:
-    """Context for the JSON line; ``loadavg_1m`` > ~0.5 at the end of a run means something else
-    was using the (2-core) machine and the figures are pessimistic."""
-    return {"cpus": os.cpu_count(), "python": sys.version.split()[0], "loadavg_1m": round(os.getloadavg()[0], 2)}
+    """Context for the JSON line. ``loadavg_1m_at_start`` well above ~0.5 means something else
+    was using the (2-core) machine when the benchmark started: figures are then pessimistic."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "loadavg_1m_at_start": round(_LOAD_AT_START, 2),
+    }
 
 
 # --- environment --------------------------------------------------------------------------------
 
 
-def clean_env(extra: Mapping[str, str] | None = None, *, pythonpath: str | None = None) -> dict[str, str]:
+def clean_env(
+    extra: Mapping[str, str] | None = None, *, pythonpath: str | None = None
+) -> dict[str, str]:
     """Our environment minus anything that would leak the dev venv or PEX settings into a child;
     ``pythonpath`` sets PYTHONPATH (for children running from the source tree)."""
     env = {
@@ -111,7 +122,14 @@ def clean_env(extra: Mapping[str, str] | None = None, *, pythonpath: str | None 
         for k, v in os.environ.items()
         # PYTHONDONTWRITEBYTECODE: this machine's login env sets it; children decide for
         # themselves (the job image sets it explicitly, see cold_start.py).
-        if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE")
+        if k
+        not in (
+            "PYTHONPATH",
+            "PYTHONHOME",
+            "PYTHONSTARTUP",
+            "VIRTUAL_ENV",
+            "PYTHONDONTWRITEBYTECODE",
+        )
         and not k.startswith(("PEX_", "PHOENIX_", "OTEL_", "CLOUD_RUN_"))
     }
     env.setdefault("PHOENIX_LOG_FORMAT", "json")
@@ -135,7 +153,10 @@ def plain_python311() -> str:
     if not found:
         raise SystemExit("python3.11 not found")
     out = subprocess.run(
-        [found, "-c", "import sys; print(sys.base_prefix)"], capture_output=True, text=True, check=True
+        [found, "-c", "import sys; print(sys.base_prefix)"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     return str(Path(out) / "bin" / "python3.11")
 
@@ -175,7 +196,8 @@ def pants_package(names: Sequence[str], *, attempts: int = 20) -> None:
         out = proc.stdout + proc.stderr
         busy = any(
             s in out.lower()
-            for s in ("another pants", "already running", "lock", "pantsd is already", "waiting for")
+            # Pants' own messages when another client holds pantsd (not e.g. "lockfile").
+            for s in ("another pants invocation", "already running", "pantsd is already")
         )
         if not busy:
             sys.stderr.write(out[-6000:])
@@ -290,7 +312,9 @@ def temp_dir(prefix: str) -> Iterator[Path]:
         yield Path(d)
 
 
-def http_json(method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None) -> tuple[int, Any, Mapping[str, str]]:
+def http_json(
+    method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None
+) -> tuple[int, Any, Mapping[str, str]]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)

@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     c.table(
         "PEX artefacts",
         ["pex", "size MB", "top-level requirements", "distributions (incl. transitive)"],
-        [[n, p["size_mb"], len(p["requirements"]), len(p["distributions"])] for n, p in pexes.items()],
+        [
+            [n, p["size_mb"], len(p["requirements"]), len(p["distributions"])]
+            for n, p in pexes.items()
+        ],
     )
     for n, p in pexes.items():
         print(f"\n{n} ({c.pex_path(n).relative_to(c.REPO)}, entry {p['entry_point']}):")
@@ -84,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         "artifacts",
         {
             "pexes": {
-                n: {"size_mb": p["size_mb"], "n_distributions": len(p["distributions"]), "requirements": p["requirements"]}
+                n: {
+                    "size_mb": p["size_mb"],
+                    "n_distributions": len(p["distributions"]),
+                    "requirements": p["requirements"],
+                }
                 for n, p in pexes.items()
             },
             "exclusions_ok": ok,

@@ -220,7 +220,10 @@ class ProcessDispatcher(Dispatcher):
             with open(log, "wb") as out:
                 proc = subprocess.Popen(
                     child_command(kind) + ["--creation-id", creation_id],
-                    env=self._env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    env=self._env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
                 )
             try:
                 code = proc.wait(timeout=120)
@@ -393,7 +396,10 @@ def run(
             with open(logs / f"{cid}.first.log", "wb") as out:
                 proc = subprocess.Popen(
                     child_command() + ["--creation-id", cid],
-                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
                 )
             try:
                 if point == "random_time":
@@ -437,7 +443,8 @@ def run(
                 sweep(store, lambda path: dispatcher, now=lc.utcnow(), policy=policy)
                 report.sweeps += 1
                 open_ = [
-                    c for c in store.scan(statuses=[lc.Status.PENDING, lc.Status.PROCESSING])
+                    c
+                    for c in store.scan(statuses=[lc.Status.PENDING, lc.Status.PROCESSING])
                     if c.id in plan
                 ]
                 if not open_ and dispatcher.in_flight == 0:
@@ -481,8 +488,12 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--creations", type=int, default=42)
-    parser.add_argument("--recrash", type=float, default=0.3,
-                        help="probability that a re-delivery dies again (default 0.3)")
+    parser.add_argument(
+        "--recrash",
+        type=float,
+        default=0.3,
+        help="probability that a re-delivery dies again (default 0.3)",
+    )
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -492,17 +503,26 @@ def main(argv: list[str] | None = None) -> int:
     # The sweeper's own info lines would drown the figures; warnings still show.
     phoenix_logs.configure_logging("pretty", "WARNING", service="crash-benchmark")
     work = Path(tempfile.mkdtemp(prefix="phoenix-crash-"))
-    print(f"crash recovery: {args.creations} video creations, re-delivery crash probability "
-          f"{args.recrash}, lease 2 s, work dir {work}", flush=True)
+    print(
+        f"crash recovery: {args.creations} video creations, re-delivery crash probability "
+        f"{args.recrash}, lease 2 s, work dir {work}",
+        flush=True,
+    )
     report = run(
-        creations=args.creations, work=work, recrash=args.recrash, parallel=args.parallel,
-        seed=args.seed, log=lambda s: print(s, flush=True),
+        creations=args.creations,
+        work=work,
+        recrash=args.recrash,
+        parallel=args.parallel,
+        seed=args.seed,
+        log=lambda s: print(s, flush=True),
     )
     for line in report.lines():
         print(line)
     ok = not report.stuck and not report.completed_without_media and not report.generated_twice
-    print(f"RESULT: {'OK' if ok else 'FAILED'} (never stuck: {not report.stuck}; "
-          f"generated twice: {len(report.generated_twice)})")
+    print(
+        f"RESULT: {'OK' if ok else 'FAILED'} (never stuck: {not report.stuck}; "
+        f"generated twice: {len(report.generated_twice)})"
+    )
     if not args.keep:
         import shutil
 

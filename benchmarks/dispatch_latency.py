@@ -45,7 +45,9 @@ def _one(base: str, store: Any, timeout: float = 60.0) -> Any:
                 raise RuntimeError(f"creation {cid} ended {rec.status.value}: {rec.error}")
             return rec
         if time.monotonic() > deadline:
-            raise TimeoutError(f"creation {cid} not finished after {timeout}s (status {rec and rec.status})")
+            raise TimeoutError(
+                f"creation {cid} not finished after {timeout}s (status {rec and rec.status})"
+            )
         time.sleep(0.01)
 
 
@@ -83,7 +85,9 @@ def local(n: int, job_cmd: str | None) -> dict[str, Any]:
     with c.temp_dir("phoenix-bench-lat-local-") as d:
         # PEX_ROOT inside the temp dir: the pex variant's warm-up installs its venv there.
         env["PEX_ROOT"] = str(d / "pex_root")
-        with c.api_server(env, module="api.local", data_dir=d / "data", log_path=d / "server.log") as base:
+        with c.api_server(
+            env, module="api.local", data_dir=d / "data", log_path=d / "server.log"
+        ) as base:
             return _series(base, d / "data", n, warmup=2)
 
 
@@ -104,7 +108,15 @@ def celery(n: int) -> dict[str, Any]:
         )
         log = open(d / "worker.log", "wb")
         worker = subprocess.Popen(
-            [str(c.VENV_PYTHON), "-m", "jobs.legacy.worker", "--pool", "prefork", "--concurrency", "2"],
+            [
+                str(c.VENV_PYTHON),
+                "-m",
+                "jobs.legacy.worker",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                "2",
+            ],
             cwd=c.REPO,
             env=worker_env,
             stdout=log,
@@ -139,9 +151,23 @@ def main(argv: list[str] | None = None) -> int:
 
     c.table(
         f"Dispatch latency created_at -> claimed_at ({args.n} sequential creations per path)",
-        ["path", "median ms", "p95 ms", "max ms", "API dispatched median ms", "completed median ms"],
         [
-            [k, v["claim_p50_ms"], v["claim_p95_ms"], v["claim_max_ms"], v["dispatched_p50_ms"], v["completed_p50_ms"]]
+            "path",
+            "median ms",
+            "p95 ms",
+            "max ms",
+            "API dispatched median ms",
+            "completed median ms",
+        ],
+        [
+            [
+                k,
+                v["claim_p50_ms"],
+                v["claim_p95_ms"],
+                v["claim_max_ms"],
+                v["dispatched_p50_ms"],
+                v["completed_p50_ms"],
+            ]
             for k, v in results.items()
         ],
     )

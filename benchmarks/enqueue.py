@@ -47,11 +47,14 @@ TARGET_P99_MS = 25.0
 # --- open-loop paced generator ------------------------------------------------------------------
 
 
-def paced(base_url: str, rate: float, duration_s: float, *, senders: int = 32, users: int = 1000) -> dict[str, Any]:
+def paced(
+    base_url: str, rate: float, duration_s: float, *, senders: int = 32, users: int = 1000
+) -> dict[str, Any]:
     """Sends ``rate * duration_s`` POSTs, request i due at start + i/rate, over ``senders``
     keep-alive connections. Latency = completion - due time (includes any client-side wait for
     a free connection, i.e. the server's backlog)."""
     parts = urlsplit(base_url)
+    host = parts.hostname or c.LOOPBACK
     n = int(rate * duration_s)
     due: queue.Queue[tuple[int, float] | None] = queue.Queue()
     lat: list[float] = [0.0] * n
@@ -61,7 +64,7 @@ def paced(base_url: str, rate: float, duration_s: float, *, senders: int = 32, u
     lock = threading.Lock()
 
     def sender() -> None:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        conn = http.client.HTTPConnection(host, parts.port, timeout=30)
         while True:
             item = due.get()
             if item is None:
@@ -80,7 +83,7 @@ def paced(base_url: str, rate: float, duration_s: float, *, senders: int = 32, u
                     break
                 except (http.client.HTTPException, OSError) as exc:
                     conn.close()
-                    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+                    conn = http.client.HTTPConnection(host, parts.port, timeout=30)
                     if attempt == 1:
                         with lock:
                             errors.append(f"{type(exc).__name__}: {exc}")
@@ -123,7 +126,15 @@ def paced(base_url: str, rate: float, duration_s: float, *, senders: int = 32, u
 
 
 def _wrk(url: str, duration: int) -> dict[str, Any]:
-    return c.run_wrk(url + PATH, duration_s=duration, connections=16, threads=2, method="POST", body=BODY, users=1000)
+    return c.run_wrk(
+        url + PATH,
+        duration_s=duration,
+        connections=16,
+        threads=2,
+        method="POST",
+        body=BODY,
+        users=1000,
+    )
 
 
 def _redis_len(broker_url: str) -> int:
@@ -146,13 +157,23 @@ def _flush(broker_url: str) -> None:
         client.close()
 
 
-def measure_path(name: str, env: dict[str, str], args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
+def measure_path(
+    name: str, env: dict[str, str], args: argparse.Namespace, broker: str | None
+) -> dict[str, Any]:
     result: dict[str, Any] = {}
     # (i) max throughput
     with c.temp_dir(f"phoenix-bench-enq-{name}-") as d, c.api_server(
         env, data_dir=d, workers=args.workers, threads=args.threads
     ) as url:
-        c.run_wrk(url + PATH, duration_s=3, connections=16, threads=2, method="POST", body=BODY, users=1000)
+        c.run_wrk(
+            url + PATH,
+            duration_s=3,
+            connections=16,
+            threads=2,
+            method="POST",
+            body=BODY,
+            users=1000,
+        )
         if broker:
             _flush(broker)
         print(f"[{name}] wrk max throughput, {args.duration} s ...", flush=True)
@@ -178,15 +199,19 @@ def measure_path(name: str, env: dict[str, str], args: argparse.Namespace, broke
 def preflight_limits() -> dict[str, Any]:
     """Does the API enforce the limits at all? 35 POSTs from one user against the DEFAULT limits
     (30/min bucket, 10 active): a wired limiter answers 429 by request 11 or 31."""
-    with c.temp_dir("phoenix-bench-enq-pre-") as d, c.api_server({"PHOENIX_DISPATCH": "record"}, data_dir=d) as url:
+    with c.temp_dir("phoenix-bench-enq-pre-") as d, c.api_server(
+        {"PHOENIX_DISPATCH": "record"}, data_dir=d
+    ) as url:
         codes = [
-            c.http_json("POST", url + PATH, json.loads(BODY), {"X-Phoenix-User": "one-user"})[0] for _ in range(35)
+            c.http_json("POST", url + PATH, json.loads(BODY), {"X-Phoenix-User": "one-user"})[0]
+            for _ in range(35)
         ]
     with c.temp_dir("phoenix-bench-enq-pre-") as d, c.api_server(
         {"PHOENIX_DISPATCH": "record", **UNLIMITED}, data_dir=d
     ) as url:
         codes0 = [
-            c.http_json("POST", url + PATH, json.loads(BODY), {"X-Phoenix-User": "one-user"})[0] for _ in range(35)
+            c.http_json("POST", url + PATH, json.loads(BODY), {"X-Phoenix-User": "one-user"})[0]
+            for _ in range(35)
         ]
     return {
         "defaults_429s": codes.count(429),
@@ -201,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=int, default=30)
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--workers", type=int, default=1, help="WEB_CONCURRENCY (production default 1)")
-    ap.add_argument("--threads", type=int, default=8, help="GUNICORN_THREADS (production default 8)")
+    ap.add_argument(
+        "--threads", type=int, default=8, help="GUNICORN_THREADS (production default 8)"
+    )
     args = ap.parse_args(argv)
     c.ensure_apt("wrk")
     from tools.servers import redis_server
@@ -218,12 +245,31 @@ def main(argv: list[str] | None = None) -> int:
     for path, r in results.items():
         m, p = r["max"], r["paced"]
         rows.append(
-            [path, m["rps"], m["p50_ms"], m["p99_ms"], json.dumps(m["statuses"]),
-             p["achieved_rps"], p["p50_ms"], p["p99_ms"], json.dumps(p["statuses"])]
+            [
+                path,
+                m["rps"],
+                m["p50_ms"],
+                m["p99_ms"],
+                json.dumps(m["statuses"]),
+                p["achieved_rps"],
+                p["p50_ms"],
+                p["p99_ms"],
+                json.dumps(p["statuses"]),
+            ]
         )
     c.table(
         f"Enqueue POST {PATH} (gunicorn {args.workers} worker x {args.threads} threads, {args.duration} s each)",
-        ["path", "max req/s", "p50 ms", "p99 ms", "statuses", f"paced req/s", "p50 ms", "p99 ms", "statuses"],
+        [
+            "path",
+            "max req/s",
+            "p50 ms",
+            "p99 ms",
+            "statuses",
+            "paced req/s",
+            "p50 ms",
+            "p99 ms",
+            "statuses",
+        ],
         rows,
     )
     ratio = results["new"]["max"]["rps"] / results["celery"]["max"]["rps"]
@@ -234,19 +280,31 @@ def main(argv: list[str] | None = None) -> int:
         ["target", "measured", "met"],
         [
             ["new >= 1.0 x Celery throughput", f"{ratio:.2f} x", met_ratio],
-            [f"new p99 <= 25 ms at {args.rate:.0f} req/s", f"{p99:.1f} ms (Celery {results['celery']['paced']['p99_ms']:.1f} ms)", met_p99],
+            [
+                f"new p99 <= 25 ms at {args.rate:.0f} req/s",
+                f"{p99:.1f} ms (Celery {results['celery']['paced']['p99_ms']:.1f} ms)",
+                met_p99,
+            ],
         ],
     )
     queued = [results["celery"][k].get("queued_in_redis") for k in ("max", "paced")]
-    print(f"Celery messages in Redis after each run: {queued} (>= its 202 count: wrk does not count requests still in flight when it stops)")
+    print(
+        f"Celery messages in Redis after each run: {queued} (>= its 202 count: wrk does not count requests still in flight when it stops)"
+    )
     if pre["defaults_429s"] == 0:
-        print("NOTE: with the DEFAULT limits (30/min, 10 active) 35 POSTs from one user got no 429: "
-              "the API does not enforce PHOENIX_RATE_LIMIT_PER_MINUTE / PHOENIX_MAX_ACTIVE_PER_USER.")
+        print(
+            "NOTE: with the DEFAULT limits (30/min, 10 active) 35 POSTs from one user got no 429: "
+            "the API does not enforce PHOENIX_RATE_LIMIT_PER_MINUTE / PHOENIX_MAX_ACTIVE_PER_USER."
+        )
     c.emit_json(
         "enqueue",
         {
             **c.machine(),
-            "gunicorn": {"WEB_CONCURRENCY": args.workers, "GUNICORN_THREADS": args.threads, "worker_class": "gthread"},
+            "gunicorn": {
+                "WEB_CONCURRENCY": args.workers,
+                "GUNICORN_THREADS": args.threads,
+                "worker_class": "gthread",
+            },
             "duration_s": args.duration,
             "wrk": {"threads": 2, "connections": 16, "users": 1000},
             "results": results,

@@ -43,7 +43,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # self-locating
 from benchmarks import _common as c  # noqa: E402
@@ -245,8 +244,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         with c.api_server(env, data_dir=work / "data", log_path=log_path) as base:
             gen = LoadGenerator(
-                base, rate=args.rate, duration=args.duration, submit_share=args.submit_share,
-                users=args.users, workers=args.workers, seed=args.seed,
+                base,
+                rate=args.rate,
+                duration=args.duration,
+                submit_share=args.submit_share,
+                users=args.users,
+                workers=args.workers,
+                seed=args.seed,
             )
             busy0, total0 = _cpu_times()
             t0 = gen.run()
@@ -290,27 +294,40 @@ def main(argv: list[str] | None = None) -> int:
             for k in ("submit", "poll", "list")
             if by_kind[k]
         ]
-        + [["all", len(samples), c.percentile(service, 50), c.percentile(service, 99),
-            c.percentile(scheduled, 99)]],
+        + [
+            [
+                "all",
+                len(samples),
+                c.percentile(service, 50),
+                c.percentile(service, 99),
+                c.percentile(scheduled, 99),
+            ]
+        ],
     )
     print(
         f"\nrequests sent: {len(samples)} of {gen.total} planned in {load_s:.1f} s "
         f"(achieved {len(samples) / load_s if load_s else 0:.1f} req/s)"
     )
     print(f"statuses: {dict(sorted(statuses.items()))}")
-    print(f"errors (not 2xx/304, 429 excluded): {len(errors)}; 429s: {rate_limited}; "
-          f"transport errors: {dict(gen.unexpected)}; ERROR lines in server log: {server_errors}")
-    print(f"latency all requests: p50 {c.percentile(service, 50):.1f} ms, "
-          f"p99 {c.percentile(service, 99):.1f} ms (service); "
-          f"p50 {c.percentile(scheduled, 50):.1f} ms, p99 {c.percentile(scheduled, 99):.1f} ms "
-          f"(from scheduled time); generator lag p99 {c.percentile(lag, 99):.1f} ms, "
-          f"max {max(lag) if lag else 0:.1f} ms")
+    print(
+        f"errors (not 2xx/304, 429 excluded): {len(errors)}; 429s: {rate_limited}; "
+        f"transport errors: {dict(gen.unexpected)}; ERROR lines in server log: {server_errors}"
+    )
+    print(
+        f"latency all requests: p50 {c.percentile(service, 50):.1f} ms, "
+        f"p99 {c.percentile(service, 99):.1f} ms (service); "
+        f"p50 {c.percentile(scheduled, 50):.1f} ms, p99 {c.percentile(scheduled, 99):.1f} ms "
+        f"(from scheduled time); generator lag p99 {c.percentile(lag, 99):.1f} ms, "
+        f"max {max(lag) if lag else 0:.1f} ms"
+    )
     print(f"machine CPU busy during load: {cpu_pct:.0f} %")
-    print(f"accepted creations: {len(accepted)}; completed by end of load: "
-          f"{done_during_load.get('completed', 0)}; after drain: completed {completed}, "
-          f"failed {final.get('failed', 0)}, not finished {final.get('not finished', 0)} "
-          f"(drain {drain_s:.1f} s); completed/accepted = {completed}/{len(accepted)}; "
-          f"job throughput {job_rate:.2f}/s")
+    print(
+        f"accepted creations: {len(accepted)}; completed by end of load: "
+        f"{done_during_load.get('completed', 0)}; after drain: completed {completed}, "
+        f"failed {final.get('failed', 0)}, not finished {final.get('not finished', 0)} "
+        f"(drain {drain_s:.1f} s); completed/accepted = {completed}/{len(accepted)}; "
+        f"job throughput {job_rate:.2f}/s"
+    )
     c.emit_json(
         "load_mixed",
         {

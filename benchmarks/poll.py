@@ -12,6 +12,8 @@ wrapped on the app's service instance) and response statuses (an ``after_request
 "reads per poll" and "a 304 builds no view" are measured, not assumed.
 Part B, throughput under the production server: the same two loads against ``python -m api.main``
 (gunicorn, 1 worker x 8 threads, JSON logs at INFO to /dev/null): requests/s and p50/p99.
+Part C, server CPU per poll: the WSGI app called directly (no network, no server, one thread),
+best of 3 x 3000 calls: the least noisy comparison of a 200 and a 304 on a shared machine.
 """
 
 from __future__ import annotations
@@ -85,12 +87,19 @@ def make_completed(store: CreationStore) -> str:
 
     req = parse_generation_request(Kind.IMAGE, {"prompt": "a polled lighthouse, benchmark"})
     now = lc.utcnow()
-    cr = lc.new(user_id=USER, kind=Kind.IMAGE, prompt=req.prompt, params=req.params, path="local", now=now)
+    cr = lc.new(
+        user_id=USER, kind=Kind.IMAGE, prompt=req.prompt, params=req.params, path="local", now=now
+    )
     store.add(cr)
-    store.update(cr.id, lambda x: lc.claim(x, owner="bench", now=now, lease=timedelta(minutes=2), max_attempts=3))
     store.update(
         cr.id,
-        lambda x: lc.complete(x, owner="bench", now=lc.utcnow(), media=(MediaRef(f"{cr.id}/0.png", "image/png"),)),
+        lambda x: lc.claim(x, owner="bench", now=now, lease=timedelta(minutes=2), max_attempts=3),
+    )
+    store.update(
+        cr.id,
+        lambda x: lc.complete(
+            x, owner="bench", now=lc.utcnow(), media=(MediaRef(f"{cr.id}/0.png", "image/png"),)
+        ),
     )
     return str(cr.id)
 
@@ -102,7 +111,10 @@ def _loads(url: str, etag: str, duration: int, connections: int) -> dict[str, di
         ("304", {"X-Phoenix-User": USER, "If-None-Match": etag}),
     ):
         c.run_wrk(url, duration_s=2, connections=connections, headers=headers)  # warm-up
-        out[label] = {"headers": headers, "wrk": c.run_wrk(url, duration_s=duration, connections=connections, headers=headers)}
+        out[label] = {
+            "headers": headers,
+            "wrk": c.run_wrk(url, duration_s=duration, connections=connections, headers=headers),
+        }
     return out
 
 
@@ -117,7 +129,11 @@ def part_a(duration: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with c.temp_dir("phoenix-bench-poll-") as d:
         settings = Settings.from_env(
-            {"PHOENIX_DATA_DIR": str(d), "PHOENIX_DISPATCH": "record", "PHOENIX_LOG_LEVEL": "WARNING"}
+            {
+                "PHOENIX_DATA_DIR": str(d),
+                "PHOENIX_DISPATCH": "record",
+                "PHOENIX_LOG_LEVEL": "WARNING",
+            }
         )
         store = CountingStore(SqliteCreationStore(settings.sqlite_path))
         cid = make_completed(store)
@@ -132,7 +148,7 @@ def part_a(duration: int) -> dict[str, Any]:
                 views["view"] += 1
             return original_view(creation)
 
-        service.view = counting_view  # type: ignore[method-assign]  # the route calls service.view
+        service.view = counting_view  # type: ignore[method-assign,assignment]  # the route calls service.view
         statuses = Counter[int]()
 
         @app.after_request
@@ -156,7 +172,11 @@ def part_a(duration: int) -> dict[str, Any]:
             ):
                 c.run_wrk(url, duration_s=2, connections=8, headers=hdrs)  # warm-up
                 time.sleep(0.5)  # let requests still in flight when wrk stopped finish
-                before_calls, before_views, before_status = store.snapshot(), Counter(views), Counter(statuses)
+                before_calls, before_views, before_status = (
+                    store.snapshot(),
+                    Counter(views),
+                    Counter(statuses),
+                )
                 w = c.run_wrk(url, duration_s=duration, connections=8, headers=hdrs)
                 time.sleep(0.5)
                 calls = store.snapshot() - before_calls
@@ -190,7 +210,74 @@ def part_b(duration: int) -> dict[str, Any]:
             code, _, headers = c.http_json("GET", url, headers={"X-Phoenix-User": USER})
             assert code == 200, code
             loads = _loads(url, headers["ETag"], duration, 16)
-    return {k: {kk: v["wrk"][kk] for kk in ("rps", "p50_ms", "p99_ms", "statuses")} for k, v in loads.items()}
+    return {
+        k: {kk: v["wrk"][kk] for kk in ("rps", "p50_ms", "p99_ms", "statuses")}
+        for k, v in loads.items()
+    }
+
+
+def part_c(n: int = 3000) -> dict[str, Any]:
+    """Server CPU per poll without network or server: the WSGI app called directly with a
+    minimal environ, one thread, ``n`` requests per answer, best of 3 rounds (us per request).
+    Includes everything the app does (routing, tracing span, store read, view/JSON or 304)."""
+    import io
+
+    from api.app import create_app
+    from common.adapters.sqlite_store import SqliteCreationStore
+    from common.config import Settings
+
+    out: dict[str, Any] = {}
+    with c.temp_dir("phoenix-bench-poll-cpu-") as d:
+        settings = Settings.from_env({"PHOENIX_DATA_DIR": str(d), "PHOENIX_DISPATCH": "record"})
+        store = SqliteCreationStore(settings.sqlite_path)
+        cid = make_completed(store)
+        app = create_app(settings, store=store)
+        base = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": f"/api/creations/{cid}",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http",
+            "HTTP_X_PHOENIX_USER": USER,
+        }
+
+        def call(extra: dict[str, str]) -> tuple[str, bytes]:
+            environ: dict[str, Any] = {**base, **extra}
+            environ["wsgi.input"] = io.BytesIO()
+            environ["wsgi.errors"] = io.StringIO()
+            seen: list[str] = []
+
+            def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+                seen.append(status)
+                return lambda data: None
+
+            body = b"".join(app(environ, start_response))
+            return seen[0], body
+
+        status, _ = call({})
+        assert status.startswith("200"), status
+        etag = None
+        for header, value in (
+            app.test_client().get(base["PATH_INFO"], headers={"X-Phoenix-User": USER}).headers
+        ):
+            if header == "ETag":
+                etag = value
+        assert etag, "no ETag"
+        for label, extra, want in (
+            ("200", {}, "200"),
+            ("304", {"HTTP_IF_NONE_MATCH": etag}, "304"),
+        ):
+            best = float("inf")
+            for _ in range(3):
+                t = time.perf_counter()
+                for _ in range(n):
+                    status, body = call(extra)
+                best = min(best, (time.perf_counter() - t) / n * 1e6)
+                assert status.startswith(want), status
+            out[label] = {"us_per_request": round(best, 1), "bytes": len(body)}
+        store.close()
+    return out
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -198,16 +285,39 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--duration", type=int, default=10)
     args = ap.parse_args(list(argv) if argv is not None else None)
     c.ensure_apt("wrk")
-    print(f"[A] in-process werkzeug threaded server with counting store, {args.duration} s per load", flush=True)
+    print(
+        f"[A] in-process werkzeug threaded server with counting store, {args.duration} s per load",
+        flush=True,
+    )
     a = part_a(args.duration)
-    print(f"[B] gunicorn (python -m api.main, 1 x 8 threads), {args.duration} s per load", flush=True)
+    print(
+        f"[B] gunicorn (python -m api.main, 1 x 8 threads), {args.duration} s per load", flush=True
+    )
     b = part_b(args.duration)
+    print("[C] CPU per poll, WSGI app called directly (no network)", flush=True)
+    cpu = part_c()
 
     c.table(
         "Poll GET /api/creations/<id>: counted in-process (werkzeug threaded server, 8 connections)",
-        ["answer", "req/s", "p50 ms", "p99 ms", "statuses", "store calls / poll", "views built / poll"],
         [
-            [k, v["rps"], v["p50_ms"], v["p99_ms"], v["statuses"], v["store_calls_per_poll"], v["view_builds_per_poll"]]
+            "answer",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "statuses",
+            "store calls / poll",
+            "views built / poll",
+        ],
+        [
+            [
+                k,
+                v["rps"],
+                v["p50_ms"],
+                v["p99_ms"],
+                v["statuses"],
+                v["store_calls_per_poll"],
+                v["view_builds_per_poll"],
+            ]
             for k, v in a.items()
         ],
     )
@@ -216,12 +326,20 @@ def main(argv: Iterable[str] | None = None) -> int:
         ["answer", "req/s", "p50 ms", "p99 ms", "statuses"],
         [[k, v["rps"], v["p50_ms"], v["p99_ms"], v["statuses"]] for k, v in b.items()],
     )
+    c.table(
+        "Server CPU per poll (WSGI app called directly, 1 thread, best of 3 x 3000)",
+        ["answer", "us / request", "body bytes"],
+        [[k, v["us_per_request"], v["bytes"]] for k, v in cpu.items()],
+    )
     ok_304 = a["304"]["view_builds_per_poll"] == 0 and set(a["304"]["statuses"]) == {"304"}
     ok_reads = all(
-        set(v["store_calls_per_poll"]) == {"get"} and abs(v["store_calls_per_poll"]["get"] - 1) < 0.005
+        set(v["store_calls_per_poll"]) == {"get"}
+        and abs(v["store_calls_per_poll"]["get"] - 1) < 0.005
         for v in a.values()
     )
-    print(f"304 builds no view: {ok_304}; exactly one store read (get) per poll, no writes: {ok_reads}")
+    print(
+        f"304 builds no view: {ok_304}; exactly one store read (get) per poll, no writes: {ok_reads}"
+    )
     c.emit_json(
         "poll",
         {
@@ -229,6 +347,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             "duration_s": args.duration,
             "in_process_werkzeug": a,
             "gunicorn_1x8": b,
+            "cpu_per_poll_us": cpu,
             "checks": {"304_builds_no_view": ok_304, "one_read_per_poll": ok_reads},
         },
     )

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark in sequence (about 10 minutes on a 2-core machine) and collects the
+# Runs every benchmark in sequence (about 5-6 minutes on a 2-core machine; run it on an otherwise idle machine) and collects the
 # BENCH_JSON lines at the end (what the README's performance table is filled from).
 #
 #   benchmarks/run_all.sh            # from anywhere; output also saved to dist/benchmarks/results.txt

@@ -50,4 +50,3 @@ def test_killed_jobs_are_recovered_by_the_sweeper_without_generating_twice(
     assert set(report.attempts) <= {1, 2, 3}
     # Every re-delivery exited 0 (completed, or backed off as a duplicate).
     assert set(report.redelivery_exit_codes) == {0}
-

@@ -128,7 +128,9 @@ def _submit_all(client: Any) -> list[Any]:
     ]
 
 
-def _assert_refused_and_kept(responses: list[Any], store: SqliteCreationStore, client: Any) -> list[str]:
+def _assert_refused_and_kept(
+    responses: list[Any], store: SqliteCreationStore, client: Any
+) -> list[str]:
     ids = []
     for i, resp in enumerate(responses):
         assert resp.status_code == 503, resp.get_data(as_text=True)
@@ -230,9 +232,24 @@ def test_outage_submissions_get_503_then_all_complete_exactly_once(tmp_path: Pat
 def _start_redis(port: int, data_dir: str) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", data_dir, "--protected-mode", "yes"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            data_dir,
+            "--protected-mode",
+            "yes",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     wait_for_port("127.0.0.1", port, timeout=30, proc=proc)
@@ -249,13 +266,18 @@ def test_real_celery_broker_outage_then_sweeper_enqueues_each_creation_once(
     url = f"redis://127.0.0.1:{port}/0"
     data_dir = tempfile.mkdtemp(prefix="phoenix-outage-redis-", dir=tmp_path)
     settings = Settings(
-        data_dir=tmp_path, dispatch="celery", celery_broker_url=url,
-        rate_limit_per_minute=0, max_active_per_user=0,
+        data_dir=tmp_path,
+        dispatch="celery",
+        celery_broker_url=url,
+        rate_limit_per_minute=0,
+        max_active_per_user=0,
     )
     store = SqliteCreationStore(settings.sqlite_path)
     dispatcher = CeleryDispatcher(sender_app(url))
     app = create_app(
-        settings, store=store, media=LocalMediaStore(settings.media_dir),
+        settings,
+        store=store,
+        media=LocalMediaStore(settings.media_dir),
         dispatchers=lambda path: dispatcher,
     )
     client = app.test_client()

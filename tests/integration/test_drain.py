@@ -76,7 +76,7 @@ def read_until(proc, predicate, timeout: float) -> list[str]:
 
 
 def polls(lines):
-    return [tuple(map(int, m.groups())) for l in lines if (m := POLL.search(l))]
+    return [tuple(map(int, m.groups())) for line in lines if (m := POLL.search(line))]
 
 
 def test_drain_waits_for_queued_and_in_flight_work_then_succeeds(legacy, tmp_path):
@@ -90,7 +90,7 @@ def test_drain_waits_for_queued_and_in_flight_work_then_succeeds(legacy, tmp_pat
     rollout_file = tmp_path / "rollout.flag"
     drain = start_drain(env, "--rollout-file", str(rollout_file), "--timeout", "90")
     try:
-        head = read_until(drain, lambda l: "queued=3" in l, timeout=30)
+        head = read_until(drain, lambda line: "queued=3" in line, timeout=30)
         # (a) the flag: celery's share moved to cloud-tasks, every kind explicit.
         assert "PHOENIX_ROLLOUT=video=cloud-tasks:100;image=cloud-tasks:100" in head
         assert rollout_file.read_text().strip() == "video=cloud-tasks:100;image=cloud-tasks:100"

@@ -115,7 +115,11 @@ def _deliver_group(
             log_path = logs / f"{creation_id}.{i}.log"
             with open(log_path, "wb") as out:
                 proc = subprocess.Popen(
-                    cmd, env=env, cwd=logs, stdin=subprocess.DEVNULL, stdout=out,
+                    cmd,
+                    env=env,
+                    cwd=logs,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
                     stderr=subprocess.STDOUT,
                 )
             procs.append((proc, log_path))
@@ -211,7 +215,10 @@ def test_fifty_creations_delivered_ten_times_each_are_generated_exactly_once(
         assert r.status is Status.COMPLETED and r.attempts == 1 and r.error is None, r
         assert [m.key for m in r.media] == [f"{r.id}/0.png"]
     # One artefact per creation on disk and no half-written temp files.
-    files = sorted(p.relative_to(settings.media_dir).as_posix()
-                   for p in settings.media_dir.rglob("*") if p.is_file())
+    files = sorted(
+        p.relative_to(settings.media_dir).as_posix()
+        for p in settings.media_dir.rglob("*")
+        if p.is_file()
+    )
     assert files == sorted(f"{cid}/0.png" for cid in ids)
     store.close()

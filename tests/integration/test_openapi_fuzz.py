@@ -59,15 +59,15 @@ def _seed(store: SqliteCreationStore, media: LocalMediaStore) -> list[str]:
     now = lc.utcnow()
     ids = []
     for i, kind in enumerate([Kind.IMAGE, Kind.VIDEO, Kind.IMAGE, Kind.VIDEO]):
-        c = lc.new(
-            user_id="local", kind=kind, prompt=f"seed {i}", params={}, path="local", now=now
-        )
+        c = lc.new(user_id="local", kind=kind, prompt=f"seed {i}", params={}, path="local", now=now)
         if i >= 1:
             c = lc.claim(c, owner="o", now=now, lease=timedelta(minutes=5), max_attempts=3)
             c = lc.report_progress(c, owner="o", now=now, progress=40)
         if i == 2:
             ref = media.put(f"{c.id}/0.png", b"\x89PNG fake", "image/png")
-            c = lc.complete(c, owner="o", now=now, media=(ref, MediaRef(f"{c.id}/1.png", "image/png")))
+            c = lc.complete(
+                c, owner="o", now=now, media=(ref, MediaRef(f"{c.id}/1.png", "image/png"))
+            )
         if i == 3:
             c = lc.fail(c, owner="o", now=now, error=CreationError("content_filtered", "no"))
         store.add(c)
@@ -117,8 +117,11 @@ def test_fuzzed_requests_never_5xx_and_always_match_the_document(fuzz_app: Any) 
                 for failure in group.exceptions:
                     kind = f"{label}: {type(failure).__name__}: {getattr(failure, 'title', '')}"
                     failures.append(kind)
-                    samples.setdefault(kind, f"{response.status_code} {str(failure)[:400]}\n"
-                                              f"{case.as_curl_command()}")
+                    samples.setdefault(
+                        kind,
+                        f"{response.status_code} {str(failure)[:400]}\n"
+                        f"{case.as_curl_command()}",
+                    )
 
         try:
             run()
@@ -161,4 +164,3 @@ def test_fuzzed_requests_never_5xx_and_always_match_the_document(fuzz_app: Any) 
 def _has_inputs(op: Any) -> bool:
     definition = op.definition.raw
     return bool(definition.get("parameters") or definition.get("requestBody")) or "{" in op.path
-

@@ -355,7 +355,10 @@ def _serve(tmp_path: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen[
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "api.main", "--host", "127.0.0.1"],
-            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:

@@ -22,10 +22,6 @@ import pytest
 import structlog
 
 from common import logs
-
-# Child interpreters started by these tests import all three modules: name them here so the
-# test's sandbox (Pants infers dependencies from imports) contains them.
-from common import logs as _logs  # noqa: F401
 from common.config import ConfigError, Settings
 from common.logs import REDACTED
 
@@ -379,3 +375,10 @@ def test_importing_logs_and_tracing_pulls_in_no_sdk_or_exporter() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# Child interpreters started by these tests import all three modules: name them here so the
+# test's sandbox (Pants infers dependencies from imports) contains them.
+import common.logs  # noqa: F401,E402
+import common.metrics  # noqa: F401,E402
+import common.tracing  # noqa: F401,E402

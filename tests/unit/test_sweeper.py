@@ -144,5 +144,7 @@ def test_an_expired_lease_is_resent_once_per_pending_timeout_not_every_pass():
     for minutes in (1, 2, 4):  # nobody claimed it yet: wait for the pending timeout (5 min)
         later = now + timedelta(minutes=minutes)
         assert sweep(store, lambda p: rec, now=later, policy=POLICY).redispatched == []
-    assert sweep(store, lambda p: rec, now=now + timedelta(minutes=6), policy=POLICY).redispatched == [cid]
+    assert sweep(
+        store, lambda p: rec, now=now + timedelta(minutes=6), policy=POLICY
+    ).redispatched == [cid]
     assert len(rec.dispatched) == 2

@@ -20,9 +20,6 @@ from typing import Any, Iterator
 import pytest
 from opentelemetry import baggage, trace
 
-# Child interpreters started by these tests import all three modules: name them here so the
-# test's sandbox (Pants infers dependencies from imports) contains them.
-from common import logs as _logs  # noqa: F401
 from common import metrics, tracing
 from common.config import ConfigError
 
@@ -389,3 +386,10 @@ def test_metrics_none_is_a_no_op_without_the_sdk() -> None:
 def test_metrics_unknown_exporter_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="PHOENIX_METRICS_EXPORTER"):
         metrics.configure_metrics("statsd")
+
+
+# Child interpreters started by these tests import all three modules: name them here so the
+# test's sandbox (Pants infers dependencies from imports) contains them.
+import common.logs  # noqa: F401,E402
+import common.metrics  # noqa: F401,E402
+import common.tracing  # noqa: F401,E402

@@ -17,3 +17,18 @@ def build_generator(settings: Settings) -> Generator:
 
         return VertexGenerator.from_settings(settings)
     raise ConfigError(f"unknown generator {settings.generator!r}")
+
+
+class LazyGenerator(Generator):
+    """Builds the real generator on first use. A job claims its creation before anything calls
+    the generator, so the SDK import (google-genai: ~0.4 s) is paid after the claim, and a
+    duplicate delivery that backs off never pays it at all."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._inner: Generator | None = None
+
+    def generate(self, kind, prompt, params, ctx):  # type: ignore[no-untyped-def]
+        if self._inner is None:
+            self._inner = build_generator(self._settings)
+        return self._inner.generate(kind, prompt, params, ctx)

@@ -26,10 +26,11 @@ def build_job_deps(settings: Settings) -> JobDeps:
     from common import bootstrap, generators
     from common.job_runner import JobDeps
 
+    # Only the store is needed to claim; the generator and media SDKs load after the claim.
     return JobDeps(
         store=bootstrap.build_store(settings),
-        generator=generators.build_generator(settings),
-        media=bootstrap.build_media(settings),
+        generator=generators.LazyGenerator(settings),
+        media=bootstrap.LazyMediaStore(settings),
         lease=timedelta(seconds=settings.lease_seconds),
         max_attempts=settings.max_attempts,
     )

@@ -68,8 +68,9 @@ def _needs_dispatch(c: Creation, now: datetime, policy: SweepPolicy) -> bool:
         # instead of re-sending on every pass until some job takes the lease over.
         if c.lease_expires_at is None or c.lease_expires_at > now:
             return False
-        resent = c.dispatched_at is not None and c.dispatched_at >= c.lease_expires_at
-        return not resent or c.dispatched_at <= now - policy.pending_timeout
+        if c.dispatched_at is None or c.dispatched_at < c.lease_expires_at:
+            return True  # not re-sent since the lease ran out
+        return c.dispatched_at <= now - policy.pending_timeout
     return False
 
 
