@@ -58,7 +58,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_local_server(data_dir: Path) -> LocalServer:
+def start_local_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> LocalServer:
     """Start ``python -m api.local`` on a free port with its data in ``data_dir``; return once
     /healthz answers. Retries once on a port collision (the port is free when picked, but
     another process may take it before the server binds)."""
@@ -72,6 +72,7 @@ def start_local_server(data_dir: Path) -> LocalServer:
             PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
             PYTHONUNBUFFERED="1",
         )
+        env.update(extra_env or {})
         log_path = data_dir / f"server-{port}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
