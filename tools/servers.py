@@ -48,9 +48,16 @@ class StartupError(RuntimeError):
 
 
 def repo_root() -> Path:
-    """Repository root: env PHOENIX_REPO_ROOT, else two levels up from this file."""
+    """Repository root: env PHOENIX_REPO_ROOT; else two levels up from this file when that is a
+    checkout; else the working directory (``./pants run`` runs a PEX, whose files live in a
+    cache, from the build root)."""
     env = os.environ.get("PHOENIX_REPO_ROOT")
-    return Path(env).resolve() if env else Path(__file__).resolve().parents[1]
+    if env:
+        return Path(env).resolve()
+    beside = Path(__file__).resolve().parents[1]
+    if (beside / "pants.toml").is_file():
+        return beside
+    return Path.cwd().resolve()
 
 
 def tools_dir() -> Path:
