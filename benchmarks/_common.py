@@ -16,7 +16,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -223,43 +222,10 @@ def ensure_pexes(names: Sequence[str], build: bool) -> None:
 # --- processes and servers ----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    from tools.servers import free_port as _free_port
-
-    return _free_port()
-
-
-def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited early with code {proc.returncode}")
-        try:
-            with opener.open(url, timeout=2) as resp:
-                resp.read()
-                return
-        except urllib.error.HTTPError:
-            return
-        except (urllib.error.URLError, OSError):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} not answering after {timeout}s") from None
-        time.sleep(0.05)
-
-
-def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the process group we started (own session), SIGKILL after ``grace``."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+# The repo's one implementation of these lives in tools.servers (used by the tests too).
+from tools.servers import free_port  # noqa: E402
+from tools.servers import stop_process_group as stop  # noqa: E402
+from tools.servers import wait_for_http as wait_http  # noqa: E402
 
 
 @contextlib.contextmanager

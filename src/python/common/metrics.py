@@ -20,7 +20,6 @@ Nothing from OpenTelemetry is imported with this module.
 from __future__ import annotations
 
 import atexit
-import importlib
 import json
 import os
 import sys
@@ -148,11 +147,9 @@ def _file_metric_exporter(path: str) -> Any:
 
 
 def _missing(exporter: str, package: str, exc: ImportError) -> ConfigError:
-    return ConfigError(
-        f"{EXPORTER_ENV}={exporter!r} needs the optional package {package!r}, which is not "
-        f"installed ({exc}). Add it to the deployable's requirements or choose another exporter "
-        f"({', '.join(EXPORTERS)})."
-    )
+    from common.tracing import missing_exporter
+
+    return missing_exporter(EXPORTER_ENV, exporter, package, exc)
 
 
 def _exporter(spec: str) -> Any:
@@ -167,28 +164,9 @@ def _exporter(spec: str) -> Any:
             raise ConfigError(f"{EXPORTER_ENV}={spec!r}: file: needs a path")
         return _file_metric_exporter(path)
     if spec == "otlp":
-        protocol = (
-            os.environ.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")
-            or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-            or "http/protobuf"
-        ).strip()
-        if protocol == "grpc":
-            try:
-                # Not in our lockfile (we bundle OTLP over HTTP): looked up by name so the build
-                # does not expect it, and a deployable that adds it can use it.
-                OTLPMetricExporter = importlib.import_module(
-                    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter"
-                ).OTLPMetricExporter
-            except ImportError as exc:
-                raise _missing("otlp", "opentelemetry-exporter-otlp-proto-grpc", exc) from exc
-        else:
-            try:
-                from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[no-redef]
-                    OTLPMetricExporter,
-                )
-            except ImportError as exc:
-                raise _missing("otlp", "opentelemetry-exporter-otlp-proto-http", exc) from exc
-        return OTLPMetricExporter()
+        from common.tracing import otlp_exporter
+
+        return otlp_exporter("metrics", EXPORTER_ENV)
     if spec == "gcp":
         try:
             from opentelemetry.exporter.cloud_monitoring import CloudMonitoringMetricsExporter

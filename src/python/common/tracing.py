@@ -136,37 +136,44 @@ def _file_span_exporter(path: str) -> Any:
     return JsonLinesSpanExporter(path)
 
 
-def _missing(exporter: str, package: str, exc: ImportError) -> ConfigError:
+def missing_exporter(env_name: str, exporter: str, package: str, exc: ImportError) -> ConfigError:
+    """The start-up error for an exporter whose optional package this deployable lacks (shared
+    with ``common.metrics``)."""
     return ConfigError(
-        f"{EXPORTER_ENV}={exporter!r} needs the optional package {package!r}, which is not "
+        f"{env_name}={exporter!r} needs the optional package {package!r}, which is not "
         f"installed ({exc}). Add it to the deployable's requirements or choose another exporter "
         f"({', '.join(EXPORTERS)})."
     )
 
 
-def _otlp_exporter() -> Any:
+def _missing(exporter: str, package: str, exc: ImportError) -> ConfigError:
+    return missing_exporter(EXPORTER_ENV, exporter, package, exc)
+
+
+def otlp_exporter(signal: str, env_name: str) -> Any:
+    """An OTLP exporter for ``signal`` ("traces" or "metrics") over the protocol the standard
+    OTEL_EXPORTER_OTLP_[SIGNAL_]PROTOCOL variables choose. We bundle the HTTP transport (see
+    common/BUILD); gRPC works only in a deployable that adds its package. Looked up by name so
+    each signal's module is imported only when configured."""
     protocol = (
-        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
         or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
         or "http/protobuf"
     ).strip()
-    if protocol == "grpc":
-        try:
-            # Not in our lockfile (we bundle OTLP over HTTP): looked up by name so the build
-            # does not expect it, and a deployable that adds it can use it.
-            OTLPSpanExporter = importlib.import_module(
-                "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"
-            ).OTLPSpanExporter
-        except ImportError as exc:
-            raise _missing("otlp", "opentelemetry-exporter-otlp-proto-grpc", exc) from exc
-    else:
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[no-redef]
-                OTLPSpanExporter,
-            )
-        except ImportError as exc:
-            raise _missing("otlp", "opentelemetry-exporter-otlp-proto-http", exc) from exc
-    return OTLPSpanExporter()
+    transport = "grpc" if protocol == "grpc" else "http"
+    module_name, class_name = {
+        "traces": ("trace_exporter", "OTLPSpanExporter"),
+        "metrics": ("metric_exporter", "OTLPMetricExporter"),
+    }[signal]
+    try:
+        module = importlib.import_module(
+            f"opentelemetry.exporter.otlp.proto.{transport}.{module_name}"
+        )
+    except ImportError as exc:
+        raise missing_exporter(
+            env_name, "otlp", f"opentelemetry-exporter-otlp-proto-{transport}", exc
+        ) from exc
+    return getattr(module, class_name)()
 
 
 def _gcp_exporter() -> Any:
@@ -202,7 +209,7 @@ def _span_processor(spec: str) -> SpanProcessor | None:
 
         return SimpleSpanProcessor(_file_span_exporter(path))
     if spec in ("otlp", "gcp"):
-        exporter = _otlp_exporter() if spec == "otlp" else _gcp_exporter()
+        exporter = otlp_exporter("traces", EXPORTER_ENV) if spec == "otlp" else _gcp_exporter()
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         return BatchSpanProcessor(exporter)
