@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -437,3 +438,30 @@ def gcs_emulator(
         yield ServerHandle(
             "gcs-emulator", LOOPBACK, port, url, proc, log, {"STORAGE_EMULATOR_HOST": url}, secs
         )
+
+
+class BackgroundHttpServer:
+    """A ThreadingHTTPServer served from a daemon thread: the serving loop the in-process
+    stand-ins (fake Vertex, the jobs:run stand-in) share. Port 0 picks a free port."""
+
+    def __init__(self, host: str, port: int, handler: type, name: str) -> None:
+        from http.server import ThreadingHTTPServer
+
+        self._httpd = ThreadingHTTPServer((host, port), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=name,
+            daemon=True,
+        )
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)

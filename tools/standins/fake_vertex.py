@@ -50,8 +50,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
+
+from tools.servers import BackgroundHttpServer
 
 MODEL_PATH = re.compile(
     r"^/(?P<version>v1|v1beta1)/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
@@ -223,33 +225,23 @@ class FakeVertexServer:
         self._calls: list[dict[str, Any]] = []
         self._quota_hits: dict[str, int] = {}
         self._operations: dict[str, dict[str, Any]] = {}
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._httpd: BackgroundHttpServer | None = None
 
     # lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> "FakeVertexServer":
         if self._httpd is not None:
             return self
-        self._httpd = ThreadingHTTPServer((self.host, self._requested_port), _make_handler(self))
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-vertex",
-            daemon=True,
+        self._httpd = BackgroundHttpServer(
+            self.host, self._requested_port, _make_handler(self), "fake-vertex"
         )
-        self._thread.start()
         return self
 
     def stop(self) -> None:
         if self._httpd is None:
             return
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._httpd = self._thread = None
+        self._httpd.stop()
+        self._httpd = None
 
     def __enter__(self) -> "FakeVertexServer":
         return self.start()
@@ -261,7 +253,7 @@ class FakeVertexServer:
     def port(self) -> int:
         if self._httpd is None:
             raise RuntimeError("FakeVertexServer is not started")
-        return int(self._httpd.server_address[1])
+        return self._httpd.port
 
     @property
     def url(self) -> str:

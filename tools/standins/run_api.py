@@ -48,10 +48,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
+
+from tools.servers import BackgroundHttpServer
 
 RUN_PATH = re.compile(
     r"^/v2/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/jobs/(?P<job>[^/:]+):run$"
@@ -277,8 +279,7 @@ class RunApiStandin:
         self._running: dict[int, subprocess.Popen[bytes]] = {}
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._httpd: BackgroundHttpServer | None = None
 
     # lifecycle ------------------------------------------------------------------------------
 
@@ -291,15 +292,9 @@ class RunApiStandin:
         else:
             self.log_dir = Path(self._log_dir_arg)  # type: ignore[arg-type]
             self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._httpd = ThreadingHTTPServer((self.host, self._requested_port), _make_handler(self))
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="run-api-standin",
-            daemon=True,
+        self._httpd = BackgroundHttpServer(
+            self.host, self._requested_port, _make_handler(self), "run-api-standin"
         )
-        self._thread.start()
         return self
 
     def stop(self) -> None:
@@ -307,10 +302,7 @@ class RunApiStandin:
         if self._httpd is None:
             return
         self._stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._httpd.stop()
         with self._lock:
             procs = list(self._running.values())
         for proc in procs:
@@ -323,7 +315,7 @@ class RunApiStandin:
                 _signal_group(proc, signal.SIGKILL)
         for t in list(self._threads):
             t.join(timeout=self.stop_grace + 5)
-        self._httpd = self._thread = None
+        self._httpd = None
         if (
             self._own_log_dir
             and self.log_dir is not None
@@ -343,7 +335,7 @@ class RunApiStandin:
     def port(self) -> int:
         if self._httpd is None:
             raise RuntimeError("RunApiStandin is not started")
-        return int(self._httpd.server_address[1])
+        return self._httpd.port
 
     @property
     def url(self) -> str:
