@@ -10,11 +10,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
 import subprocess
-import sys
-import textwrap
 import warnings
 from typing import Any, Iterator
 
@@ -24,6 +21,7 @@ import structlog
 from common import logs
 from common.config import ConfigError, Settings
 from common.logs import REDACTED
+from tests.support.child import run_python
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -50,16 +48,7 @@ def _lines(buf: io.StringIO) -> list[dict[str, Any]]:
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """A fresh interpreter seeing the same modules as this one (works from any cwd)."""
-    child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), **env}
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        env=child_env,
-        timeout=60,
-        check=False,
-    )
+    return run_python(code, env=env)
 
 
 # --- JSON shape -------------------------------------------------------------------------------

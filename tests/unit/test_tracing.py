@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,6 +21,7 @@ from opentelemetry import baggage, trace
 
 from common import metrics, tracing
 from common.config import ConfigError
+from tests.support.child import run_python
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -50,18 +50,7 @@ def _spans(path: Path) -> list[dict[str, Any]]:
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), **env}
-    for name in (tracing.EXPORTER_ENV, metrics.EXPORTER_ENV):
-        if name not in env:
-            child_env.pop(name, None)
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        env=child_env,
-        timeout=60,
-        check=False,
-    )
+    return run_python(code, drop=(tracing.EXPORTER_ENV, metrics.EXPORTER_ENV), env=env)
 
 
 # --- context helpers --------------------------------------------------------------------------
