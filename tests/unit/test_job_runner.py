@@ -127,3 +127,32 @@ def test_wrong_kind_fails_permanently(store, tmp_path):
     cid = add(store, Kind.IMAGE)
     out = run_job(cid, Kind.VIDEO, deps_for(store, ScriptedGenerator(PNG), tmp_path), owner="a")
     assert out.exit_code == EXIT_DONE and store.get(cid).error.code == "wrong_job_kind"
+
+
+class CountingStore(InMemoryCreationStore):
+    def __init__(self):
+        super().__init__()
+        self.updates = 0
+
+    def update(self, creation_id, change):
+        self.updates += 1
+        return super().update(creation_id, change)
+
+
+class ChattyGenerator(Generator):
+    """Reports the same progress many times, as a generator polling a slow provider does."""
+
+    def generate(self, kind, prompt, params, ctx):
+        for _ in range(50):
+            ctx.report_progress(10)
+        ctx.report_progress(60)
+        return PNG
+
+
+def test_repeated_progress_does_not_write_to_the_store_each_time(tmp_path):
+    store = CountingStore()
+    cid = add(store)
+    out = run_job(cid, Kind.IMAGE, deps_for(store, ChattyGenerator(), tmp_path), owner="a")
+    assert out.status == "completed"
+    # claim + progress 10 + progress 60 + complete; the 49 repeats only heartbeat (throttled).
+    assert store.updates == 4

@@ -68,8 +68,14 @@ class _Context:
         self.output_prefix = deps.media.output_prefix(creation.id)
         self._last_beat = time.monotonic()
         self._beat_every = max(1.0, deps.lease.total_seconds() / 4)
+        self._last_percent = creation.progress
 
     def report_progress(self, percent: int) -> None:
+        if percent <= self._last_percent:
+            # Nothing new to show: only keep the lease alive (throttled), no store write.
+            self.heartbeat()
+            return
+        self._last_percent = percent
         now = self._deps.clock()
         self._deps.store.update(
             self.creation_id,
