@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 # Imported for Pants' dependency inference (it ships only imported code into the sandbox).
 import api.local  # noqa: F401
 import jobs.image.main  # noqa: F401
 import jobs.video.main  # noqa: F401
+from tests.support.local_server import start_local_server, stop_server
 
 CHROMIUM = os.environ.get("PHOENIX_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -42,54 +37,14 @@ FINISH_TIMEOUT_MS = 120_000
 SCREENSHOT_FOR_HUMANS = Path("/tmp/phoenix-page.png")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``python -m api.local`` on a free port with its data in a temp dir."""
-    data_dir = tmp_path_factory.mktemp("phoenix-browser")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PHOENIX_")}
-    env.update(
-        PORT=str(port),
-        PHOENIX_DATA_DIR=str(data_dir),
-        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-        PYTHONUNBUFFERED="1",
-    )
-    log_path = data_dir / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "api.local"],
-            env=env,
-            cwd=data_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
+    server = start_local_server(tmp_path_factory.mktemp("phoenix-browser"))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start:\n{log_path.read_text()[-4000:]}")
-            try:
-                if requests.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
-        yield base
+        yield server.base
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_server(server)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,97 +23,13 @@ import requests
 import api.local  # noqa: F401
 import jobs.image.main  # noqa: F401
 import jobs.video.main  # noqa: F401
+from tests.support.local_server import LocalServer, start_local_server, stop_server
 from tests.support.media_probe import probe_mp4, probe_png
 
 COMPLETION_TIMEOUT_S = 120.0
-START_TIMEOUT_S = 60.0
 
 
 # --- the server process ----------------------------------------------------------------------
-
-
-class LocalServer:
-    def __init__(self, proc: subprocess.Popen[bytes], base: str, log_path: Path) -> None:
-        self.proc = proc
-        self.base = base
-        self.log_path = log_path
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_local_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> LocalServer:
-    """Start ``python -m api.local`` on a free port with its data in ``data_dir``; return once
-    /healthz answers. Retries once on a port collision (the port is free when picked, but
-    another process may take it before the server binds)."""
-    last_error = ""
-    for _ in range(2):
-        port = _free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PHOENIX_")}
-        env.update(
-            PORT=str(port),
-            PHOENIX_DATA_DIR=str(data_dir),
-            PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-            PYTHONUNBUFFERED="1",
-        )
-        env.update(extra_env or {})
-        log_path = data_dir / f"server-{port}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "api.local"],
-                env=env,
-                cwd=data_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                # Its own process group, like a server started in its own terminal: lets a
-                # test send Ctrl+C to the group without hitting pytest.
-                start_new_session=True,
-            )
-        server = LocalServer(proc, f"http://127.0.0.1:{port}", log_path)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                break
-            try:
-                if requests.get(server.url("/healthz"), timeout=1).status_code == 200:
-                    return server
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        last_error = server.log_tail()
-        stop_server(server)
-    raise AssertionError(f"the local server did not start:\n{last_error}")
-
-
-def stop_server(server: LocalServer, timeout: float = 30.0, *, ctrl_c: bool = False) -> int:
-    """SIGTERM to the server (what Cloud Run / systemd send), or with ``ctrl_c`` SIGINT to its
-    whole process group (what a terminal sends on Ctrl+C)."""
-    if server.proc.poll() is None:
-        if ctrl_c:
-            os.killpg(server.proc.pid, signal.SIGINT)
-        else:
-            server.proc.send_signal(signal.SIGTERM)
-        try:
-            return server.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
-            raise
-    return int(server.proc.returncode)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import requests
 
-from tests.e2e.test_local_flow import start_local_server, stop_server
+import api.local  # noqa: F401  (the server process runs it)
+import jobs.image.main  # noqa: F401  (its job processes run it)
+from tests.support.local_server import start_local_server, stop_server
 
 
 def _wait_completed(url: str, timeout: float = 90.0) -> dict:
