@@ -112,17 +112,27 @@ def _gunicorn_application(settings: Settings, options: ServeOptions, service: st
                 if o.ready_message:
                     print(o.ready_message, flush=True)
 
-            def worker_exit(server: Any, worker: Any) -> None:
+            def release(worker: Any) -> None:
                 from api.app import services_of
-                from common import tracing
 
                 app = getattr(worker, "wsgi", None)
+                if app is not None:
+                    if o.on_worker_exit is not None:
+                        o.on_worker_exit(app)
+                    # Stops local job processes, closes queue clients and store connections.
+                    services_of(app).close()
+
+            def worker_int(worker: Any) -> None:
+                # Ctrl+C / SIGQUIT: gunicorn's quick exit may be cut short by the master's
+                # SIGKILL after graceful_timeout, before worker_exit runs; release the job
+                # processes first so none outlives the server. (Closing twice is harmless.)
+                release(worker)
+
+            def worker_exit(server: Any, worker: Any) -> None:
+                from common import tracing
+
                 try:
-                    if app is not None:
-                        if o.on_worker_exit is not None:
-                            o.on_worker_exit(app)
-                        # Stops local job processes, closes queue clients and store connections.
-                        services_of(app).close()
+                    release(worker)
                 finally:
                     tracing.shutdown_tracing()
 
@@ -143,6 +153,7 @@ def _gunicorn_application(settings: Settings, options: ServeOptions, service: st
                 "preload_app": False,
                 "post_fork": post_fork,
                 "when_ready": when_ready,
+                "worker_int": worker_int,
                 "worker_exit": worker_exit,
                 **o.extra,
             }
