@@ -114,15 +114,20 @@ def admin_blueprint(
             return None
         return {k.value: rollout.weights(k) for k in Kind}
 
-    @bp.get("/api/admin/migration")
-    def migration_json() -> Any:
+    def _authorized_report() -> tuple[Any, bool, tuple[Response, int] | None]:
+        """(report, truncated, None) for an admin with a valid window, else (None, False,
+        the error response)."""
         denied = _authorize()
         if denied:
-            return denied
+            return None, False, denied
         report, err, truncated = _report()
+        return report, truncated, err
+
+    @bp.get("/api/admin/migration")
+    def migration_json() -> Any:
+        report, truncated, err = _authorized_report()
         if err:
             return err
-        assert report is not None
         body = report.to_dict()
         body["truncated"] = truncated
         body["rollout"] = _rollout_dict()
@@ -130,13 +135,9 @@ def admin_blueprint(
 
     @bp.get("/admin/migration")
     def migration_page() -> Any:
-        denied = _authorize()
-        if denied:
-            return denied
-        report, err, truncated = _report()
+        report, truncated, err = _authorized_report()
         if err:
             return err
-        assert report is not None
         page = render_page(report, rollout=_rollout_dict(), truncated=truncated)
         return Response(page, mimetype="text/html")
 

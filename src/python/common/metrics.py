@@ -111,31 +111,20 @@ def _json_lines(metrics_data: Any) -> str:
 def _file_metric_exporter(path: str) -> Any:
     from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
 
+    from common.tracing import append_json_lines, json_lines_path
+
     class JsonLinesMetricExporter(MetricExporter):  # type: ignore[misc]
-        """Appends ``_json_lines`` with one ``write`` on an O_APPEND descriptor per export."""
+        """Appends one JSON line per data point (``tracing.append_json_lines``)."""
 
         def __init__(self, target: str) -> None:
             super().__init__()
-            self.path = os.path.abspath(target)
-            parent = os.path.dirname(self.path)
-            if parent:
-                os.makedirs(parent, exist_ok=True)
+            self.path = json_lines_path(target)
 
         def export(
             self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any
         ) -> MetricExportResult:
-            data = _json_lines(metrics_data).encode("utf-8")
-            if not data:
-                return MetricExportResult.SUCCESS
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                try:
-                    os.write(fd, data)
-                finally:
-                    os.close(fd)
-            except OSError:
-                return MetricExportResult.FAILURE
-            return MetricExportResult.SUCCESS
+            ok = append_json_lines(self.path, _metric_lines(metrics_data))
+            return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
 
         def force_flush(self, timeout_millis: float = 10_000) -> bool:
             return True

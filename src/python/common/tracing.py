@@ -99,6 +99,35 @@ def _span_record(span: ReadableSpan) -> dict[str, Any]:
     }
 
 
+def json_lines_path(target: str) -> str:
+    """The absolute path a ``file:PATH`` exporter appends to (its directory created)."""
+    path = os.path.abspath(target)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    return path
+
+
+def append_json_lines(path: str, records: Sequence[Any]) -> bool:
+    """Appends one JSON object per line in a single ``write`` on an O_APPEND descriptor, so
+    the processes sharing a file (API and jobs) never interleave inside a line. Shared by the
+    span and metric file exporters; False when the write failed."""
+    if not records:
+        return True
+    data = "".join(
+        json.dumps(r, default=str, separators=(",", ":")) + "\n" for r in records
+    ).encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
+
+
 def _file_span_exporter(path: str) -> Any:
     """Builds the ``file:PATH`` exporter (the SDK base class is imported here, not at import)."""
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -108,27 +137,11 @@ def _file_span_exporter(path: str) -> Any:
         O_APPEND descriptor, so concurrent processes do not interleave inside a line."""
 
         def __init__(self, target: str) -> None:
-            self.path = os.path.abspath(target)
-            parent = os.path.dirname(self.path)
-            if parent:
-                os.makedirs(parent, exist_ok=True)
+            self.path = json_lines_path(target)
 
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-            if not spans:
-                return SpanExportResult.SUCCESS
-            data = "".join(
-                json.dumps(_span_record(s), default=str, separators=(",", ":")) + "\n"
-                for s in spans
-            ).encode("utf-8")
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                try:
-                    os.write(fd, data)
-                finally:
-                    os.close(fd)
-            except OSError:
-                return SpanExportResult.FAILURE
-            return SpanExportResult.SUCCESS
+            ok = append_json_lines(self.path, [_span_record(s) for s in spans])
+            return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
         def force_flush(self, timeout_millis: int = 30000) -> bool:
             return True
