@@ -53,7 +53,7 @@ def load(path: Path, render: bool = True) -> Any:
     try:
         import yaml
     except ImportError:  # fail, not skip: a skipped check is a descriptor nobody verifies
-        pytest.fail("PyYAML is missing: add PyYAML to 3rdparty/python/requirements.txt")
+        pytest.fail("PyYAML is missing: add PyYAML to 3rdparty/python/test-requirements.txt")
     text = _file(path)
     if render:
         for name, value in PLACEHOLDERS.items():
