@@ -69,6 +69,15 @@ def test_read_of_a_missing_key_raises_key_error(media):
         media.read(_key("missing.png"))
 
 
+def test_a_key_no_filesystem_can_hold_is_missing_not_an_error(media, tmp_path):
+    """The OpenAPI fuzz found it: /media/<300 bytes of text> answered 500 (ENAMETOOLONG)."""
+    with pytest.raises(KeyError):
+        media.read(_key("ṯ" * 120 + ".png"))
+    if isinstance(media, LocalMediaStore):
+        with pytest.raises(KeyError):
+            media.file_path(_key("x" * 300))
+
+
 def test_local_urls_are_served_by_the_api(tmp_path):
     store = LocalMediaStore(tmp_path)
     assert store.url_for(MediaRef("abc/0.png", "image/png")) == "/media/abc/0.png"

@@ -16,7 +16,10 @@ class LocalMediaStore(MediaStore):
         self.url_prefix = url_prefix.rstrip("/")
 
     def _path(self, key: str) -> Path:
-        # Keys are ours ("<creation>/<n>.png"), but never let one escape the media root.
+        # Keys are ours ("<creation>/<n>.png"), but never let one escape the media root, and a
+        # name no filesystem can hold (over 255 bytes) is simply not there (not an OSError).
+        if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in Path(key).parts):
+            raise KeyError(key)
         path = (self.root / key).resolve()
         if self.root.resolve() not in path.parents:
             raise KeyError(key)
