@@ -37,10 +37,20 @@ def build_job_deps(settings: Settings) -> JobDeps:
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
-    # Cloud Run sends SIGTERM before killing a task (timeout, cancellation). Exiting through
-    # SystemExit runs atexit hooks, so the spans and metrics recorded so far are flushed; the
-    # lease simply expires and the next delivery takes over.
+    # Before the job can hold a lease there is nothing to hand back: just exit. SystemExit runs
+    # atexit hooks, so the spans and metrics recorded so far are flushed.
     sys.exit(128 + signum)
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # Cloud Run sends SIGTERM at the task timeout (or on cancellation), SIGKILL ~10 s later.
+    # Raising stops the job at once, wherever it waits (a Veo poll's sleep, an HTTP call);
+    # main() hands the lease back in one place. Later signals are ignored so that hand-back
+    # is not interrupted in turn.
+    from common.job_runner import Terminated  # already imported when this is installed
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated(signum)
 
 
 def main(kind: Kind, argv: Sequence[str] | None = None) -> int:
@@ -73,9 +83,11 @@ def main(kind: Kind, argv: Sequence[str] | None = None) -> int:
     execution = os.environ.get("CLOUD_RUN_EXECUTION")
     logs.bind_creation(payload.creation_id, kind=kind.value)
 
+    from common.job_runner import EXIT_TERMINATED, JobOutcome, Terminated, hand_back
     from common.job_runner import new_owner_id, run_job
 
     parent = tracing.context_from_env(os.environ)
+    owner = new_owner_id(execution)
     with tracing.tracer("phoenix.job").start_as_current_span(
         f"job.{kind.value}",
         context=parent,
@@ -89,9 +101,22 @@ def main(kind: Kind, argv: Sequence[str] | None = None) -> int:
         log.info(
             "job_started", execution=execution, attempt=os.environ.get("CLOUD_RUN_TASK_ATTEMPT")
         )
-        deps = build_job_deps(settings)
-        outcome = run_job(payload.creation_id, kind, deps, owner=new_owner_id(execution))
-        deps.store.close()
+        deps: JobDeps | None = None
+        try:
+            signal.signal(signal.SIGTERM, _stop_on_sigterm)
+            deps = build_job_deps(settings)
+            outcome = run_job(payload.creation_id, kind, deps, owner=owner)
+        except Terminated:
+            log.warning("job_terminated", execution=execution)
+            outcome = (
+                hand_back(payload.creation_id, deps, owner=owner)
+                if deps is not None
+                else JobOutcome(EXIT_TERMINATED, "terminated")
+            )
+        finally:
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+            if deps is not None:
+                deps.store.close()
     tracing.shutdown_tracing()
     metrics.shutdown_metrics()
     return outcome.exit_code

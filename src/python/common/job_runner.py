@@ -33,6 +33,9 @@ log = structlog.get_logger(__name__)
 
 EXIT_DONE = 0
 EXIT_RETRY = 1
+# 128 + SIGTERM: the process was told to stop. Cloud Run counts a stopped task as failed (and
+# retries it within maxRetries) whatever the code; a shell or the stand-in sees why it ended.
+EXIT_TERMINATED = 143
 
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "video/mp4": "mp4"}
 
@@ -246,3 +249,50 @@ def _release(deps: JobDeps, creation: Creation, owner: str, error: CreationError
         return JobOutcome(EXIT_DONE, "failed", released)
     log.warning("job_retryable_failure", creation_id=creation.id, code=error.code)
     return JobOutcome(EXIT_RETRY, "retry", released)
+
+
+class Terminated(BaseException):
+    """The platform told the job to stop: Cloud Run sends SIGTERM at the task timeout (or on
+    cancellation) and SIGKILL after a short grace period. ``job_main`` raises it from its
+    SIGTERM handler so the job stops at once, wherever it is waiting; a BaseException, so no
+    ``except Exception`` in the job or in a client library swallows it."""
+
+
+def hand_back(creation_id: str, deps: JobDeps, *, owner: str) -> JobOutcome:
+    """After :class:`Terminated`: give the lease back at once so the next attempt claims the
+    creation straight away instead of waiting for the lease to expire. The record keeps its
+    Veo operation, so that attempt resumes it rather than paying for a new one.
+
+    Safe wherever the stop landed: ``release_for_retry`` checks the lease inside the store's
+    transaction, so a job stopped before (or during) its claim, or after it finished, changes
+    nothing. On the last attempt the release fails the creation for good, like any other
+    retryable failure.
+    """
+    error = CreationError(
+        "terminated",
+        "the job was stopped (task timeout or cancellation); the next attempt resumes it",
+    )
+    now = deps.clock()
+    try:
+        released = deps.store.update(
+            creation_id,
+            lambda c: lifecycle.release_for_retry(
+                c, owner=owner, now=now, error=error, max_attempts=deps.max_attempts
+            ),
+        )
+    except (LeaseLost, AlreadyFinished, NotFound):
+        log.info("job_terminated_nothing_held", creation_id=creation_id, owner=owner)
+        return JobOutcome(EXIT_TERMINATED, "terminated")
+    except Exception:  # the store is unreachable: the lease expires and a takeover follows
+        log.exception("job_terminated_hand_back_failed", creation_id=creation_id, owner=owner)
+        return JobOutcome(EXIT_TERMINATED, "terminated")
+    if released.status is Status.FAILED:
+        _record_failure(released)
+    log.warning(
+        "job_terminated_handed_back",
+        creation_id=creation_id,
+        owner=owner,
+        status=released.status.value,
+        operation=released.operation,
+    )
+    return JobOutcome(EXIT_TERMINATED, "terminated", released)
