@@ -11,11 +11,19 @@ this server does what Cloud Run would:
   exactly where it would fail in production;
 * answers at once with a long-running Operation naming the new Execution (it does not wait for
   the job: a 2xx means "execution created", never "job succeeded");
-* runs the job's command as a child process with the job's base environment MERGED with the
-  override env, plus ``CLOUD_RUN_JOB``, ``CLOUD_RUN_EXECUTION``, ``CLOUD_RUN_TASK_INDEX``,
-  ``CLOUD_RUN_TASK_COUNT`` and ``CLOUD_RUN_TASK_ATTEMPT``;
-* emulates the job's ``maxRetries`` (a non-zero exit or a task timeout re-runs the task with
-  the attempt number incremented, up to ``max_retries`` extra attempts) and the task timeout;
+* runs each task with the job's base environment MERGED with the override env, plus
+  ``CLOUD_RUN_JOB``, ``CLOUD_RUN_EXECUTION``, ``CLOUD_RUN_TASK_INDEX``, ``CLOUD_RUN_TASK_COUNT``
+  and ``CLOUD_RUN_TASK_ATTEMPT``, either
+  - as a child process of the job's command (process mode, for machines without a container
+    engine), or
+  - as a container of the job's IMAGE (container mode, ``JobSpec(image=...)``):
+    ``docker run --network host`` (all traffic stays on loopback), with exactly that
+    environment and nothing of the host's; the attempt records the env Docker really gave
+    the container (``docker inspect``), and the container is removed afterwards;
+* enforces the task timeout like Cloud Run: SIGTERM, then SIGKILL after the grace period
+  (``stop_grace``; Cloud Run's is 10 s), and ``maxRetries``: a non-zero exit or a timeout
+  re-runs the task with the next attempt number, up to ``max_retries`` extra attempts. Both
+  can come from the job's descriptor (``JobSpec.from_descriptor`` reads ``deploy/job.yaml``);
 * with ``require_auth=True`` rejects requests without ``Authorization: Bearer …`` with 401
   (the real API needs an OAuth token; the Cloud Tasks emulator sends none, so the local chain
   runs with ``require_auth=False``).
@@ -25,7 +33,8 @@ Authorization value redacted, body, status), ``GET /_standin/executions`` (attem
 codes), ``POST /_standin/reset``; in-process ``calls()``, ``executions()``,
 ``wait_for_executions()``.
 
-CLI: ``python -m tools.standins.run_api --port N --job phoenix-video-job="python -m jobs.video.main"``.
+CLI: ``python -m tools.standins.run_api --port N --job phoenix-video-job="python -m jobs.video.main"``
+(process mode) or ``--image-job phoenix-video-job=IMAGE`` (container mode).
 """
 
 from __future__ import annotations
@@ -94,12 +103,54 @@ def _invalid(message: str) -> ApiError:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A job's container: ``command`` + default ``args`` (overridable per run), base env, cwd."""
+    """A job's container: ``command`` + default ``args`` (overridable per run), base env, cwd.
 
-    command: Sequence[str]
+    With ``image`` the task runs as a container of that image (``command`` is then ignored:
+    the image's entrypoint runs, with ``args``); ``docker_args`` are extra ``docker run``
+    flags (mounts). ``task_timeout`` / ``max_retries`` override the stand-in's defaults, as a
+    job descriptor's ``timeoutSeconds`` / ``maxRetries`` do.
+    """
+
+    command: Sequence[str] = ()
     args: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
+    image: str | None = None
+    docker_args: Sequence[str] = ()
+    task_timeout: float | None = None
+    max_retries: int | None = None
+
+    @classmethod
+    def from_descriptor(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        substitutions: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> "JobSpec":
+        """The job as its Cloud Run descriptor (``deploy/job.yaml``) defines it: task timeout,
+        maxRetries and the container's env (``${VAR}`` replaced from ``substitutions``; a
+        variable left unreplaced is an error, not a silent literal). ``overrides`` set any
+        other field (``image=...``, ``env=`` merged over the descriptor's)."""
+        import yaml
+
+        text = Path(path).read_text()
+        for name, value in (substitutions or {}).items():
+            text = text.replace("${" + name + "}", value)
+        doc = yaml.safe_load(text)
+        task = doc["spec"]["template"]["spec"]["template"]["spec"]
+        (container,) = task["containers"]
+        env = {e["name"]: str(e.get("value", "")) for e in container.get("env", [])}
+        left = sorted(k for k, v in env.items() if "${" in v)
+        if left:
+            raise ValueError(f"{path}: no substitution for the env of {left}")
+        env.update(overrides.pop("env", {}))
+        return cls(
+            env=env,
+            task_timeout=float(task.get("timeoutSeconds", 600)),
+            max_retries=int(task.get("maxRetries", 3)),
+            **overrides,
+        )
 
 
 @dataclass(frozen=True)
@@ -276,7 +327,8 @@ class RunApiStandin:
         self._lock = threading.Condition()
         self._calls: list[dict[str, Any]] = []
         self._executions: dict[str, dict[str, Any]] = {}
-        self._running: dict[int, subprocess.Popen[bytes]] = {}
+        self._running: dict[int, _Attempt] = {}
+        self.instance = uuid.uuid4().hex[:12]  # labels this stand-in's containers
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._httpd: BackgroundHttpServer | None = None
@@ -304,17 +356,19 @@ class RunApiStandin:
         self._stopping.set()
         self._httpd.stop()
         with self._lock:
-            procs = list(self._running.values())
-        for proc in procs:
-            _signal_group(proc, signal.SIGTERM)
+            running = list(self._running.values())
+        for attempt in running:
+            attempt.signal(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_grace
-        for proc in procs:
+        for attempt in running:
             try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                attempt.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
+                attempt.signal(signal.SIGKILL)
         for t in list(self._threads):
-            t.join(timeout=self.stop_grace + 5)
+            t.join(timeout=self.stop_grace + 10)
+        if any(spec.image for spec in self.jobs.values()):
+            _remove_labelled_containers(self.instance)
         self._httpd = None
         if (
             self._own_log_dir
@@ -482,12 +536,13 @@ class RunApiStandin:
             args = req.args
         else:
             args = list(spec.args)
-        argv = [*spec.command, *args]
+        argv = [*spec.command, *args] if spec.image is None else args
         execution = {
             "name": exec_name,
             "execution": exec_id,
             "job": job,
             "argv": argv,
+            "image": spec.image,
             "env_overrides": req.env,
             "task_count": task_count,
             "status": "running",
@@ -496,7 +551,7 @@ class RunApiStandin:
         }
         with self._lock:
             self._executions[exec_name] = execution
-        timeout = req.timeout_seconds or self.task_timeout
+        timeout = req.timeout_seconds or spec.task_timeout or self.task_timeout
         for i in range(task_count):
             t = threading.Thread(
                 target=self._run_task,
@@ -522,7 +577,8 @@ class RunApiStandin:
         attempt: int,
         overrides: Mapping[str, str],
     ) -> dict[str, str]:
-        env = dict(os.environ) if self.inherit_env else {}
+        # A container gets only what the job defines (its image supplies PATH and the rest).
+        env = dict(os.environ) if self.inherit_env and spec.image is None else {}
         env.update(self.base_env)
         env.update(spec.env)
         env.update(overrides)  # "Will be merged with existing env"
@@ -550,7 +606,8 @@ class RunApiStandin:
         timeout: float,
     ) -> None:
         status = "failed"
-        for attempt in range(self.max_retries + 1):
+        retries = self.max_retries if spec.max_retries is None else spec.max_retries
+        for attempt in range(retries + 1):
             if self._stopping.is_set():
                 status = "cancelled"
                 break
@@ -563,39 +620,47 @@ class RunApiStandin:
                 "timed_out": False,
                 "log": str(log_path),
             }
+            env = self._task_env(spec, job, exec_id, index, count, attempt, overrides)
             try:
                 with open(log_path, "wb") as log:
-                    proc = subprocess.Popen(  # noqa: S603 - argv comes from the stand-in's configuration
-                        argv,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        env=self._task_env(spec, job, exec_id, index, count, attempt, overrides),
-                        cwd=spec.cwd,
-                        start_new_session=True,
-                    )
+                    if spec.image is None:
+                        running: _Attempt = _ProcessAttempt.start(argv, env, spec.cwd, log)
+                    else:
+                        running = _ContainerAttempt.start(
+                            spec.image,
+                            argv,
+                            env,
+                            log,
+                            name=f"{exec_id}-task{index}-attempt{attempt}",
+                            label=self.instance,
+                            docker_args=spec.docker_args,
+                        )
+                        record["container"] = running.name
             except OSError as exc:
                 record.update(exit_code=127, ended=time.time(), error=str(exc))
                 self._record_attempt(exec_name, index, record)
                 continue
-            record["pid"] = proc.pid
-            self._record_attempt(exec_name, index, record, proc)
-            if self._stopping.is_set():  # stop() may have snapshotted children just before us
-                _signal_group(proc, signal.SIGTERM)
+            record["pid"] = running.pid
+            self._record_attempt(exec_name, index, record, running)
+            if self._stopping.is_set():  # stop() may have snapshotted attempts just before us
+                running.signal(signal.SIGTERM)
             try:
-                code = proc.wait(timeout=timeout)
+                code = running.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                # Cloud Run at the task timeout: SIGTERM, SIGKILL after the grace period.
                 record["timed_out"] = True
-                _signal_group(proc, signal.SIGTERM)
+                record["terminated_after_s"] = round(time.time() - record["started"], 3)
+                running.signal(signal.SIGTERM)
                 try:
-                    code = proc.wait(timeout=self.stop_grace)
+                    code = running.wait(timeout=self.stop_grace)
                 except subprocess.TimeoutExpired:
-                    _signal_group(proc, signal.SIGKILL)
-                    code = proc.wait()
-            _signal_group(proc, signal.SIGKILL)  # leftovers of the attempt's process group
-            record.update(exit_code=code, ended=time.time(), log_tail=_tail(log_path))
-            self._record_attempt(exec_name, index, record, None, proc.pid)
-            if code == 0 and not record["timed_out"]:
+                    record["killed"] = True
+                    running.signal(signal.SIGKILL)
+                    code = running.wait(timeout=self.stop_grace + 30)
+            record.update(running.finish(code))
+            record.update(ended=time.time(), log_tail=_tail(log_path))
+            self._record_attempt(exec_name, index, record, None, running.pid)
+            if record["exit_code"] == 0 and not record["timed_out"]:
                 status = "succeeded"
                 break
             if self._stopping.is_set():
@@ -622,7 +687,7 @@ class RunApiStandin:
         exec_name: str,
         index: int,
         record: dict[str, Any],
-        running: subprocess.Popen[bytes] | None = None,
+        running: "_Attempt | None" = None,
         finished_pid: int | None = None,
     ) -> None:
         with self._lock:
@@ -650,6 +715,170 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
+
+
+class _Attempt:
+    """One running task attempt, process or container: what the supervisor needs of it."""
+
+    pid: int
+
+    def wait(self, timeout: float | None = None) -> int:
+        raise NotImplementedError
+
+    def signal(self, sig: int) -> None:
+        raise NotImplementedError
+
+    def finish(self, code: int) -> dict[str, Any]:
+        """After exit: clean up; the attempt record's final fields (``exit_code`` at least)."""
+        raise NotImplementedError
+
+
+class _ProcessAttempt(_Attempt):
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc, self.pid = proc, proc.pid
+
+    @classmethod
+    def start(
+        cls, argv: Sequence[str], env: Mapping[str, str], cwd: str | None, log: Any
+    ) -> "_ProcessAttempt":
+        return cls(
+            subprocess.Popen(  # noqa: S603 - argv comes from the stand-in's configuration
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                cwd=cwd,
+                start_new_session=True,
+            )
+        )
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def signal(self, sig: int) -> None:
+        _signal_group(self.proc, sig)
+
+    def finish(self, code: int) -> dict[str, Any]:
+        _signal_group(self.proc, signal.SIGKILL)  # leftovers of the attempt's process group
+        return {"exit_code": code}
+
+
+_SIGNAL_NAMES = {signal.SIGTERM: "TERM", signal.SIGKILL: "KILL", signal.SIGINT: "INT"}
+
+
+class _ContainerAttempt(_Attempt):
+    """``docker run`` of the job's image. Signals go to the container through the engine
+    (``docker kill --signal``), i.e. to its PID 1, as Cloud Run delivers them; the ``docker run``
+    client only streams the logs and returns the container's exit code."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], docker: str, name: str) -> None:
+        self.proc, self.pid, self.docker, self.name = proc, proc.pid, docker, name
+
+    @classmethod
+    def start(
+        cls,
+        image: str,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        log: Any,
+        *,
+        name: str,
+        label: str,
+        docker_args: Sequence[str] = (),
+    ) -> "_ContainerAttempt":
+        from tools.images import docker_cli
+
+        docker = docker_cli()
+        argv = [
+            docker,
+            "run",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "--label",
+            f"{CONTAINER_LABEL}={label}",
+            *(f"--env={k}={v}" for k, v in env.items()),
+            *docker_args,
+            image,
+            *args,
+        ]
+        proc = subprocess.Popen(  # noqa: S603 - argv is built here
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return cls(proc, docker, name)
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def signal(self, sig: int) -> None:
+        subprocess.run(
+            [self.docker, "kill", "--signal", _SIGNAL_NAMES.get(sig, str(int(sig))), self.name],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if sig == signal.SIGKILL:
+            _signal_group(self.proc, signal.SIGKILL)  # a stuck client, too
+
+    def finish(self, code: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"exit_code": code}
+        proc = subprocess.run(
+            [self.docker, "inspect", "--format", "{{json .}}", self.name],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if proc.returncode == 0:
+            info = json.loads(proc.stdout)
+            state = info.get("State", {})
+            # The engine's word over the client's: the container's own exit code.
+            out["exit_code"] = int(state.get("ExitCode", code))
+            out["oom_killed"] = bool(state.get("OOMKilled"))
+            out["container_env"] = dict(
+                item.split("=", 1) for item in info.get("Config", {}).get("Env") or []
+            )
+            out["container_user"] = info.get("Config", {}).get("User", "")
+            out["network_mode"] = info.get("HostConfig", {}).get("NetworkMode", "")
+        else:
+            out["inspect_error"] = proc.stderr.strip()[-500:]
+        subprocess.run(
+            [self.docker, "rm", "--force", self.name],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        return out
+
+
+CONTAINER_LABEL = "phoenix.run-api-standin"
+
+
+def _remove_labelled_containers(instance: str) -> None:
+    """Remove any container this stand-in instance started that is still there (an attempt
+    whose client died before the engine created it); never anyone else's."""
+    from tools.images import docker_cli
+
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        docker = docker_cli()
+        ids = subprocess.run(
+            [docker, "ps", "--all", "--quiet", "--filter", f"label={CONTAINER_LABEL}={instance}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout.split()
+        if ids:
+            subprocess.run(
+                [docker, "rm", "--force", *ids], capture_output=True, timeout=60, check=False
+            )
 
 
 def _tail(path: Path, max_chars: int = 2000) -> str:
@@ -704,6 +933,13 @@ def _parse_job(text: str) -> tuple[str, list[str]]:
     return name, shlex.split(cmd)
 
 
+def _parse_image_job(text: str) -> tuple[str, str]:
+    name, sep, image = text.partition("=")
+    if not sep or not name or not image.strip():
+        raise argparse.ArgumentTypeError(f"--image-job expects NAME=IMAGE, got {text!r}")
+    return name, image.strip()
+
+
 def _parse_env(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not ENV_NAME.match(name):
@@ -718,7 +954,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 = any free port (printed on stdout)")
     parser.add_argument(
-        "--job", type=_parse_job, action="append", default=[], metavar="NAME=COMMAND", required=True
+        "--job", type=_parse_job, action="append", default=[], metavar="NAME=COMMAND"
+    )
+    parser.add_argument(
+        "--image-job",
+        type=_parse_image_job,
+        action="append",
+        default=[],
+        metavar="NAME=IMAGE",
+        help="container mode: each run of NAME starts `docker run --network host IMAGE`",
     )
     parser.add_argument(
         "--env",
@@ -733,8 +977,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--require-auth", action="store_true")
     parser.add_argument("--log-dir", default=None)
     args = parser.parse_args(argv)
+    if not args.job and not args.image_job:
+        parser.error("give at least one --job or --image-job")
+    jobs: dict[str, Sequence[str] | JobSpec] = dict(args.job)
+    jobs.update({name: JobSpec(image=image) for name, image in args.image_job})
     standin = RunApiStandin(
-        dict(args.job),
+        jobs,
         host=args.host,
         port=args.port,
         env=dict(args.env),
