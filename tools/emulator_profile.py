@@ -1,6 +1,6 @@
 """The production chain on one machine: every Google service replaced by a local stand-in.
 
-    python -m tools.emulator_profile [--port 8080]
+    python -m tools.emulator_profile [--port 8080] [--containers]
 
 starts, each on a free loopback port:
 
@@ -16,6 +16,13 @@ starts, each on a free loopback port:
 prints every URL and the environment, and stops everything on Ctrl-C. The integration test
 (tests/integration/test_production_chain.py) uses the same ``production_chain()``, so what a
 developer runs and what CI checks are one wiring.
+
+``--containers`` (or PHOENIX_PROFILE_CONTAINERS=1) runs the API and the jobs as their
+container IMAGES instead, the way Cloud Run runs them: the API image as a container, and the
+stand-in starting one job container per ``jobs:run`` (``docker run --network host``: all
+traffic stays on loopback) with the job descriptor's env, task timeout and maxRetries
+(``deploy/job.yaml``) plus the emulator endpoints. Build the images first
+(``tools/images.py`` names them); tests/integration/test_container_chain.py runs this mode.
 
 What it does not reproduce: OAuth tokens (the Tasks emulator sends none; the ``:run`` stand-in
 does not require them), Cloud Tasks dedup/retry policy, Firestore transaction isolation, signed
@@ -50,7 +57,7 @@ from tools.servers import (
     wait_for_http,
 )
 from tools.standins.fake_vertex import FakeVertexServer
-from tools.standins.run_api import RunApiStandin
+from tools.standins.run_api import CONTAINER_LABEL, JobSpec, RunApiStandin
 
 PROJECT = "phoenix-local"
 LOCATION = "us-central1"
@@ -127,6 +134,10 @@ class ProductionChain:
     work_dir: Path
     startup_seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    containers: bool = False
+    # container mode: the API container's name, and the image ref each role ran
+    api_container: str | None = None
+    image_refs: dict[str, str] = field(default_factory=dict)
 
     def urls(self) -> dict[str, str]:
         return {
@@ -145,8 +156,132 @@ class ProductionChain:
         """Only the variables the chain sets (what to export to run a job by hand)."""
         return {k: v for k, v in self.env.items() if k.startswith(_OWN_PREFIXES)}
 
+    def api_container_env(self) -> dict[str, str]:
+        """Container mode: the environment the engine gave the API container."""
+        if self.api_container is None:
+            raise RuntimeError("the API is not running as a container")
+        return _inspect_env(self.api_container)
+
 
 _OWN_PREFIXES = ("PHOENIX_", "FIRESTORE_", "STORAGE_", "PYTHONPATH", "PORT")
+
+
+# Container mode -------------------------------------------------------------------------------
+
+# What a job container needs beyond its descriptor's env: where the local stand-ins are.
+_JOB_CHAIN_VARS = (
+    "FIRESTORE_EMULATOR_HOST",
+    "STORAGE_EMULATOR_HOST",
+    "PHOENIX_VERTEX_BASE_URL",
+    "PHOENIX_VERTEX_ACCESS_TOKEN",
+    "PHOENIX_VEO_POLL_INITIAL_SECONDS",
+    "PHOENIX_VEO_POLL_MAX_SECONDS",
+)
+SIGNING_KEY_IN_CONTAINER = "/var/run/phoenix/signing-key.json"
+
+
+def containers_requested() -> bool:
+    return os.environ.get("PHOENIX_PROFILE_CONTAINERS", "").lower() in ("1", "true", "yes")
+
+
+def job_descriptor(kind: str) -> Path:
+    return repo_root() / "src" / "python" / "jobs" / kind / "deploy" / "job.yaml"
+
+
+def container_job_specs(env: Mapping[str, str], extra_env: Mapping[str, str]) -> dict[str, JobSpec]:
+    """Each job as Cloud Run runs it: its image, its descriptor's env, timeout and maxRetries
+    (placeholders filled with the local project), plus the emulator endpoints."""
+    from tools.images import find_image
+
+    chain_vars = {k: env[k] for k in _JOB_CHAIN_VARS if k in env}
+    chain_vars.update(extra_env)
+    specs = {}
+    for job, kind in ((VIDEO_JOB, "video"), (IMAGE_JOB, "image")):
+        image = find_image(f"{kind}-job").ref
+        specs[job] = JobSpec.from_descriptor(
+            job_descriptor(kind),
+            substitutions={
+                "PROJECT_ID": PROJECT,
+                "REGION": LOCATION,
+                "MEDIA_BUCKET": BUCKET,
+                "IMAGE": image,
+            },
+            image=image,
+            env=chain_vars,
+        )
+    return specs
+
+
+def _docker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    from tools.images import docker_cli
+
+    return subprocess.run(
+        [docker_cli(), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _inspect_env(container: str) -> dict[str, str]:
+    proc = _docker("inspect", "--format", "{{json .Config.Env}}", container)
+    if proc.returncode != 0:
+        raise RuntimeError(f"docker inspect {container}: {proc.stderr.strip()}")
+    return dict(item.split("=", 1) for item in json.loads(proc.stdout) or [])
+
+
+def _stop_container(name: str, proc: subprocess.Popen[bytes], grace: int = 10) -> None:
+    """``docker stop`` (SIGTERM, SIGKILL after ``grace``, like Cloud Run), then remove it."""
+    _docker("stop", "--time", str(grace), name, timeout=grace + 30)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        stop_process_group(proc)
+    _docker("rm", "--force", name)
+
+
+def _start_api_container(
+    stack: contextlib.ExitStack,
+    image: str,
+    env: Mapping[str, str],
+    key_file: Path,
+    out: Any,
+    label: str,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The API image as Cloud Run runs it (its own entrypoint), on the host network, bound to
+    loopback; only the chain's variables, the signing key mounted read-only."""
+    from tools.images import docker_cli
+
+    name = f"phoenix-chain-api-{label}"
+    # The throw-away key must be readable by the image's non-root user through the mount.
+    os.chmod(key_file, 0o644)
+    container_env = {
+        k: v for k, v in env.items() if k.startswith(_OWN_PREFIXES) and k != "PYTHONPATH"
+    }
+    container_env["PHOENIX_DATA_DIR"] = "/tmp/phoenix-data"
+    container_env["PHOENIX_MEDIA_SIGNING_KEY_FILE"] = SIGNING_KEY_IN_CONTAINER
+    argv = [
+        docker_cli(),
+        "run",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--label",
+        f"{CONTAINER_LABEL}={label}",
+        "--volume",
+        f"{key_file}:{SIGNING_KEY_IN_CONTAINER}:ro",
+        *(f"--env={k}={v}" for k, v in sorted(container_env.items())),
+        image,
+        "--host",
+        "127.0.0.1",
+    ]
+    proc = subprocess.Popen(  # noqa: S603 - argv is built here
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT if out is not None else None,
+        start_new_session=True,
+    )
+    stack.callback(_stop_container, name, proc)
+    return proc, name
 
 
 def _create_queue(endpoint: str, queue: str) -> None:
@@ -167,8 +302,11 @@ def production_chain(
     veo_polls: int = 2,
     extra_env: Mapping[str, str] | None = None,
     start_timeout: float = 60.0,
+    containers: bool | None = None,
 ) -> Iterator[ProductionChain]:
     """Start the whole chain; everything is stopped (process groups included) on exit.
+
+    ``containers``: run the API and the jobs as their images (default: PHOENIX_PROFILE_CONTAINERS).
 
     ``api_output``: where the API's stdout/stderr go (None = inherit the terminal; default:
     a log file ``api.log`` in ``work_dir``). Job attempt logs go to ``work_dir/jobs/``.
@@ -176,6 +314,15 @@ def production_chain(
     """
     started = time.monotonic()
     timings: dict[str, float] = {}
+    if containers is None:
+        containers = containers_requested()
+    image_refs: dict[str, str] = {}
+    if containers:
+        from tools.images import find_image, require_engine
+
+        require_engine()
+        # Fail before starting anything when an image is missing (the message says how to build).
+        image_refs = {role: find_image(role).ref for role in ("api", "video-job", "image-job")}
     with contextlib.ExitStack() as stack:
         if work_dir is None:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="phoenix-chain-")))
@@ -261,13 +408,20 @@ def production_chain(
             }
         )
         env.update(extra_env or {})
+        if containers:
+            # Each job: its descriptor's env (not the API's) + the stand-in endpoints.
+            jobs: dict[str, Any] = container_job_specs(env, extra_env or {})
+            job_env: dict[str, str] = {}
+        else:
+            jobs = {
+                VIDEO_JOB: [sys.executable, "-m", "jobs.video.main"],
+                IMAGE_JOB: [sys.executable, "-m", "jobs.image.main"],
+            }
+            job_env = {k: v for k, v in env.items() if k != "PORT"}
         run_api = stack.enter_context(
             RunApiStandin(
-                {
-                    VIDEO_JOB: [sys.executable, "-m", "jobs.video.main"],
-                    IMAGE_JOB: [sys.executable, "-m", "jobs.image.main"],
-                },
-                env={k: v for k, v in env.items() if k != "PORT"},
+                jobs,
+                env=job_env,
                 inherit_env=False,
                 max_retries=3,
                 task_timeout=600,
@@ -276,7 +430,8 @@ def production_chain(
             )
         )
         env["PHOENIX_RUN_API_URL"] = run_api.url
-        run_api.base_env["PHOENIX_RUN_API_URL"] = run_api.url
+        if not containers:
+            run_api.base_env["PHOENIX_RUN_API_URL"] = run_api.url
         _create_queue(tasks.url, queue)
 
         t0 = time.monotonic()
@@ -287,16 +442,27 @@ def production_chain(
             out: Any = log_file
         else:
             out = api_output
-        api = subprocess.Popen(  # noqa: S603 - fixed argv
-            [sys.executable, "-m", "api.main", "--host", "127.0.0.1"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT if out is not None else None,
-            cwd=str(repo_root()),
-            start_new_session=True,
-        )
-        stack.callback(stop_process_group, api)
+        api_container = None
+        if containers:
+            api, api_container = _start_api_container(
+                stack,
+                image_refs["api"],
+                env,
+                Path(env["PHOENIX_MEDIA_SIGNING_KEY_FILE"]),
+                out,
+                run_api.instance,
+            )
+        else:
+            api = subprocess.Popen(  # noqa: S603 - fixed argv
+                [sys.executable, "-m", "api.main", "--host", "127.0.0.1"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if out is not None else None,
+                cwd=str(repo_root()),
+                start_new_session=True,
+            )
+            stack.callback(stop_process_group, api)
         api_url = f"http://127.0.0.1:{port}"
         try:
             status = wait_for_http(f"{api_url}/readyz", timeout=start_timeout, proc=api)
@@ -320,6 +486,9 @@ def production_chain(
             work_dir=work,
             startup_seconds=round(time.monotonic() - started, 3),
             timings=timings,
+            containers=containers,
+            api_container=api_container,
+            image_refs=image_refs,
         )
         yield chain
 
@@ -333,17 +502,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--veo-polls", type=int, default=2, help="polls before a fake Veo op is done"
     )
+    parser.add_argument(
+        "--containers",
+        action="store_true",
+        default=containers_requested(),
+        help="run the API and the jobs as their container images (PHOENIX_PROFILE_CONTAINERS=1)",
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with production_chain(
-        api_port=args.port, api_output=None, work_dir=args.work_dir, veo_polls=args.veo_polls
+        api_port=args.port,
+        api_output=None,
+        work_dir=args.work_dir,
+        veo_polls=args.veo_polls,
+        containers=args.containers,
     ) as chain:
         print(f"\nPhoenix production chain is up in {chain.startup_seconds:.1f}s\n", flush=True)
         for name, url in chain.urls().items():
             print(f"  {name:<30} {url}")
+        if chain.containers:
+            print("\n  containers (docker run --network host):")
+            print(f"  {'api container':<30} {chain.api_container}")
+            for role, ref in chain.image_refs.items():
+                print(f"  {role + ' image':<30} {ref}")
         print(f"\n  job logs                       {chain.work_dir / 'jobs'}")
         print("\nEnvironment given to the API and the jobs:\n")
         for key, value in sorted(chain.chain_env().items()):

@@ -269,6 +269,20 @@ class FakeVertexServer:
                 copy.deepcopy(c) for c in self._calls if action is None or c["action"] == action
             ]
 
+    def finish_operations(self, prompt_contains: str = "") -> int:
+        """Let every unfinished Veo operation whose prompt contains ``prompt_contains`` be done
+        at its next poll; returns how many. For tests that must decide WHEN a long operation
+        ends (e.g. only after the job polling it was stopped), not guess it from poll timing."""
+        with self._lock:
+            ops = [
+                op
+                for op in self._operations.values()
+                if op["polls_left"] > 0 and prompt_contains in (op["prompt"] or "")
+            ]
+            for op in ops:
+                op["polls_left"] = 0
+            return len(ops)
+
     def reset(self) -> None:
         """Forget calls, quota counters and operations (tests share one server)."""
         with self._lock:
