@@ -20,7 +20,10 @@ Variants (each after ONE warm-up run, reported separately):
   Here the same command builds the venv in a temp dir and ``<venv>/pex`` is exec'd directly.
 * ``eager`` = benchmarks/eager_job.py (benchmarks:eager-image-job): the same
   ``common.job_main.main`` after importing google-genai, google.cloud.firestore and
-  google.cloud.tasks_v2 at module top.
+  google.cloud.storage (the SDKs the job uses) at module top.
+* containers (benchmarks/container_cold_start.py, when a Docker engine answers): ``docker run``
+  of the production job image -> claimed, with the production adapters on the emulators,
+  against the same eager job built into an image by the same recipe; plus image pull sizes.
 
 Target: real <= 0.35 x eager and real < 400 ms (median, pex mode; venv mode shown too).
 Also prints the real job's import-time breakdown (``python -X importtime`` on the production
@@ -209,8 +212,21 @@ def prod_adapter_imports(venv: Path, env: dict[str, str], runs: int = 7) -> dict
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--no-build", action="store_true", help="use the PEXes already in dist/")
+    ap.add_argument(
+        "--no-build", action="store_true", help="use the PEXes and images already built"
+    )
+    ap.add_argument(
+        "--container-runs", type=int, default=10, help="docker runs per image (default 10)"
+    )
+    ap.add_argument("--no-containers", action="store_true", help="skip the container figure")
+    ap.add_argument(
+        "--containers-only", action="store_true", help="only the container figure"
+    )
     args = ap.parse_args(argv)
+    if args.containers_only:
+        container = _containers(args)
+        c.emit_json("cold_start", {**c.machine(), "container": container})
+        return 0
 
     c.ensure_pexes(["image-job", "eager-image-job"], build=not args.no_build)
     py = c.plain_python311()
@@ -313,9 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         ["adapters built before run_job claims", "import ms"],
         list(prod_imports.items()),
     )
+    container = None if args.no_containers else _containers(args)
     c.emit_json(
         "cold_start",
         {
+            "container": container,
             "runs": args.runs,
             **c.machine(),
             "variants": stats,
@@ -333,6 +351,20 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     return 0
+
+
+def _containers(args: argparse.Namespace) -> dict[str, Any] | None:
+    from tools import images
+
+    if not images.engine_available():
+        print(
+            "\n[container figure not measured: no Docker engine answers; tools/provision starts one]",
+            flush=True,
+        )
+        return None
+    from benchmarks import container_cold_start
+
+    return container_cold_start.measure(args.container_runs, build=not args.no_build)
 
 
 if __name__ == "__main__":

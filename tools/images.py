@@ -34,6 +34,9 @@ REPOSITORIES = {
     "eager-image-job": "phoenix-eager-image-job",
 }
 
+# The base every image is built FROM (benchmarks report pull size above it).
+BASE_IMAGE = "python:3.11-slim-bookworm"
+
 # What builds them when none is found (directory globs survive target renames).
 BUILD_HINT = "./pants package src/python/api:: src/python/jobs:: benchmarks::"
 

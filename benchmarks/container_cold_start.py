@@ -1,0 +1,240 @@
+"""The container half of benchmarks/cold_start.py: what a Cloud Run Job execution pays.
+
+    benchmarks/run cold_start            (this section runs when a Docker engine answers)
+
+What is measured. The production image job (``tools/images.py`` role ``image-job``) with the
+PRODUCTION adapters against local stand-ins on loopback: store Firestore (the Firestore
+emulator), generator Vertex (the fake Vertex server), media Cloud Storage (the storage
+emulator). The parent writes a ``pending`` creation into the emulator, takes ``time.time()``
+and runs ``docker run --rm --network host IMAGE --creation-id ID``; the job's claim writes
+``claimed_at`` with the container's clock (the host kernel's), so ``claimed_at - t0`` is
+container creation and start -> interpreter -> imports -> config/logging/tracing -> Firestore
+client -> claim transaction. Side by side, run by run interleaved, the same measurement of an
+image built by the same recipe from benchmarks/eager_job.py, which imports the SDKs the job
+uses (google-genai, Firestore, Cloud Storage) at module top. Each run also completes the
+creation (Imagen through the fake, PNGs into the storage emulator); "exit" is the time to the
+container's exit.
+
+Pull size: what a registry would serve for the image - every layer gzip-compressed at the
+default level, as ``docker push`` does - total and for the image's own layers above the base
+(a node that already holds the base pulls only those).
+
+Not included: the registry pull itself and Cloud Run's scheduling (no registry or Cloud Run
+here); the emulators answer faster than Firestore does from a Cloud Run region.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+import tempfile
+import time
+import zlib
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from benchmarks import _common as c
+
+ROLES = {"real": "image-job", "eager": "eager-image-job"}
+PROJECT, LOCATION, BUCKET = "phoenix-local", "us-central1", "phoenix-media"
+# Directory globs, not target names: whatever the docker_image targets there are called.
+BUILD_TARGETS = ["src/python/jobs/image::", "benchmarks::"]
+
+
+def build_images() -> None:
+    print(f"[setup] ./pants package (docker_image) {' '.join(BUILD_TARGETS)}", flush=True)
+    env = dict(os.environ, PANTS_DYNAMIC_UI="false", PANTS_COLORS="false")
+    proc = subprocess.run(
+        ["./pants", "package", "--filter-target-type=docker_image", *BUILD_TARGETS],
+        cwd=c.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"building the images failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+
+
+def _gzip_size(fileobj: Any) -> int:
+    comp = zlib.compressobj(6, zlib.DEFLATED, 31)  # gzip framing, docker push's default level
+    size = 0
+    while chunk := fileobj.read(1 << 20):
+        size += len(comp.compress(chunk))
+    return size + len(comp.flush())
+
+
+def _diff_ids(docker: str, ref: str) -> list[str]:
+    out = subprocess.run(
+        [docker, "image", "inspect", "--format", "{{json .RootFS.Layers}}", ref],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else []
+
+
+def pull_size(docker: str, ref: str, base: str) -> dict[str, float]:
+    """MB a registry would serve: all layers gzip-compressed, and those above ``base``."""
+    layers_all = _diff_ids(docker, ref)
+    base_layers = _diff_ids(docker, base)
+    shared = 0
+    while (
+        shared < min(len(layers_all), len(base_layers))
+        and layers_all[shared] == base_layers[shared]
+    ):
+        shared += 1
+    with tempfile.TemporaryDirectory(prefix="phoenix-bench-save-") as tmp:
+        archive = Path(tmp) / "image.tar"
+        subprocess.run([docker, "save", "-o", str(archive), ref], check=True)
+        with tarfile.open(archive) as tar:
+            manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+            layer_files = manifest[0]["Layers"]
+            sizes = []
+            for name in layer_files:
+                member = tar.getmember(name)
+                sizes.append((member.size, _gzip_size(tar.extractfile(member))))
+    mb = 1024 * 1024
+    own = sizes[shared:]
+    return {
+        "layers": len(sizes),
+        "base_layers": shared,
+        "pull_total_mb": c.r1(sum(z for _, z in sizes) / mb),
+        "pull_own_mb": c.r1(sum(z for _, z in own) / mb),
+        "uncompressed_total_mb": c.r1(sum(u for u, _ in sizes) / mb),
+        "uncompressed_own_mb": c.r1(sum(u for u, _ in own) / mb),
+    }
+
+
+def _pending_image(store: Any) -> str:
+    from common.domain import creation as lifecycle
+    from common.domain.creation import Kind
+    from common.domain.requests import parse_generation_request
+
+    req = parse_generation_request(Kind.IMAGE, {"prompt": "container cold start benchmark"})
+    creation = lifecycle.new(
+        user_id="bench",
+        kind=Kind.IMAGE,
+        prompt=req.prompt,
+        params=req.params,
+        path="cloud-tasks",
+        now=lifecycle.utcnow(),
+    )
+    store.add(creation)
+    return str(creation.id)
+
+
+def _run_once(docker: str, ref: str, env: dict[str, str], store: Any) -> tuple[float, float]:
+    cid = _pending_image(store)
+    argv = [docker, "run", "--rm", "--network", "host"]
+    argv += [f"--env={k}={v}" for k, v in env.items()]
+    argv += [ref, "--creation-id", cid]
+    t0 = time.time()
+    proc = subprocess.run(argv, capture_output=True, timeout=180)
+    t_exit = time.time()
+    rec = store.get(cid)
+    if proc.returncode != 0 or rec is None or rec.claimed_at is None:
+        raise RuntimeError(
+            f"{ref} exited {proc.returncode}, record={rec and rec.status}: "
+            f"{(proc.stdout + proc.stderr).decode(errors='replace')[-3000:]}"
+        )
+    if rec.status.value != "completed":
+        raise RuntimeError(f"job did not complete: {rec.status} {rec.error}")
+    return (rec.claimed_at.timestamp() - t0) * 1000, (t_exit - t0) * 1000
+
+
+def measure(runs: int, build: bool) -> dict[str, Any]:
+    """Runs the section, prints its tables, returns its part of the JSON line."""
+    from tools import images
+    from tools.servers import firestore_emulator, gcs_emulator
+    from tools.standins.fake_vertex import FakeVertexServer
+
+    docker = images.require_engine()
+    if build:
+        build_images()
+    refs = {label: images.find_image(role) for label, role in ROLES.items()}
+    for label, img in refs.items():
+        print(f"[setup] {label}: {img.repository} {img.ref} ({img.source})", flush=True)
+
+    with ExitStack() as stack:
+        firestore = stack.enter_context(firestore_emulator())
+        gcs = stack.enter_context(gcs_emulator(default_bucket=BUCKET))
+        vertex = stack.enter_context(FakeVertexServer(gcs_endpoint=gcs.url))
+        os.environ["FIRESTORE_EMULATOR_HOST"] = firestore.url
+        from common.adapters.firestore_store import FirestoreCreationStore, firestore_client
+
+        store = FirestoreCreationStore(firestore_client(PROJECT, "(default)"))
+        env = {
+            # what deploy/job.yaml sets ...
+            "PHOENIX_STORE": "firestore",
+            "PHOENIX_GENERATOR": "vertex",
+            "PHOENIX_MEDIA": "gcs",
+            "PHOENIX_LOG_FORMAT": "json",
+            "PHOENIX_GCP_PROJECT": PROJECT,
+            "PHOENIX_GCP_LOCATION": LOCATION,
+            "PHOENIX_MEDIA_BUCKET": BUCKET,
+            # ... and where the stand-ins are
+            "FIRESTORE_EMULATOR_HOST": firestore.url,
+            "STORAGE_EMULATOR_HOST": gcs.url,
+            "PHOENIX_VERTEX_BASE_URL": vertex.url,
+            "PHOENIX_VERTEX_ACCESS_TOKEN": "bench-token",
+        }
+        setup: dict[str, float] = {}
+        for label, img in refs.items():  # warm-up: page cache, first container of the image
+            t = time.monotonic()
+            _run_once(docker, img.ref, env, store)
+            setup[f"container_{label}_first_run_s"] = round(time.monotonic() - t, 2)
+        claim: dict[str, list[float]] = {k: [] for k in refs}
+        total: dict[str, list[float]] = {k: [] for k in refs}
+        for _ in range(runs):
+            for label, img in refs.items():
+                cl, tot = _run_once(docker, img.ref, env, store)
+                claim[label].append(cl)
+                total[label].append(tot)
+        os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+
+    stats = {
+        k: {
+            "claim_p50_ms": c.r1(c.percentile(v, 50)),
+            "claim_p90_ms": c.r1(c.percentile(v, 90)),
+            "claim_min_ms": c.r1(min(v)),
+            "exit_p50_ms": c.r1(c.percentile(total[k], 50)),
+        }
+        for k, v in claim.items()
+    }
+    ratio = stats["real"]["claim_p50_ms"] / stats["eager"]["claim_p50_ms"]
+    print("[setup] measuring pull sizes (docker save + gzip of every layer)", flush=True)
+    sizes = {label: pull_size(docker, img.ref, images.BASE_IMAGE) for label, img in refs.items()}
+    c.table(
+        f"Container cold start: docker run -> claimed_at, production adapters on the emulators "
+        f"({runs} runs each, after 1 warm-up)",
+        ["image", "median ms", "p90 ms", "min ms", "exit median ms"],
+        [
+            [f"{k} ({refs[k].repository})", s["claim_p50_ms"], s["claim_p90_ms"], s["claim_min_ms"], s["exit_p50_ms"]]
+            for k, s in stats.items()
+        ],
+    )
+    c.table(
+        "Container target (median)",
+        ["target", "measured", "met"],
+        [["real <= 0.35 x eager", f"{ratio:.3f} x", ratio <= 0.35]],
+    )
+    c.table(
+        f"Image pull size (gzip level 6 per layer, as docker push; base = {images.BASE_IMAGE})",
+        ["image", "pull MB", "own layers pull MB", "uncompressed MB", "own uncompressed MB", "layers (base)"],
+        [
+            [k, s["pull_total_mb"], s["pull_own_mb"], s["uncompressed_total_mb"], s["uncompressed_own_mb"], f"{s['layers']} ({s['base_layers']})"]
+            for k, s in sizes.items()
+        ],
+    )
+    return {
+        "runs": runs,
+        "images": {k: {"repository": v.repository, "ref": v.ref} for k, v in refs.items()},
+        "variants": stats,
+        "ratio_real_over_eager": round(ratio, 3),
+        "target_met_ratio_le_0.35": ratio <= 0.35,
+        "pull_size": sizes,
+        "setup_s": setup,
+    }
