@@ -219,9 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "--container-runs", type=int, default=10, help="docker runs per image (default 10)"
     )
     ap.add_argument("--no-containers", action="store_true", help="skip the container figure")
-    ap.add_argument(
-        "--containers-only", action="store_true", help="only the container figure"
-    )
+    ap.add_argument("--containers-only", action="store_true", help="only the container figure")
     args = ap.parse_args(argv)
     if args.containers_only:
         container = _containers(args)

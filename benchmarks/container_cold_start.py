@@ -212,7 +212,13 @@ def measure(runs: int, build: bool) -> dict[str, Any]:
         f"({runs} runs each, after 1 warm-up)",
         ["image", "median ms", "p90 ms", "min ms", "exit median ms"],
         [
-            [f"{k} ({refs[k].repository})", s["claim_p50_ms"], s["claim_p90_ms"], s["claim_min_ms"], s["exit_p50_ms"]]
+            [
+                f"{k} ({refs[k].repository})",
+                s["claim_p50_ms"],
+                s["claim_p90_ms"],
+                s["claim_min_ms"],
+                s["exit_p50_ms"],
+            ]
             for k, s in stats.items()
         ],
     )
@@ -223,9 +229,23 @@ def measure(runs: int, build: bool) -> dict[str, Any]:
     )
     c.table(
         f"Image pull size (gzip level 6 per layer, as docker push; base = {images.BASE_IMAGE})",
-        ["image", "pull MB", "own layers pull MB", "uncompressed MB", "own uncompressed MB", "layers (base)"],
         [
-            [k, s["pull_total_mb"], s["pull_own_mb"], s["uncompressed_total_mb"], s["uncompressed_own_mb"], f"{s['layers']} ({s['base_layers']})"]
+            "image",
+            "pull MB",
+            "own layers pull MB",
+            "uncompressed MB",
+            "own uncompressed MB",
+            "layers (base)",
+        ],
+        [
+            [
+                k,
+                s["pull_total_mb"],
+                s["pull_own_mb"],
+                s["uncompressed_total_mb"],
+                s["uncompressed_own_mb"],
+                f"{s['layers']} ({s['base_layers']})",
+            ]
             for k, s in sizes.items()
         ],
     )

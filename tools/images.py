@@ -137,9 +137,7 @@ def find_image(role: str, search: Iterable[str | os.PathLike[str]] | None = None
     from tools.servers import repo_root
 
     repository = REPOSITORIES[role]
-    roots = (
-        [Path(p) for p in search] if search is not None else [Path.cwd(), repo_root() / "dist"]
-    )
+    roots = [Path(p) for p in search] if search is not None else [Path.cwd(), repo_root() / "dist"]
     # The sandbox (cwd) first: a test must run what Pants built for it.
     for root in roots:
         hit = _from_docker_info(role, repository, [root])

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import jobs.video.main  # noqa: F401  (Pants: the children run the job entrypoints)
 import jobs.image.main  # noqa: F401
+import jobs.video.main  # noqa: F401  (Pants: the children run the job entrypoints)
 from common.adapters.sqlite_store import SqliteCreationStore
 from common.domain import creation as lifecycle
 from common.domain.creation import Creation, Kind, Status

@@ -53,9 +53,7 @@ def test_each_run_starts_the_image_with_the_cloud_run_env_and_retries_a_failing_
             standin,
             {
                 "overrides": {
-                    "containerOverrides": [
-                        {"env": [{"name": "CREATION_ID", "value": "c-123"}]}
-                    ],
+                    "containerOverrides": [{"env": [{"name": "CREATION_ID", "value": "c-123"}]}],
                     "taskCount": 1,
                 }
             },

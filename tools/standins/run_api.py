@@ -764,7 +764,11 @@ class _ProcessAttempt(_Attempt):
         return {"exit_code": code}
 
 
-_SIGNAL_NAMES = {signal.SIGTERM: "TERM", signal.SIGKILL: "KILL", signal.SIGINT: "INT"}
+_SIGNAL_NAMES: dict[int, str] = {
+    signal.SIGTERM: "TERM",
+    signal.SIGKILL: "KILL",
+    signal.SIGINT: "INT",
+}
 
 
 class _ContainerAttempt(_Attempt):

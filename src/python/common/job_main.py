@@ -83,8 +83,14 @@ def main(kind: Kind, argv: Sequence[str] | None = None) -> int:
     execution = os.environ.get("CLOUD_RUN_EXECUTION")
     logs.bind_creation(payload.creation_id, kind=kind.value)
 
-    from common.job_runner import EXIT_TERMINATED, JobOutcome, Terminated, hand_back
-    from common.job_runner import new_owner_id, run_job
+    from common.job_runner import (
+        EXIT_TERMINATED,
+        JobOutcome,
+        Terminated,
+        hand_back,
+        new_owner_id,
+        run_job,
+    )
 
     parent = tracing.context_from_env(os.environ)
     owner = new_owner_id(execution)
