@@ -386,6 +386,9 @@ def production_chain(
                 "PHOENIX_GCP_LOCATION": LOCATION,
                 # Store: Firestore emulator
                 "PHOENIX_STORE": "firestore",
+                # The page acts as local users (X-Phoenix-User): allowed here by name, since
+                # the Firestore store alone makes the API and jobs refuse header identity.
+                "PHOENIX_ALLOW_HEADER_IDENTITY": "yes",
                 "FIRESTORE_EMULATOR_HOST": firestore.url,
                 # Media: Cloud Storage emulator, URLs signed with a throw-away key
                 "PHOENIX_MEDIA": "gcs",

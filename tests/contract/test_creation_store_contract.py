@@ -26,6 +26,7 @@ from common.config import Settings
 from common.domain import creation as lc
 from common.domain.creation import Creation, CreationError, Kind, MediaRef, Status
 from common.domain.errors import AlreadyClaimed, InvalidTransition, NotFound
+from common.domain.quota import QuotaPolicy, Refusal
 from tools.servers import firestore_emulator
 
 LEASE = timedelta(seconds=60)
@@ -212,6 +213,98 @@ def test_claim_semantics_through_update(store):
     assert stored.status is Status.PROCESSING
 
 
+# --- Admission: the quota record (common.domain.quota) kept by every store ------------------
+
+CAP = QuotaPolicy(max_active=3, per_minute=0)
+
+
+def _admit(store, c: Creation, policy: QuotaPolicy = CAP, now: datetime | None = None):
+    return store.admit(c.user_id, c.id, policy, now or lc.utcnow(), insert=c)
+
+
+def test_admit_stores_the_creation_with_its_slot_and_refusal_writes_nothing(store):
+    admitted = [_new("alice") for _ in range(3)]
+    for c in admitted:
+        assert _admit(store, c) is None
+        assert store.get(c.id) is not None
+    over = _new("alice")
+    refusal = _admit(store, over)
+    assert isinstance(refusal, Refusal) and refusal.code == "too_many_active"
+    assert refusal.retry_after_seconds > 0
+    assert store.get(over.id) is None
+    assert set(store.quota("alice").active) == {c.id for c in admitted}
+    # Another user is not affected.
+    assert _admit(store, _new("bob")) is None
+
+
+def test_finishing_a_creation_through_update_releases_its_slot(store):
+    cs = [_new("alice") for _ in range(3)]
+    for c in cs:
+        assert _admit(store, c) is None
+    now = lc.utcnow()
+    store.update(cs[0].id, lambda cur: lc.claim(cur, owner="o", now=now, lease=LEASE, max_attempts=3))
+    # Progress is not an end: the slot stays taken.
+    assert isinstance(_admit(store, _new("alice")), Refusal)
+    store.update(
+        cs[0].id,
+        lambda cur: lc.complete(cur, owner="o", now=now, media=(MediaRef("k/0.png", "image/png"),)),
+    )
+    store.update(
+        cs[1].id,
+        lambda cur: lc.fail(cur, owner=None, now=now, error=CreationError("x", "y")),
+    )
+    assert set(store.quota("alice").active) == {cs[2].id}
+    assert _admit(store, _new("alice")) is None
+    assert _admit(store, _new("alice")) is None
+    assert isinstance(_admit(store, _new("alice")), Refusal)
+
+
+def test_release_quota_is_idempotent_and_holders_lists_only_users_holding_slots(store):
+    a, b = _new("alice"), _new("bob")
+    assert _admit(store, a) is None and _admit(store, b) is None
+    assert {q.user_id for q in store.quota_holders()} == {"alice", "bob"}
+    store.release_quota("alice", a.id)
+    store.release_quota("alice", a.id)
+    store.release_quota("carol", "never-admitted")
+    assert store.quota("alice").active == {}
+    assert [q.user_id for q in store.quota_holders()] == ["bob"]
+    assert store.get(a.id) is not None  # releasing a slot never touches the creation
+
+
+def test_admit_without_insert_takes_a_slot_for_an_existing_record(store):
+    c = _new("alice")
+    store.add(c)
+    assert store.admit("alice", c.id, CAP, lc.utcnow()) is None
+    assert set(store.quota("alice").active) == {c.id}
+    assert store.admit("alice", c.id, CAP, lc.utcnow()) is None  # no second slot
+    assert len(store.quota("alice").active) == 1
+
+
+def test_admit_of_an_existing_id_raises_and_takes_no_slot(store):
+    c = _new("alice")
+    store.add(c)
+    with pytest.raises(ValueError):
+        _admit(store, dataclasses.replace(c, prompt="other"))
+    assert store.quota("alice").active == {}
+    assert store.get(c.id).prompt == c.prompt
+
+
+def test_per_minute_window_and_global_ceiling_are_kept_in_the_store(store):
+    t0 = lc.utcnow().replace(second=5, microsecond=0)
+    per_minute = QuotaPolicy(max_active=0, per_minute=2)
+    results = [_admit(store, _new("alice"), per_minute, t0) for _ in range(3)]
+    assert results[:2] == [None, None]
+    assert isinstance(results[2], Refusal) and results[2].code == "rate_limited"
+    assert results[2].retry_after_seconds == 60
+    assert _admit(store, _new("alice"), per_minute, t0 + timedelta(seconds=61)) is None
+
+    ceiling = QuotaPolicy(max_active=0, per_minute=0, global_per_minute=2)
+    results = [_admit(store, _new(f"user{i}"), ceiling, t0) for i in range(3)]
+    assert results[:2] == [None, None]
+    assert isinstance(results[2], Refusal) and results[2].code == "busy"
+    assert _admit(store, _new("user9"), ceiling, t0 + timedelta(minutes=1)) is None
+
+
 # --- Firestore only: the transaction retry path ---------------------------------------------
 
 
@@ -344,3 +437,54 @@ def test_sqlite_claim_race_across_processes_has_exactly_one_winner_per_creation(
     for cid, owners in winners.items():
         c = check.get(cid)
         assert c.lease_owner == owners[0] and c.attempts == 1
+
+
+def _admit_from_threads(path: str, user: str, policy: QuotaPolicy, attempts: int, start, out):
+    store = SqliteCreationStore(path)
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(attempts):
+            c = _new(user)
+            ok = store.admit(user, c.id, policy, lc.utcnow(), insert=c) is None
+            with lock:
+                results.append(ok)
+
+    start.wait()
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.extend(results)
+
+
+@pytest.mark.parametrize(
+    "policy, expected",
+    [(QuotaPolicy(max_active=10, per_minute=0), 10), (QuotaPolicy(max_active=0, per_minute=7), 7)],
+    ids=["cap", "per-minute"],
+)
+def test_sqlite_admission_holds_across_processes_and_threads(tmp_path, policy, expected):
+    """4 processes x 8 threads x 5 attempts (160) for one user: exactly the limit admitted."""
+    path = str(tmp_path / "quota.sqlite3")
+    SqliteCreationStore(path).close()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        out = manager.list()
+        start = ctx.Event()
+        procs = [
+            ctx.Process(target=_admit_from_threads, args=(path, "alice", policy, 5, start, out))
+            for _ in range(4)
+        ]
+        for p in procs:
+            p.start()
+        start.set()
+        for p in procs:
+            p.join(120)
+            assert p.exitcode == 0
+        results = list(out)
+    assert len(results) == 160
+    assert results.count(True) == expected
+    check = SqliteCreationStore(path)
+    assert len(check.list_for_user("alice", 500)) == expected

@@ -89,8 +89,13 @@ def status_of(server: LocalServer, cid: str, user: str) -> str:
     return str(resp.json()["status"])
 
 
-def download(server: LocalServer, url: str) -> bytes:
-    resp = requests.get(server.url(url) if url.startswith("/") else url, timeout=30)
+def download(server: LocalServer, url: str, user: str) -> bytes:
+    """Media is served only to its owner: the request names the user like the page's cookie."""
+    resp = requests.get(
+        server.url(url) if url.startswith("/") else url,
+        headers={"X-Phoenix-User": user},
+        timeout=30,
+    )
     assert resp.status_code == 200, resp.text
     return resp.content
 
@@ -139,21 +144,28 @@ def test_video_and_image_are_generated_stored_and_served(server: LocalServer) ->
     assert len(done_image["media"]) == 2
     for item in done_image["media"]:
         assert item["mime_type"] == "image/png"
-        info = probe_png(download(server, item["url"]))
+        info = probe_png(download(server, item["url"], user))
         assert info["width"] > info["height"] > 0
         assert abs(info["width"] / info["height"] - 16 / 9) < 0.02, info
 
     assert len(done_video["media"]) == 1
     item = done_video["media"][0]
     assert item["mime_type"] == "video/mp4"
-    info = probe_mp4(download(server, item["url"]))
+    info = probe_mp4(download(server, item["url"], user))
     assert info["codec"] == "h264", info
     assert (info["width"], info["height"]) == (360, 640), info
     assert abs(info["duration_seconds"] - 4.0) < 0.25, info
 
     # The player seeks with byte ranges: the media route honours them.
-    ranged = requests.get(server.url(item["url"]), headers={"Range": "bytes=0-99"}, timeout=10)
+    ranged = requests.get(
+        server.url(item["url"]),
+        headers={"Range": "bytes=0-99", "X-Phoenix-User": user},
+        timeout=10,
+    )
     assert ranged.status_code == 206 and len(ranged.content) == 100
+    # ... and only to its owner, with the 404 of a foreign creation.
+    foreign = requests.get(server.url(item["url"]), headers={"X-Phoenix-User": "someone"}, timeout=10)
+    assert foreign.status_code == 404 and foreign.json()["error"]["code"] == "not_found"
 
     # Both are listed for their owner, newest first, and invisible to anyone else.
     listed = requests.get(
@@ -198,7 +210,7 @@ def test_twenty_concurrent_image_requests_all_complete(server: LocalServer) -> N
     assert all(s == "completed" for s in statuses.values()), statuses
     for f in finished:
         assert len(f["media"]) == 1
-        assert probe_png(download(server, f["media"][0]["url"]))["width"] > 0
+        assert probe_png(download(server, f["media"][0]["url"], owner[f["id"]]))["width"] > 0
 
     for user in users:
         listed = requests.get(

@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from tools.servers import free_port, stop_process_group, wait_for_http
 
 PROJECT = "phoenix-sec-test"
 ADMIN = "admin-uid"
+LEASE = timedelta(seconds=60)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -299,6 +301,76 @@ def test_media_route_cannot_escape_the_media_directory(tmp_path: Path) -> None:
         resp = client.get(path, follow_redirects=True)
         assert resp.status_code in (404, 400), (path, resp.status_code)
         assert b"top secret" not in resp.data and b"SQLite" not in resp.data, path
+
+
+def _complete_with_media(app: Any, creation_id: str) -> str:
+    """Finish a creation the way a job does: media file written, record completed."""
+    from common.domain import creation as lc
+    from common.domain.creation import MediaRef
+
+    services = app.extensions["phoenix"]
+    key = f"{creation_id}/0.png"
+    services.media.put(key, b"\x89PNG alice's picture", "image/png")
+    now = lc.utcnow()
+    services.store.update(
+        creation_id, lambda c: lc.claim(c, owner="job", now=now, lease=LEASE, max_attempts=3)
+    )
+    services.store.update(
+        creation_id,
+        lambda c: lc.complete(c, owner="job", now=now, media=(MediaRef(key, "image/png"),)),
+    )
+    return key
+
+
+def test_local_media_is_served_only_to_its_owner_with_the_foreign_creation_404(
+    tmp_path: Path,
+) -> None:
+    app = _app(tmp_path, auth="local")
+    client = app.test_client()
+    alice = {"X-Phoenix-User": "alice"}
+    alice_id = _create(client, alice, "alice's picture")
+    key = _complete_with_media(app, alice_id)
+    url = client.get(f"/api/creations/{alice_id}", headers=alice).get_json()["media"][0]["url"]
+    assert url == f"/media/{key}"
+
+    own = client.get(url, headers=alice)
+    assert own.status_code == 200 and own.data.startswith(b"\x89PNG")
+    # The page's <img> requests carry the cookie instead of the header.
+    client.set_cookie("phoenix_user", "alice")
+    assert client.get(url).status_code == 200
+    client.delete_cookie("phoenix_user")
+
+    foreign_creation = client.get(f"/api/creations/{alice_id}", headers={"X-Phoenix-User": "bob"})
+    assert foreign_creation.status_code == 404
+    # Another user, the default local user, a cookie for another user, a key that is not one of
+    # the creation's media, a file that exists on disk under a made-up id: one answer.
+    (tmp_path / "media" / "0123456789abcdef0123456789abcdef").mkdir(parents=True)
+    (tmp_path / "media" / "0123456789abcdef0123456789abcdef" / "0.png").write_bytes(b"x")
+    attempts = [
+        client.get(url, headers={"X-Phoenix-User": "bob"}),
+        client.get(url),
+        client.get(f"/media/{alice_id}/1.png", headers=alice),
+        client.get("/media/0123456789abcdef0123456789abcdef/0.png", headers=alice),
+    ]
+    client.set_cookie("phoenix_user", "bob")
+    attempts.append(client.get(url))
+    for resp in attempts:
+        assert resp.status_code == 404
+        assert resp.get_json() == foreign_creation.get_json()
+        assert b"PNG" not in resp.data
+
+
+def test_local_media_needs_a_signed_in_owner_in_firebase_mode(
+    tmp_path: Path, key: SigningKey
+) -> None:
+    app = _app(tmp_path, auth="firebase", key=key)
+    client = app.test_client()
+    alice = _bearer(key.sign(firebase_claims(PROJECT, "alice")))
+    media_key = _complete_with_media(app, _create(client, alice))
+    assert client.get(f"/media/{media_key}", headers=alice).status_code == 200
+    _assert_401(client.get(f"/media/{media_key}"))
+    bob = _bearer(key.sign(firebase_claims(PROJECT, "bob")))
+    assert client.get(f"/media/{media_key}", headers=bob).status_code == 404
 
 
 # --- secrets in logs ---------------------------------------------------------------------------

@@ -128,6 +128,11 @@ def test_settings_accept_every_descriptor_env():
         assert settings.media == "gcs", service
         assert settings.log_format == "json", service
         assert settings.gcp_project == PLACEHOLDERS["PROJECT_ID"], service
+        # As deployed (Cloud Run sets K_SERVICE / CLOUD_RUN_JOB), nothing trusts a header.
+        runtime = "K_SERVICE" if service == "api" else "CLOUD_RUN_JOB"
+        deployed = Settings.from_env({**env, runtime: service})
+        assert deployed.auth == "firebase", service
+        assert deployed.firebase_project == PLACEHOLDERS["PROJECT_ID"], service
 
 
 # --- The API service --------------------------------------------------------------------------

@@ -148,3 +148,33 @@ def test_an_expired_lease_is_resent_once_per_pending_timeout_not_every_pass():
         store, lambda p: rec, now=now + timedelta(minutes=6), policy=POLICY
     ).redispatched == [cid]
     assert len(rec.dispatched) == 2
+
+
+def test_sweep_frees_admission_slots_whose_creation_finished_or_vanished():
+    """A slot held for a creation that is terminal or gone (its release was lost) is freed by
+    the sweeper; a slot for a creation still running is kept."""
+    import dataclasses as _dc
+
+    from common.adapters.memory_store import InMemoryCreationStore
+    from common.domain import creation as _lc
+    from common.domain.creation import Kind as _Kind
+    from common.domain.quota import QuotaPolicy as _Policy
+
+    store = InMemoryCreationStore()
+    policy = _Policy(max_active=3, per_minute=0)
+    now = _lc.utcnow()
+    made = [
+        _lc.new(user_id="u", kind=_Kind.IMAGE, prompt="p", params={}, path="local", now=now)
+        for _ in range(3)
+    ]
+    for c in made:
+        assert store.admit("u", c.id, policy, now, insert=c) is None
+    # Out of step: one record finished without going through update, one vanished.
+    store._items[made[0].id] = _dc.replace(made[0], status=_lc.Status.COMPLETED)
+    del store._items[made[1].id]
+    assert store.admit("u", "next", policy, now) is not None  # still refused: looks full
+
+    report = sweep(store, lambda path: None, now=now)  # nothing to dispatch
+    assert sorted(report.slots_released) == sorted([made[0].id, made[1].id])
+    assert set(store.quota("u").active) == {made[2].id}
+    assert store.admit("u", "next", policy, now) is None

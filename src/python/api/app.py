@@ -97,11 +97,7 @@ def create_app(
             dispatchers,
             route,
             media=media,
-            admission=Admission(
-                store,
-                per_minute=settings.rate_limit_per_minute,
-                max_active=settings.max_active_per_user,
-            ),
+            admission=Admission(store, settings.quota_policy),
         ),
         token_verifier=token_verifier,
     )
@@ -115,7 +111,7 @@ def create_app(
     app.register_blueprint(_ops_blueprint(services))
     app.register_blueprint(generation_blueprint(services.creations))
     app.register_blueprint(creation_blueprint(services.creations))
-    app.register_blueprint(web_blueprint(media))
+    app.register_blueprint(web_blueprint(media, services.creations))
     app.register_blueprint(admin_blueprint(store=store, settings=settings, route=route))
 
     _install_request_tracing(app)

@@ -27,9 +27,9 @@ from common.domain import creation as lifecycle
 from common.domain.creation import Creation, Kind
 from common.domain.errors import NotFound
 from common.domain.payload import TaskPayload
+from common.domain.quota import QuotaPolicy, Refusal
 from common.domain.requests import GenerationRequest
 from common.ports import CreationStore, Dispatcher, MediaStore
-from common.ratelimit import TokenBucketLimiter
 
 log = structlog.get_logger(__name__)
 
@@ -91,43 +91,50 @@ def current_traceparent() -> str | None:
 
 
 class RateLimited(Exception):
-    """Admission refused: too many requests, or too many unfinished creations."""
+    """Admission refused: too many unfinished creations, too many requests this minute, or the
+    service-wide ceiling. ``reason`` is the stable refusal code (``common.domain.quota``)."""
 
-    def __init__(self, message: str, retry_after_seconds: int) -> None:
+    def __init__(self, message: str, retry_after_seconds: int, reason: str = "rate_limited") -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_seconds = retry_after_seconds
+        self.reason = reason
 
 
 class Admission:
-    """Per-user admission for generation requests (see ``common.ratelimit``): a token bucket
-    per instance, and a cap on unfinished creations counted from the store (global)."""
+    """The one door into the queue: every new creation, and every retry of an old one, goes
+    through ``admit``; everything that ends a creation outside the job runner (cancel, delete)
+    calls ``release``. The store applies both to the user's quota record in one transaction
+    (``CreationStore.admit``), so the cap and the per-minute rate hold across every instance
+    and thread; a creation becoming terminal releases its slot inside the same ``update``, and
+    the sweeper recomputes slots that are out of step (``common.sweeper.reconcile_quotas``)."""
 
-    # Unfinished creations are the newest ones (the sweeper fails anything older than its
-    # max age), so scanning the newest few covers them without a dedicated store query.
-    _ACTIVE_SCAN = 100
-
-    def __init__(self, store: CreationStore, *, per_minute: int, max_active: int) -> None:
+    def __init__(
+        self,
+        store: CreationStore,
+        policy: QuotaPolicy,
+        clock: Callable[[], datetime] = lifecycle.utcnow,
+    ) -> None:
         self.store = store
-        self.limiter = TokenBucketLimiter(per_minute)
-        self.max_active = max_active
+        self.policy = policy
+        self.clock = clock
 
-    def check(self, user_id: str) -> None:
-        decision = self.limiter.check(user_id)
-        if not decision.allowed:
-            raise RateLimited(
-                f"at most {self.limiter.per_minute} generation requests per minute",
-                decision.retry_after_seconds,
-            )
-        if self.max_active > 0:
-            recent = self.store.list_for_user(user_id, max(self._ACTIVE_SCAN, self.max_active))
-            active = sum(1 for c in recent if not c.status.terminal)
-            if active >= self.max_active:
-                raise RateLimited(
-                    f"you already have {active} creations in progress "
-                    f"(limit {self.max_active}); wait for one to finish",
-                    15,
-                )
+    def admit(self, user_id: str, creation_id: str, *, insert: Creation | None = None) -> None:
+        """Take a slot for ``creation_id`` (and store ``insert`` with it, atomically), or raise
+        RateLimited with nothing written."""
+        if not self.policy.enabled:
+            if insert is not None:
+                self.store.add(insert)
+            return
+        refusal = self.store.admit(user_id, creation_id, self.policy, self.clock(), insert=insert)
+        if isinstance(refusal, Refusal):
+            raise RateLimited(refusal.message, refusal.retry_after_seconds, refusal.code)
+
+    def release(self, user_id: str, creation_id: str) -> None:
+        """Give the slot back (idempotent). Creations that finish through ``store.update``
+        release themselves; call this when a creation stops being unfinished any other way."""
+        if self.policy.max_active > 0:
+            self.store.release_quota(user_id, creation_id)
 
 
 class DispatchFailed(Exception):
@@ -174,12 +181,27 @@ class CreationService:
 
     # --- commands -----------------------------------------------------------------------------
 
+    def admit(self, user_id: str, creation_id: str, *, insert: Creation | None = None) -> None:
+        """THE admission step for anything that puts a creation (back) in the queue: a new
+        creation (``insert`` = its record, stored in the same transaction) or a retry of an
+        existing one (``insert=None``; admit before making it pending again, ``release`` if that
+        then fails). Raises RateLimited with nothing written."""
+        if self.admission is not None:
+            self.admission.admit(user_id, creation_id, insert=insert)
+        elif insert is not None:
+            self.store.add(insert)
+
+    def release(self, user_id: str, creation_id: str) -> None:
+        """Give back ``creation_id``'s admission slot (idempotent). Terminal transitions made
+        through ``store.update`` release by themselves; cancel/delete paths that remove or end
+        a record any other way call this."""
+        if self.admission is not None:
+            self.admission.release(user_id, creation_id)
+
     def create(self, user_id: str, req: GenerationRequest) -> Creation:
         """Record a pending creation and dispatch it. Raises DispatchFailed (after recording the
         failure) when the dispatcher refuses; the creation then waits for the sweeper.
-        Raises RateLimited before writing anything when admission refuses."""
-        if self.admission is not None:
-            self.admission.check(user_id)
+        Raises RateLimited, writing nothing, when admission refuses."""
         path = self.route(req.kind, user_id)
         traceparent = self._traceparent()
         creation = lifecycle.new(
@@ -191,7 +213,7 @@ class CreationService:
             now=self.clock(),
             traceparent=traceparent,
         )
-        self.store.add(creation)
+        self.admit(user_id, creation.id, insert=creation)
         bound = log.bind(creation_id=creation.id, kind=req.kind.value, path=path)
         payload = TaskPayload(creation_id=creation.id, kind=req.kind, traceparent=traceparent)
         try:

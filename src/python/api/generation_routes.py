@@ -61,6 +61,7 @@ def generation_blueprint(service: CreationService) -> Blueprint:
                 "rate_limited",
                 exc.message,
                 headers={"Retry-After": str(exc.retry_after_seconds)},
+                extra={"reason": exc.reason},
             ) from exc
         except DispatchFailed as exc:
             raise ApiError(

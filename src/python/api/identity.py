@@ -18,6 +18,9 @@ from flask import current_app, g, request
 from api.errors import ApiError
 
 USER_HEADER = "X-Phoenix-User"
+# Local mode only: the page sets this for ?user=NAME, because the browser's own media requests
+# (<img src>, <video src>) cannot carry a header and media is served only to its owner.
+USER_COOKIE = "phoenix_user"
 DEFAULT_LOCAL_USER = "local"
 # Ids end up in store keys, logs and metrics labels: a small safe alphabet, bounded length.
 _USER_RE = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
@@ -25,6 +28,8 @@ _USER_RE = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
 
 def _local_user() -> str:
     raw = request.headers.get(USER_HEADER)
+    if raw is None:
+        raw = request.cookies.get(USER_COOKIE)
     if raw is None:
         return DEFAULT_LOCAL_USER
     if not _USER_RE.fullmatch(raw):

@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from common.domain.quota import QuotaPolicy
 
 STORES = ("sqlite", "firestore")
 DISPATCHERS = ("local", "cloud-tasks", "celery", "record")
@@ -17,6 +20,56 @@ AUTH_MODES = ("local", "firebase")
 
 class ConfigError(ValueError):
     """A setting has a value the program cannot run with; the message names it."""
+
+
+# The one way to run header identity where production could be running (a local stand-in of
+# the production chain, e.g. the emulator profile). Named so a deploy cannot set it by accident.
+ALLOW_HEADER_IDENTITY = "PHOENIX_ALLOW_HEADER_IDENTITY"
+_YES = ("yes", "true", "1")
+
+
+def _auth_mode(env: Mapping[str, str], store: str) -> str:
+    """``PHOENIX_AUTH``, refusing header identity where it would let anyone be anyone.
+
+    ``local`` trusts ``X-Phoenix-User``: fine on a developer's machine, an open door anywhere
+    else. One variable missing from a deploy must not become that door, so it is refused on
+    Cloud Run (``K_SERVICE`` for the service, ``CLOUD_RUN_JOB`` for jobs) and with the Firestore
+    store unless ``PHOENIX_ALLOW_HEADER_IDENTITY=yes`` says it is deliberate. An empty value is
+    an error, never the default: it is what a broken template or secret reference produces."""
+    raw = env.get("PHOENIX_AUTH")
+    if raw is not None and not raw.strip():
+        raise ConfigError(
+            "PHOENIX_AUTH is set but empty: set PHOENIX_AUTH=firebase (with "
+            "PHOENIX_FIREBASE_PROJECT) in production, or PHOENIX_AUTH=local on a developer machine"
+        )
+    mode = _choice(env, "PHOENIX_AUTH", "local", AUTH_MODES)
+    if mode == "firebase" and not env.get("PHOENIX_FIREBASE_PROJECT", "").strip():
+        raise ConfigError(
+            "PHOENIX_AUTH=firebase needs PHOENIX_FIREBASE_PROJECT=<Firebase project id> "
+            "(the audience and issuer of its ID tokens)"
+        )
+    if mode != "local":
+        return mode
+    signs = [f"{name}={env[name]!r}" for name in ("K_SERVICE", "CLOUD_RUN_JOB") if env.get(name)]
+    if store == "firestore":
+        signs.append("PHOENIX_STORE=firestore")
+    if not signs:
+        return mode
+    override = env.get(ALLOW_HEADER_IDENTITY)
+    if override is None:
+        raise ConfigError(
+            f"refusing to start with header identity (PHOENIX_AUTH "
+            f"{'unset' if raw is None else '=local'}: anyone could act as any user, admins "
+            f"included) because {' and '.join(signs)} looks like production. Set "
+            "PHOENIX_AUTH=firebase and PHOENIX_FIREBASE_PROJECT=<project>; for a local stand-in "
+            f"of production only, set {ALLOW_HEADER_IDENTITY}=yes"
+        )
+    if override.strip().lower() not in _YES:
+        raise ConfigError(
+            f"{ALLOW_HEADER_IDENTITY}={override!r}: set it to 'yes' to allow header identity "
+            "here, or remove it and set PHOENIX_AUTH=firebase"
+        )
+    return mode
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -103,7 +156,20 @@ class Settings:
     firebase_project: str = ""
     rate_limit_per_minute: int = 30
     max_active_per_user: int = 10
+    # Creations admitted per minute across ALL users (0 = no ceiling): one flood of many
+    # accounts cannot fill the queue and every Veo slot.
+    global_rate_limit_per_minute: int = 0
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def quota_policy(self) -> "QuotaPolicy":
+        from common.domain.quota import QuotaPolicy
+
+        return QuotaPolicy(
+            max_active=self.max_active_per_user,
+            per_minute=self.rate_limit_per_minute,
+            global_per_minute=self.global_rate_limit_per_minute,
+        )
 
     @property
     def sqlite_path(self) -> Path:
@@ -116,14 +182,15 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
+        store = _choice(env, "PHOENIX_STORE", "sqlite", STORES)
         return cls(
             port=_int(env, "PORT", 8080, minimum=0),
             data_dir=Path(env.get("PHOENIX_DATA_DIR", ".phoenix") or ".phoenix").resolve(),
-            store=_choice(env, "PHOENIX_STORE", "sqlite", STORES),
+            store=store,
             dispatch=_choice(env, "PHOENIX_DISPATCH", "local", DISPATCHERS),
             generator=_choice(env, "PHOENIX_GENERATOR", "local", GENERATORS),
             media=_choice(env, "PHOENIX_MEDIA", "local", MEDIA),
-            auth=_choice(env, "PHOENIX_AUTH", "local", AUTH_MODES),
+            auth=_auth_mode(env, store),
             log_format=_choice(env, "PHOENIX_LOG_FORMAT", "pretty", ("pretty", "json")),
             log_level=env.get("PHOENIX_LOG_LEVEL", "INFO").upper(),
             gcp_project=env.get("PHOENIX_GCP_PROJECT", env.get("GOOGLE_CLOUD_PROJECT", "")),
@@ -159,4 +226,7 @@ class Settings:
             firebase_project=env.get("PHOENIX_FIREBASE_PROJECT", ""),
             rate_limit_per_minute=_int(env, "PHOENIX_RATE_LIMIT_PER_MINUTE", 30, minimum=0),
             max_active_per_user=_int(env, "PHOENIX_MAX_ACTIVE_PER_USER", 10, minimum=0),
+            global_rate_limit_per_minute=_int(
+                env, "PHOENIX_GLOBAL_RATE_LIMIT_PER_MINUTE", 0, minimum=0
+            ),
         )

@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Protocol
 
 from common.domain.creation import Creation, Kind, MediaRef, Status
 from common.domain.payload import TaskPayload
+from common.domain.quota import QuotaPolicy, Refusal, UserQuota
 
 
 class CreationStore(abc.ABC):
@@ -54,6 +55,38 @@ class CreationStore(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has nothing to release."""
+
+    # --- Admission: one quota record per user (rules in common.domain.quota) ---------------
+    # Not abstract so wrappers (benchmarks' counting stores) need not implement them; every
+    # real store does, and the contract tests hold each one to the same behaviour. ``update``
+    # also releases a creation's slot in the same transaction that makes it terminal.
+
+    def admit(
+        self,
+        user_id: str,
+        creation_id: str,
+        policy: QuotaPolicy,
+        now: datetime,
+        *,
+        insert: Creation | None = None,
+    ) -> Refusal | None:
+        """In ONE transaction: apply ``quota.admit`` to the user's (and the global) quota
+        record and, when admitted, insert ``insert``. Returns None when admitted, else the
+        Refusal (nothing written). Raises ValueError if ``insert``'s id exists."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep quotas")
+
+    def release_quota(self, user_id: str, creation_id: str) -> None:
+        """Free ``creation_id``'s slot (idempotent): cancel/delete, and the sweeper."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep quotas")
+
+    def quota(self, user_id: str) -> UserQuota:
+        """The user's quota record as stored (an empty one if none)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep quotas")
+
+    def quota_holders(self, limit: int = 1000) -> list[UserQuota]:
+        """Quota records holding at least one slot (the sweeper checks them against the
+        creations)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep quotas")
 
 
 class Dispatcher(abc.ABC):

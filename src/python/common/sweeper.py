@@ -47,6 +47,8 @@ class SweepReport:
     redispatched: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # Admission slots freed because their creation had finished or vanished (reconcile_quotas).
+    slots_released: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -104,9 +106,36 @@ def sweep(
         except Exception as exc:  # one bad record or a flaky queue must not stop the sweep
             report.errors.append(c.id)
             log.warning("sweep_error", creation_id=c.id, error=f"{type(exc).__name__}: {exc}")
-    if report.redispatched or report.failed or report.errors:
-        log.info("sweep_done", **report.as_dict())
+    try:
+        report.slots_released = reconcile_quotas(store, limit=limit)
+    except Exception as exc:  # the quota bookkeeping must not stop the recovery above
+        log.warning("sweep_quota_error", error=f"{type(exc).__name__}: {exc}")
+    if report.redispatched or report.failed or report.errors or report.slots_released:
+        log.info("sweep_done", **report.as_dict(), slots_released=len(report.slots_released))
     return report
+
+
+def reconcile_quotas(store: CreationStore, *, limit: int = 1000) -> list[str]:
+    """Free every admission slot whose creation is finished or gone, and return their ids.
+
+    Slots are released in the same transaction that makes a creation terminal, so this finds
+    only what bypassed that: a record deleted or rewritten outside ``update``, a bug, a restore
+    from backup. A user stuck at the cap with nothing running would otherwise stay stuck."""
+    try:
+        holders = store.quota_holders(limit)
+    except NotImplementedError:
+        return []
+    released: list[str] = []
+    for quota in holders:
+        for creation_id in list(quota.active):
+            c = store.get(creation_id)
+            if c is None or c.status.terminal or c.user_id != quota.user_id:
+                store.release_quota(quota.user_id, creation_id)
+                released.append(creation_id)
+                log.warning(
+                    "sweep_quota_slot_released", creation_id=creation_id, found=c is not None
+                )
+    return released
 
 
 def _fail(store: CreationStore, c: Creation, now: datetime, code: str, message: str) -> bool:

@@ -18,6 +18,13 @@
 
   // ?user=alice acts as another local user; without it the server's default ("local") applies.
   const user = new URLSearchParams(window.location.search).get("user");
+  // The browser's own media requests (<img>, <video>) carry no header; the server serves media
+  // only to its owner, so the same identity also travels as a cookie (local mode only).
+  // (User ids are [A-Za-z0-9_.@-]: cookie-safe as they are; anything else the server refuses.)
+  document.cookie =
+    user && /^[A-Za-z0-9_.@-]{1,128}$/.test(user)
+      ? "phoenix_user=" + user + "; path=/; SameSite=Strict"
+      : "phoenix_user=; path=/; max-age=0; SameSite=Strict";
 
   const $ = (id) => document.getElementById(id);
   const form = $("generate-form");

@@ -15,6 +15,7 @@ Queries need the composite indexes in ``src/python/api/deploy/firestore.indexes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import threading
 from datetime import datetime, timezone
@@ -26,11 +27,23 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from common.config import Settings
 from common.domain import creation as lifecycle
+from common.domain import quota as quotas
 from common.domain.creation import Creation, Status
 from common.domain.errors import NotFound
+from common.domain.quota import QuotaPolicy, Refusal, UserQuota
 from common.ports import CreationStore
 
 COLLECTION = "creations"
+# Admission: quotas/u_<hash of user id> per user, quotas/global for the optional ceiling. The
+# id is hashed because user ids are not guaranteed to be valid document ids ("/", "__x__").
+QUOTA_COLLECTION = "quotas"
+_GLOBAL_QUOTA = "global"
+# Every admission of one user contends on one document: more attempts than the default 5.
+_QUOTA_TX_ATTEMPTS = 20
+
+
+def _quota_doc_id(user_id: str) -> str:
+    return "u_" + hashlib.blake2b(user_id.encode(), digest_size=16).hexdigest()
 _TIMESTAMP_FIELDS = (
     "created_at",
     "updated_at",
@@ -95,6 +108,7 @@ class FirestoreCreationStore(CreationStore):
     def __init__(self, client: firestore.Client, *, prefix: str = "") -> None:
         self._client = client
         self._collection = client.collection(f"{prefix}{COLLECTION}")
+        self._quotas = client.collection(f"{prefix}{QUOTA_COLLECTION}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FirestoreCreationStore":
@@ -130,6 +144,9 @@ class FirestoreCreationStore(CreationStore):
             updated = change(current)
             if updated is current:
                 return current, False
+            if updated.status.terminal and not current.status.terminal:
+                # Free the user's admission slot in the same transaction (reads before writes).
+                self._release_in_tx(tx, updated.user_id, creation_id)
             tx.set(ref, _to_document(updated))
             return updated, True
 
@@ -190,6 +207,82 @@ class FirestoreCreationStore(CreationStore):
     def ping(self) -> None:
         # A bounded read of one (possibly missing) document: proves auth and reachability.
         self._collection.document("_ping").get(timeout=5)
+
+    # --- admission ------------------------------------------------------------------------
+
+    def _quota_ref(self, user_id: str) -> Any:
+        return self._quotas.document(_quota_doc_id(user_id))
+
+    def _release_in_tx(self, tx: firestore.Transaction, user_id: str, creation_id: str) -> None:
+        qref = self._quota_ref(user_id)
+        snap = qref.get(transaction=tx)
+        if not snap.exists:
+            return
+        user = quotas.user_from_dict(user_id, snap.to_dict())
+        released = quotas.release(user, creation_id)
+        if released is not user:
+            tx.set(qref, quotas.user_to_dict(released))
+
+    def admit(
+        self,
+        user_id: str,
+        creation_id: str,
+        policy: QuotaPolicy,
+        now: datetime,
+        *,
+        insert: Creation | None = None,
+    ) -> Refusal | None:
+        qref = self._quota_ref(user_id)
+        gref = self._quotas.document(_GLOBAL_QUOTA)
+        cref = self._collection.document(insert.id) if insert is not None else None
+
+        @firestore.transactional
+        def apply(tx: firestore.Transaction) -> Refusal | None:
+            if cref is not None and cref.get(transaction=tx).exists:
+                raise ValueError(f"creation {cref.id} already exists")
+            snap = qref.get(transaction=tx)
+            user = quotas.user_from_dict(user_id, snap.to_dict() if snap.exists else None)
+            glob = None
+            if policy.global_per_minute > 0:
+                gsnap = gref.get(transaction=tx)
+                glob = quotas.global_from_dict(gsnap.to_dict() if gsnap.exists else None)
+            decided = quotas.admit(user, glob, policy, creation_id, now)
+            if isinstance(decided, Refusal):
+                return decided
+            new_user, new_glob = decided
+            if cref is not None and insert is not None:
+                tx.create(cref, _to_document(insert))
+            if new_user is not user:
+                tx.set(qref, quotas.user_to_dict(new_user))
+            if new_glob is not None and new_glob is not glob:
+                tx.set(gref, quotas.global_to_dict(new_glob))
+            return None
+
+        try:
+            return apply(self._client.transaction(max_attempts=_QUOTA_TX_ATTEMPTS))
+        except gexc.AlreadyExists:
+            raise ValueError(f"creation {creation_id} already exists") from None
+
+    def release_quota(self, user_id: str, creation_id: str) -> None:
+        @firestore.transactional
+        def apply(tx: firestore.Transaction) -> None:
+            self._release_in_tx(tx, user_id, creation_id)
+
+        apply(self._client.transaction(max_attempts=_QUOTA_TX_ATTEMPTS))
+
+    def quota(self, user_id: str) -> UserQuota:
+        snap = self._quota_ref(user_id).get()
+        return quotas.user_from_dict(user_id, snap.to_dict() if snap.exists else None)
+
+    def quota_holders(self, limit: int = 1000) -> list[UserQuota]:
+        query = self._quotas.where(filter=FieldFilter("active_count", ">", 0)).limit(limit)
+        found = []
+        for snap in query.stream():
+            data = snap.to_dict() or {}
+            user_id = data.get("user_id")
+            if isinstance(user_id, str):
+                found.append(quotas.user_from_dict(user_id, data))
+        return found
 
 
 def _with_updated_at(c: Creation, updated_at: datetime) -> Creation:

@@ -7,14 +7,18 @@ import threading
 from datetime import datetime
 from typing import Callable, Iterable
 
+from common.domain import quota as quotas
 from common.domain.creation import Creation, Status
 from common.domain.errors import NotFound
+from common.domain.quota import GlobalQuota, QuotaPolicy, Refusal, UserQuota
 from common.ports import CreationStore
 
 
 class InMemoryCreationStore(CreationStore):
     def __init__(self) -> None:
         self._items: dict[str, Creation] = {}
+        self._quotas: dict[str, UserQuota] = {}
+        self._global = GlobalQuota()
         self._lock = threading.Lock()
 
     def add(self, creation: Creation) -> None:
@@ -33,6 +37,8 @@ class InMemoryCreationStore(CreationStore):
                 raise NotFound(creation_id)
             updated = change(current)
             self._items[creation_id] = updated
+            if updated.status.terminal and not current.status.terminal:
+                self._release_locked(updated.user_id, creation_id)
             return updated
 
     def list_for_user(self, user_id: str, limit: int) -> list[Creation]:
@@ -61,3 +67,44 @@ class InMemoryCreationStore(CreationStore):
 
     def ping(self) -> None:
         return None
+
+    # --- admission ------------------------------------------------------------------------
+
+    def admit(
+        self,
+        user_id: str,
+        creation_id: str,
+        policy: QuotaPolicy,
+        now: datetime,
+        *,
+        insert: Creation | None = None,
+    ) -> Refusal | None:
+        with self._lock:
+            if insert is not None and insert.id in self._items:
+                raise ValueError(f"creation {insert.id} already exists")
+            user = self._quotas.get(user_id) or UserQuota(user_id)
+            decided = quotas.admit(user, self._global, policy, creation_id, now)
+            if isinstance(decided, Refusal):
+                return decided
+            self._quotas[user_id], glob = decided
+            self._global = glob or self._global
+            if insert is not None:
+                self._items[insert.id] = insert
+            return None
+
+    def _release_locked(self, user_id: str, creation_id: str) -> None:
+        user = self._quotas.get(user_id)
+        if user is not None:
+            self._quotas[user_id] = quotas.release(user, creation_id)
+
+    def release_quota(self, user_id: str, creation_id: str) -> None:
+        with self._lock:
+            self._release_locked(user_id, creation_id)
+
+    def quota(self, user_id: str) -> UserQuota:
+        with self._lock:
+            return self._quotas.get(user_id) or UserQuota(user_id)
+
+    def quota_holders(self, limit: int = 1000) -> list[UserQuota]:
+        with self._lock:
+            return [q for q in self._quotas.values() if q.active][:limit]

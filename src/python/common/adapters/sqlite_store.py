@@ -16,9 +16,17 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from common.domain import creation as lifecycle
+from common.domain import quota as quotas
 from common.domain.creation import Creation, Status
 from common.domain.errors import NotFound
+from common.domain.quota import QuotaPolicy, Refusal, UserQuota
 from common.ports import CreationStore
+
+_GLOBAL_KEY = "global"
+
+
+def _user_key(user_id: str) -> str:
+    return f"u:{user_id}"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS creations (
@@ -33,6 +41,14 @@ CREATE TABLE IF NOT EXISTS creations (
 CREATE INDEX IF NOT EXISTS creations_by_user ON creations (user_id, created_at DESC);
 CREATE INDEX IF NOT EXISTS creations_by_status ON creations (status, updated_at);
 CREATE INDEX IF NOT EXISTS creations_by_created ON creations (created_at);
+-- Admission: one row per user ('u:<user id>') and one global row ('global'); doc is the
+-- common.domain.quota record as JSON. Read and written under BEGIN IMMEDIATE with the creation.
+CREATE TABLE IF NOT EXISTS quotas (
+    key TEXT PRIMARY KEY,
+    active_count INTEGER NOT NULL DEFAULT 0,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quotas_holding ON quotas (active_count);
 """
 
 
@@ -111,6 +127,8 @@ class SqliteCreationStore(CreationStore):
                     " updated_at=?, doc=? WHERE id=?",
                     (*self._row_values(updated), creation_id),
                 )
+                if updated.status.terminal and not current.status.terminal:
+                    self._release_in_tx(conn, updated.user_id, creation_id)
             conn.execute("COMMIT")
             return updated
         except BaseException:
@@ -175,6 +193,102 @@ class SqliteCreationStore(CreationStore):
 
     def ping(self) -> None:
         self._connect().execute("SELECT 1").fetchone()
+
+    # --- admission ------------------------------------------------------------------------
+
+    @staticmethod
+    def _read_quota(conn: sqlite3.Connection, key: str) -> dict | None:
+        row = conn.execute("SELECT doc FROM quotas WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    @staticmethod
+    def _write_quota(conn: sqlite3.Connection, key: str, doc: dict, active: int) -> None:
+        conn.execute(
+            "INSERT INTO quotas (key, active_count, doc) VALUES (?, ?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET active_count=excluded.active_count, doc=excluded.doc",
+            (key, active, json.dumps(doc, separators=(",", ":"))),
+        )
+
+    def _release_in_tx(self, conn: sqlite3.Connection, user_id: str, creation_id: str) -> None:
+        doc = self._read_quota(conn, _user_key(user_id))
+        if doc is None:
+            return
+        user = quotas.user_from_dict(user_id, doc)
+        released = quotas.release(user, creation_id)
+        if released is not user:
+            self._write_quota(
+                conn, _user_key(user_id), quotas.user_to_dict(released), len(released.active)
+            )
+
+    def admit(
+        self,
+        user_id: str,
+        creation_id: str,
+        policy: QuotaPolicy,
+        now: datetime,
+        *,
+        insert: Creation | None = None,
+    ) -> Refusal | None:
+        conn = self._connect()
+        self._begin_immediate(conn)
+        try:
+            user = quotas.user_from_dict(user_id, self._read_quota(conn, _user_key(user_id)))
+            glob = (
+                quotas.global_from_dict(self._read_quota(conn, _GLOBAL_KEY))
+                if policy.global_per_minute > 0
+                else None
+            )
+            decided = quotas.admit(user, glob, policy, creation_id, now)
+            if isinstance(decided, Refusal):
+                conn.execute("ROLLBACK")
+                return decided
+            new_user, new_glob = decided
+            if insert is not None:
+                try:
+                    conn.execute(
+                        "INSERT INTO creations (id, user_id, status, path, created_at,"
+                        " updated_at, doc) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (insert.id, *self._row_values(insert)),
+                    )
+                except sqlite3.IntegrityError:
+                    raise ValueError(f"creation {insert.id} already exists") from None
+            if new_user is not user:
+                self._write_quota(
+                    conn, _user_key(user_id), quotas.user_to_dict(new_user), len(new_user.active)
+                )
+            if new_glob is not None and new_glob is not glob:
+                self._write_quota(conn, _GLOBAL_KEY, quotas.global_to_dict(new_glob), 0)
+            conn.execute("COMMIT")
+            return None
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def release_quota(self, user_id: str, creation_id: str) -> None:
+        conn = self._connect()
+        self._begin_immediate(conn)
+        try:
+            self._release_in_tx(conn, user_id, creation_id)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def quota(self, user_id: str) -> UserQuota:
+        return quotas.user_from_dict(
+            user_id, self._read_quota(self._connect(), _user_key(user_id))
+        )
+
+    def quota_holders(self, limit: int = 1000) -> list[UserQuota]:
+        rows = (
+            self._connect()
+            .execute(
+                "SELECT key, doc FROM quotas WHERE active_count > 0 AND key LIKE 'u:%' LIMIT ?",
+                (limit,),
+            )
+            .fetchall()
+        )
+        return [quotas.user_from_dict(key[2:], json.loads(doc)) for key, doc in rows]
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
