@@ -36,6 +36,8 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from api.app import create_app
 from common import logs
@@ -258,6 +260,74 @@ def test_the_local_identity_header_means_nothing_in_firebase_mode(
     assert record.user_id == "alice"
     admin_try = {**alice, "X-Phoenix-User": ADMIN}
     assert client.get("/api/admin/migration", headers=admin_try).status_code == 403
+
+
+# Header values an HTTP client can send: no CR/LF/NUL (Werkzeug's test client refuses those).
+_HEADER_TEXT = st.text(
+    alphabet=st.characters(min_codepoint=1, max_codepoint=0xFF, blacklist_characters="\r\n"),
+    max_size=300,
+)
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@st.composite
+def _jwt_shaped(draw: Any) -> str:
+    """Three base64url segments whose header is any JSON (random kid types, algs, shapes)."""
+    header = draw(
+        st.one_of(
+            st.fixed_dictionaries(
+                {"alg": st.sampled_from(["RS256", "none", "HS256", "ES256", ""]) | _JSON_VALUES},
+                optional={"kid": _JSON_VALUES | st.uuids().map(str), "typ": _JSON_VALUES},
+            ),
+            _JSON_VALUES,
+        )
+    )
+    payload = draw(st.dictionaries(st.text(max_size=8), _JSON_VALUES, max_size=5))
+    seg = lambda obj: _b64(json.dumps(obj).encode())  # noqa: E731
+    signature = draw(st.binary(max_size=64)) if draw(st.booleans()) else b""
+    return f"{seg(header)}.{seg(payload)}.{_b64(signature)}"
+
+
+_AUTHORIZATION = st.one_of(
+    _HEADER_TEXT,
+    _HEADER_TEXT.map(lambda t: "Bearer " + t),
+    _jwt_shaped().map(lambda t: "Bearer " + t),
+    st.tuples(st.sampled_from(["Bearer", "bearer", "BEARER", "Basic", "Bearer  "]), _jwt_shaped())
+    .map(" ".join),
+)
+
+
+def test_fuzzed_authorization_headers_get_nothing_but_401(tmp_path: Path, key: SigningKey) -> None:
+    """Property: whatever the Authorization header holds, the answer is a JSON 401 (never a 500,
+    never a 2xx) and never echoes the header."""
+    client = _app(tmp_path, auth="firebase", key=key).test_client()
+    seen: list[int] = []
+
+    @settings(
+        max_examples=400,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(header=_AUTHORIZATION, route=st.sampled_from(["list", "get", "post"]))
+    def check(header: str, route: str) -> None:
+        headers = {"Authorization": header}
+        if route == "list":
+            resp = client.get("/api/creations", headers=headers)
+        elif route == "get":
+            resp = client.get("/api/creations/0123456789abcdef0123456789abcdef", headers=headers)
+        else:
+            resp = client.post("/api/generate/image", json={"prompt": "x"}, headers=headers)
+        seen.append(resp.status_code)
+        _assert_401(resp, secret=header if len(header) > 12 else None)
+
+    check()
+    assert len(seen) >= 400 and set(seen) == {401}
 
 
 # --- admin -------------------------------------------------------------------------------------

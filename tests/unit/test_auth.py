@@ -77,3 +77,186 @@ def test_bearer_header_parsing():
     for bad in (None, "", "Basic xyz", "Bearer  "):
         with pytest.raises(AuthError):
             bearer_token(bad)
+
+
+# --- what the maintained verifier lacks: certificate cache, fetch discipline, no 500s ------------
+
+import base64  # noqa: E402
+import json  # noqa: E402
+import threading  # noqa: E402
+import uuid  # noqa: E402
+
+from common.auth import cache_seconds  # noqa: E402
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _counting_verifier(key, *, max_age=3600.0, clock=None, fetch_gate=None, **kw):
+    calls = []
+
+    def fetch():
+        calls.append(threading.current_thread().name)
+        if fetch_gate is not None:
+            fetch_gate.wait(10)
+        return {key.kid: key.cert_pem}, max_age
+
+    v = FirebaseTokenVerifier(PROJECT, fetch_certs=fetch, clock=clock or FakeClock(), **kw)
+    return v, calls
+
+
+def _b64(obj) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("kid", [7, 1.5, ["k1"], {"k": "v"}, None, True, "", "x" * 500, "k1\n"])
+def test_any_kid_that_is_not_a_short_string_is_a_401_not_a_crash(verifier, key, kid):
+    token = f"{_b64({'alg': 'RS256', 'kid': kid})}.{_b64(firebase_claims(PROJECT, 'a'))}.c2ln"
+    with pytest.raises(AuthError):
+        verifier.verify(token)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "a.b.c",
+        f"{_b64([1, 2])}.{_b64({})}.x",
+        f"{_b64('str')}.e30.x",
+        "e30.e30.e30",
+        "%%%.%%%.%%%",
+        "é.é.é",
+        f"{_b64({'alg': 'RS256', 'kid': 'k1'})}.bm90IGpzb24.!!!",
+        f"{_b64({'alg': 'RS256', 'kid': 'k1'})}.{_b64([1])}.c2ln",
+        "." * 2 + "x" * 20000,
+        b"bytes.are.not",
+        None,
+        12,
+    ],
+)
+def test_malformed_tokens_are_auth_errors(verifier, token):
+    with pytest.raises(AuthError):
+        verifier.verify(token)
+
+
+def test_the_maintained_google_auth_verifier_does_the_checks(verifier, key, monkeypatch):
+    from google.oauth2 import id_token
+
+    real = id_token.verify_firebase_token
+    seen = []
+
+    def spy(token, request, audience=None, clock_skew_in_seconds=0):
+        seen.append(audience)
+        return real(token, request, audience=audience, clock_skew_in_seconds=clock_skew_in_seconds)
+
+    monkeypatch.setattr(id_token, "verify_firebase_token", spy)
+    assert verifier.verify(key.sign(firebase_claims(PROJECT, "alice"))).user_id == "alice"
+    assert seen == [PROJECT]
+
+
+def test_cache_control_max_age_minus_age_is_honoured():
+    assert cache_seconds({"Cache-Control": "public, max-age=19845, must-revalidate"}) == 19845
+    assert cache_seconds({"Cache-Control": "public, max-age=600", "Age": "100"}) == 500
+    assert cache_seconds({"Cache-Control": "max-age=60", "Age": "999"}) == 0
+    assert cache_seconds({"Cache-Control": "no-cache"}) == 0
+    assert cache_seconds({"Cache-Control": "private, no-store"}) == 0
+    assert cache_seconds({}) > 0
+
+
+def test_certificates_are_kept_exactly_as_long_as_allowed(key):
+    clock = FakeClock()
+    v, fetches = _counting_verifier(key, max_age=100.0, clock=clock, min_fetch_interval=5)
+    token = key.sign(firebase_claims(PROJECT, "alice"))
+    v.verify(token)
+    clock.t += 99
+    v.verify(token)
+    assert len(fetches) == 1
+    clock.t += 2  # past max-age: refreshed once, stale ones served meanwhile
+    v.verify(token)
+    v.verify(token)
+    assert len(fetches) == 2
+
+
+def test_random_kids_cost_at_most_one_fetch_per_minimum_interval(key):
+    clock = FakeClock()
+    v, fetches = _counting_verifier(key, clock=clock, min_fetch_interval=30)
+    v.verify(key.sign(firebase_claims(PROJECT, "alice")))  # warm: 1 fetch
+    claims = firebase_claims(PROJECT, "mallory")
+    body = _b64(claims)
+    for i in range(300):
+        # Shaped like a real token; the signature is never checked (the kid is unknown).
+        forged = f"{_b64({'alg': 'RS256', 'kid': uuid.uuid4().hex})}.{body}.c2lnbmF0dXJl"
+        with pytest.raises(AuthError, match="unknown signing key"):
+            v.verify(forged)
+        clock.t += 0.1  # 300 tokens over 30 s
+    assert len(fetches) <= 2, len(fetches)  # the warm-up + at most 30 s / 30 s
+    # The same unknown kid again, after the interval: refused from the negative cache.
+    repeated = key.sign(claims, kid="forged-kid")
+    with pytest.raises(AuthError):
+        v.verify(repeated)
+    before = len(fetches)
+    clock.t += 31
+    with pytest.raises(AuthError):
+        v.verify(repeated)
+    assert len(fetches) == before
+
+
+def test_a_rotated_key_is_picked_up_after_the_minimum_interval():
+    old, new = make_key("old"), make_key("new")
+    published = {old.kid: old.cert_pem}
+    clock = FakeClock()
+    v = FirebaseTokenVerifier(
+        PROJECT,
+        fetch_certs=lambda: (dict(published), 3600.0),
+        clock=clock,
+        min_fetch_interval=30,
+    )
+    v.verify(old.sign(firebase_claims(PROJECT, "a")))
+    published[new.kid] = new.cert_pem
+    clock.t += 31
+    assert v.verify(new.sign(firebase_claims(PROJECT, "b"))).user_id == "b"
+
+
+def test_a_valid_user_never_waits_for_a_certificate_fetch(key):
+    """A fetch in progress (slow certificate endpoint) blocks neither a token whose key is
+    cached nor a garbage token with an unknown key: both are answered at once."""
+    clock = FakeClock()
+    gate = threading.Event()
+    v, fetches = _counting_verifier(key, max_age=60.0, clock=clock, fetch_gate=gate)
+    gate.set()
+    valid = key.sign(firebase_claims(PROJECT, "alice"))
+    v.verify(valid)  # warm
+    gate.clear()
+    clock.t += 61  # expired: the next request refreshes, and that fetch hangs
+
+    refresher = threading.Thread(target=lambda: v.verify(valid), name="refresher", daemon=True)
+    refresher.start()
+    for _ in range(200):
+        if len(fetches) == 2:
+            break
+        threading.Event().wait(0.01)
+    assert fetches == ["MainThread", "refresher"]
+
+    results: dict[str, object] = {}
+
+    def valid_user() -> None:
+        results["valid"] = v.verify(valid).user_id
+
+    def garbage() -> None:
+        try:
+            v.verify(key.sign(firebase_claims(PROJECT, "m"), kid="never-seen"))
+        except AuthError as exc:
+            results["garbage"] = str(exc)
+
+    others = [threading.Thread(target=f, daemon=True) for f in (valid_user, garbage)]
+    for t in others:
+        t.start()
+    for t in others:
+        t.join(2)
+    gate.set()
+    refresher.join(5)
+    assert results == {"valid": "alice", "garbage": "unknown signing key"}

@@ -13,9 +13,12 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+import structlog
 from flask import current_app, g, request
 
 from api.errors import ApiError
+
+log = structlog.get_logger(__name__)
 
 USER_HEADER = "X-Phoenix-User"
 # Local mode only: the page sets this for ?user=NAME, because the browser's own media requests
@@ -50,9 +53,11 @@ def _firebase_user() -> str:
     try:
         return str(verifier.verify(bearer_token(request.headers.get("Authorization"))).user_id)
     except AuthError as exc:
-        raise ApiError(
-            401, "unauthenticated", str(exc), headers={"WWW-Authenticate": "Bearer"}
-        ) from None
+        message = str(exc)
+    except Exception as exc:  # whatever a client-controlled header provokes is a 401, never a 500
+        log.warning("authentication_error", error=type(exc).__name__)
+        message = "invalid token"
+    raise ApiError(401, "unauthenticated", message, headers={"WWW-Authenticate": "Bearer"})
 
 
 # auth mode -> how to find the user for the current request. Adding a mode = adding an entry.
