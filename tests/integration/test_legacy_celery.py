@@ -63,7 +63,7 @@ def test_retryable_failure_is_retried_by_celery_then_fails_with_the_reason(legac
         final = wait_terminal(store, [c.id])[c.id]
     assert final.status is Status.FAILED
     assert final.error is not None and final.error.code == "provider_unavailable"
-    assert "after 3 attempts" in final.error.message
+    assert "after 3 attempts" in (final.error.detail or "")
     assert final.attempts == settings.max_attempts == 3  # one Celery delivery per attempt
     log = (tmp_path / "worker.log").read_text(errors="replace")
     assert log.count("retry: Retry in") == 2, log[-3000:]  # Celery itself scheduled 2 retries

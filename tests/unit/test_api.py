@@ -424,7 +424,12 @@ def test_completed_view_has_media_urls_and_failed_view_has_error(env):
     )
     failed = client.get(f"/api/creations/{fid}").get_json()
     assert failed["status"] == "failed"
-    assert failed["error"] == {"code": "content_filtered", "message": "blocked"}
+    # The user gets the message written for the code; the internal text stays in the record.
+    assert failed["error"] == {
+        "code": "content_filtered",
+        "message": "The request was blocked by the content safety filters. Try rephrasing the prompt.",
+    }
+    assert store.get(fid).error.detail == "blocked"
 
 
 # --- ETag / 304 -----------------------------------------------------------------------------------

@@ -107,11 +107,12 @@ def test_retryable_failure_hands_the_creation_back_until_attempts_run_out():
     c = claimed()
     released = lc.release_for_retry(c, owner="a", now=T0, error=err, max_attempts=3)
     assert released.status is Status.PENDING and released.lease_owner is None
-    assert released.error == err
+    assert released.error == lc.user_safe(err)
+    assert released.error.detail == "429" and released.error.message != "429"
     last = lc.claim(released, owner="b", now=T0, lease=LEASE, max_attempts=2)
     final = lc.release_for_retry(last, owner="b", now=T0, error=err, max_attempts=2)
     assert final.status is Status.FAILED and final.error is not None
-    assert final.error.code == "quota_exhausted" and "after 2 attempts" in final.error.message
+    assert final.error.code == "quota_exhausted" and "after 2 attempts" in final.error.detail
 
 
 def test_fail_by_owner_and_by_sweeper():

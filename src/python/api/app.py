@@ -84,7 +84,13 @@ def create_app(
         dispatchers = DispatcherPool(lambda path: build_dispatcher(settings, path))
     route = route or make_route(settings)
     if token_verifier is None and settings.auth == "firebase":
-        token_verifier = FirebaseTokenVerifier(settings.firebase_project)
+        from common.auth import FIREBASE_CERTS_URL, http_cert_fetcher
+
+        token_verifier = FirebaseTokenVerifier(
+            settings.firebase_project,
+            fetch_certs=http_cert_fetcher(settings.firebase_certs_url or FIREBASE_CERTS_URL),
+            min_fetch_interval=settings.firebase_certs_min_interval_seconds,
+        )
 
     services = PhoenixServices(
         settings=settings,

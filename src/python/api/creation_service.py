@@ -24,6 +24,7 @@ from common import metrics
 from common.auth import FirebaseTokenVerifier
 from common.config import Settings
 from common.domain import creation as lifecycle
+from common.domain import failures
 from common.domain.creation import Creation, Kind
 from common.domain.errors import NotFound
 from common.domain.payload import TaskPayload
@@ -262,7 +263,13 @@ class CreationService:
             "prompt": c.prompt,
             "params": dict(c.params),
             "media": [{"url": self.media.url_for(m), "mime_type": m.mime_type} for m in c.media],
-            "error": {"code": c.error.code, "message": c.error.message} if c.error else None,
+            # The message comes from the code, never from the record: internal detail (bucket,
+            # account, URL, exception text) stays with operators (common.domain.failures).
+            "error": (
+                {"code": c.error.code, "message": failures.user_message(c.error.code)}
+                if c.error
+                else None
+            ),
             "created_at": _iso(c.created_at),
             "updated_at": _iso(c.updated_at),
             "path": c.path,

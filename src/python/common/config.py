@@ -154,6 +154,10 @@ class Settings:
     rollout: str = ""
     admins: tuple[str, ...] = ()
     firebase_project: str = ""
+    # Where Firebase's signing certificates are fetched (a local stand-in in benchmarks), and
+    # the least time between two fetches that unknown key ids may trigger.
+    firebase_certs_url: str = ""
+    firebase_certs_min_interval_seconds: float = 30.0
     rate_limit_per_minute: int = 30
     max_active_per_user: int = 10
     # Creations admitted per minute across ALL users (0 = no ceiling): one flood of many
@@ -224,6 +228,10 @@ class Settings:
             rollout=env.get("PHOENIX_ROLLOUT", ""),
             admins=tuple(a.strip() for a in env.get("PHOENIX_ADMINS", "").split(",") if a.strip()),
             firebase_project=env.get("PHOENIX_FIREBASE_PROJECT", ""),
+            firebase_certs_url=env.get("PHOENIX_FIREBASE_CERTS_URL", ""),
+            firebase_certs_min_interval_seconds=_float(
+                env, "PHOENIX_FIREBASE_CERTS_MIN_INTERVAL_SECONDS", 30.0
+            ),
             rate_limit_per_minute=_int(env, "PHOENIX_RATE_LIMIT_PER_MINUTE", 30, minimum=0),
             max_active_per_user=_int(env, "PHOENIX_MAX_ACTIVE_PER_USER", 10, minimum=0),
             global_rate_limit_per_minute=_int(

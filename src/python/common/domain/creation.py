@@ -58,8 +58,20 @@ class MediaRef:
 
 @dataclass(frozen=True)
 class CreationError:
+    """``code`` is stable and ``message`` is for the user (``common.domain.failures``);
+    ``detail`` is what went wrong internally (exception text, provider error), for operators."""
+
     code: str
     message: str
+    detail: str | None = None
+
+
+def user_safe(error: CreationError) -> CreationError:
+    """The error as stored on a failure: the user message for its code, the rest as detail."""
+    from common.domain import failures
+
+    message, detail = failures.split(error.code, error.message, error.detail)
+    return CreationError(error.code, message, detail[:2000] if detail else None)
 
 
 @dataclass(frozen=True)
@@ -143,7 +155,7 @@ def claim(
             return c  # the same execution asking again (e.g. a retried store call)
         raise AlreadyClaimed(c.id)
     if c.attempts >= max_attempts:
-        last = c.error.message if c.error else "the job did not finish"
+        last = (c.error.detail or c.error.message) if c.error else "the job did not finish"
         return _finish(
             c,
             now=now,
@@ -224,14 +236,18 @@ def release_for_retry(
             c,
             now=now,
             status=Status.FAILED,
-            error=CreationError(error.code, f"{error.message} (after {c.attempts} attempts)"),
+            error=CreationError(
+                error.code,
+                error.message,
+                f"{error.detail or error.message} (after {c.attempts} attempts)",
+            ),
         )
     return dataclasses.replace(
         c,
         status=Status.PENDING,
         lease_owner=None,
         lease_expires_at=None,
-        error=error,
+        error=user_safe(error),
         updated_at=now,
     )
 
@@ -266,7 +282,7 @@ def _finish(
     return dataclasses.replace(
         c,
         status=status,
-        error=error,
+        error=user_safe(error) if error is not None else None,
         media=media or c.media,
         progress=c.progress if progress is None else progress,
         lease_owner=None,
@@ -305,7 +321,11 @@ def to_dict(c: Creation) -> dict[str, Any]:
         "path": c.path,
         "progress": c.progress,
         "media": [{"key": m.key, "mime_type": m.mime_type} for m in c.media],
-        "error": {"code": c.error.code, "message": c.error.message} if c.error else None,
+        "error": (
+            {"code": c.error.code, "message": c.error.message, "detail": c.error.detail}
+            if c.error
+            else None
+        ),
         "attempts": c.attempts,
         "lease_owner": c.lease_owner,
         "lease_expires_at": _ts(c.lease_expires_at),
@@ -337,7 +357,7 @@ def from_dict(d: Mapping[str, Any]) -> Creation:
         path=d.get("path") or "local",
         progress=int(d.get("progress") or 0),
         media=tuple(MediaRef(m["key"], m["mime_type"]) for m in d.get("media") or ()),
-        error=CreationError(err["code"], err["message"]) if err else None,
+        error=CreationError(err["code"], err["message"], err.get("detail")) if err else None,
         attempts=int(d.get("attempts") or 0),
         lease_owner=d.get("lease_owner"),
         lease_expires_at=_parse_ts(d.get("lease_expires_at")),
