@@ -9,6 +9,10 @@ URLs are minted per request: a public base URL (bucket behind a CDN / public-rea
 configured, otherwise a V4 signed GET URL. On Cloud Run there is no private key to sign with,
 so signing goes through IAM signBlob with the runtime account's access token (the account
 needs ``iam.serviceAccounts.signBlob`` on itself, i.e. roles/iam.serviceAccountTokenCreator).
+That is one HTTP call per URL, and ``GET /api/creations?limit=100`` shows up to ~400 media
+items: so each signed URL is cached and handed out again until shortly before it expires
+(every URL handed out stays valid for at least ``_MIN_REMAINING`` of its lifetime). A listing
+then costs one signBlob call per object not seen in the last minutes, and none for the rest.
 Locally a service-account key file signs instead (the storage emulator serves signed URLs
 without checking them).
 """
@@ -17,8 +21,10 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections import OrderedDict
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 from google.api_core import exceptions as gexc
 from google.cloud import storage  # type: ignore[attr-defined]
@@ -28,6 +34,11 @@ from common.domain.creation import MediaRef
 from common.ports import MediaStore
 
 PREFIX = "creations/"
+# A cached URL is handed out only while at least this share of its lifetime remains, so a page
+# that shows it (and a video player seeking in it) has time to use it.
+_MIN_REMAINING = 1 / 3
+# Bounded memory: about 300 bytes per entry.
+_URL_CACHE_ENTRIES = 20_000
 
 _clients: dict[tuple[str, str], storage.Client] = {}
 _clients_lock = threading.Lock()
@@ -61,6 +72,7 @@ class GcsMediaStore(MediaStore):
         signed_url_seconds: int = 900,
         signing_credentials: Any = None,
         api_access_endpoint: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not bucket:
             raise ConfigError("PHOENIX_MEDIA_BUCKET is required when PHOENIX_MEDIA=gcs")
@@ -73,6 +85,9 @@ class GcsMediaStore(MediaStore):
         self._api_access_endpoint = api_access_endpoint
         self._iam_credentials: Any = None
         self._iam_lock = threading.Lock()
+        self._clock = clock
+        self._urls: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        self._urls_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "GcsMediaStore":
@@ -130,12 +145,29 @@ class GcsMediaStore(MediaStore):
         name = self._object_name(ref.key)
         if self._public_base_url:
             return f"{self._public_base_url}/{name}"
+        key = (name, ref.mime_type)
+        now = self._clock()
+        with self._urls_lock:
+            cached = self._urls.get(key)
+            if cached is not None and cached[1] > now:
+                self._urls.move_to_end(key)
+                return cached[0]
+        url = self._sign(name, ref.mime_type)
+        reuse_until = now + self._expiry.total_seconds() * (1 - _MIN_REMAINING)
+        with self._urls_lock:
+            self._urls[key] = (url, reuse_until)
+            self._urls.move_to_end(key)
+            while len(self._urls) > _URL_CACHE_ENTRIES:
+                self._urls.popitem(last=False)
+        return url
+
+    def _sign(self, name: str, mime_type: str) -> str:
         blob = self._bucket.blob(name)
         kwargs: dict[str, Any] = {
             "version": "v4",
             "method": "GET",
             "expiration": self._expiry,
-            "response_type": ref.mime_type,
+            "response_type": mime_type,
         }
         if self._api_access_endpoint:
             kwargs["api_access_endpoint"] = self._api_access_endpoint
