@@ -163,7 +163,15 @@ def build_openapi() -> dict[str, Any]:
             "error": {
                 "type": "object",
                 "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "reason": {
+                        "type": "string",
+                        "description": "429 only: too_many_active (unfinished-creations cap), "
+                        "rate_limited (per-user per-minute limit) or busy (service-wide ceiling)",
+                    },
+                },
             }
         },
     }
@@ -274,7 +282,11 @@ def build_openapi() -> dict[str, Any]:
                         "200": {"description": "The file (supports Range requests)"},
                         "206": {"description": "Partial content"},
                         "304": {"description": "Not modified"},
-                        "404": _error_response("No such file"),
+                        "401": _error_response("Not authenticated (Firebase mode)"),
+                        "404": _error_response(
+                            "No such file, or not the caller's (the same answer as a foreign "
+                            "creation)"
+                        ),
                         "416": {"description": "Range not satisfiable"},
                     },
                 }
