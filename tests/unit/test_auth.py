@@ -116,6 +116,8 @@ def _b64(obj) -> str:
 
 @pytest.mark.parametrize("kid", [7, 1.5, ["k1"], {"k": "v"}, None, True, "", "x" * 500, "k1\n"])
 def test_any_kid_that_is_not_a_short_string_is_a_401_not_a_crash(verifier, key, kid):
+    verifier.verify(key.sign(firebase_claims(PROJECT, "warm")))  # certificates cached, as in
+    # a running server: the state in which an unhashable kid used to raise TypeError (500)
     token = f"{_b64({'alg': 'RS256', 'kid': kid})}.{_b64(firebase_claims(PROJECT, 'a'))}.c2ln"
     with pytest.raises(AuthError):
         verifier.verify(token)
