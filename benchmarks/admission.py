@@ -1,6 +1,7 @@
 """Admission across API processes: does one user get exactly the limit, however many instances?
 
 Run (repo root):  benchmarks/run admission [--requests 500] [--processes 4] [--threads 8]
+                  [--src OTHER_CHECKOUT]   (the same load against another checkout's API)
 
 The API as in production (``python -m api.main``: gunicorn, ``WEB_CONCURRENCY`` processes x
 ``GUNICORN_THREADS`` threads), every process its own app over ONE store (the SQLite file: a
@@ -86,9 +87,9 @@ def burst(url: str, n: int) -> dict[str, Any]:
 def run(limits: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     with c.temp_dir("phoenix-admission-") as tmp:
         env = {"PHOENIX_DISPATCH": "record", "PHOENIX_LOG_LEVEL": "WARNING", **limits}
-        with c.api_server(
-            env, data_dir=tmp, workers=args.processes, threads=args.threads
-        ) as url:
+        if args.src:  # another checkout's code (e.g. before this change), same benchmark
+            env["PYTHONPATH"] = str(Path(args.src).resolve() / "src" / "python")
+        with c.api_server(env, data_dir=tmp, workers=args.processes, threads=args.threads) as url:
             # One request per process first, so every worker has built its app and connections
             # (otherwise the burst also measures gunicorn's lazy app loading).
             for _ in range(args.processes * 2):
@@ -103,6 +104,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--cap", type=int, default=10)
     parser.add_argument("--per-minute", type=int, default=30)
+    parser.add_argument(
+        "--src", default="", help="run the API from another checkout (baseline comparisons)"
+    )
     args = parser.parse_args()
 
     cap = run(

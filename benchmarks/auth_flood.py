@@ -64,11 +64,15 @@ def bad_tokens(n: int, seed: int = 13) -> list[str]:
     for i in range(n):
         kind = i % 4
         if kind == 0:  # garbage
-            out.append("".join(rng.choice("abcdefghijklmnop.-_=+/") for _ in range(rng.randint(1, 300))))
+            out.append(
+                "".join(rng.choice("abcdefghijklmnop.-_=+/") for _ in range(rng.randint(1, 300)))
+            )
         elif kind == 1:  # unsigned
             out.append(f"{_b64({'alg': 'none', 'kid': f'{rng.getrandbits(64):x}'})}.{claims}.")
         elif kind == 2:  # RS256-shaped, random kid: the one that used to trigger a fetch
-            out.append(f"{_b64({'alg': 'RS256', 'kid': f'{rng.getrandbits(160):040x}'})}.{claims}.{sig}")
+            out.append(
+                f"{_b64({'alg': 'RS256', 'kid': f'{rng.getrandbits(160):040x}'})}.{claims}.{sig}"
+            )
         else:  # kid of the wrong type
             kid = rng.choice([7, ["a"], {"k": 1}, None, 1.5, True])
             out.append(f"{_b64({'alg': 'RS256', 'kid': kid})}.{claims}.{sig}")
@@ -104,7 +108,9 @@ class CertServer:
         self._server.stop()
 
 
-def poll_valid(base: str, token: str, seconds: float, stop: threading.Event | None = None) -> list[float]:
+def poll_valid(
+    base: str, token: str, seconds: float, stop: threading.Event | None = None
+) -> list[float]:
     host, port = base.split("//", 1)[1].split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     headers = {"Authorization": f"Bearer {token}"}
@@ -142,7 +148,9 @@ def flood(base: str, tokens: list[str], rate: float, connections: int = 8) -> tu
             if delay > 0:
                 time.sleep(delay)
             try:
-                conn.request("GET", "/api/creations", headers={"Authorization": f"Bearer {tokens[i]}"})
+                conn.request(
+                    "GET", "/api/creations", headers={"Authorization": f"Bearer {tokens[i]}"}
+                )
                 resp = conn.getresponse()
                 resp.read()
                 local[resp.status] += 1
@@ -213,7 +221,14 @@ def main() -> int:
         f"{args.tokens} bad tokens at {args.rate:.0f}/s ({flood_seconds:.1f} s) against gunicorn "
         f"1 x 8 threads; certificate endpoint answers in {args.fetch_delay} s; "
         f"min interval {args.min_interval} s",
-        ["phase", "valid requests", "valid p50 ms", "valid p99 ms", "bad-token answers", "cert fetches"],
+        [
+            "phase",
+            "valid requests",
+            "valid p50 ms",
+            "valid p99 ms",
+            "bad-token answers",
+            "cert fetches",
+        ],
         [
             ["baseline", len(baseline), c.percentile(baseline, 50), p99_base, "-", "-"],
             [
@@ -244,7 +259,10 @@ def main() -> int:
             "server_errors_5xx": fivexx,
             "cert_fetches_during_flood": fetches_flood,
             "cert_fetches_allowed": allowed,
-            "valid_p50_ms": {"baseline": c.r1(c.percentile(baseline, 50)), "flood": c.r1(c.percentile(during, 50))},
+            "valid_p50_ms": {
+                "baseline": c.r1(c.percentile(baseline, 50)),
+                "flood": c.r1(c.percentile(during, 50)),
+            },
             "valid_p99_ms": {"baseline": c.r1(p99_base), "flood": c.r1(p99_flood)},
             "p99_ratio": round(ratio, 2),
             "ok": ok,

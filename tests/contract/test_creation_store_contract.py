@@ -242,7 +242,9 @@ def test_finishing_a_creation_through_update_releases_its_slot(store):
     for c in cs:
         assert _admit(store, c) is None
     now = lc.utcnow()
-    store.update(cs[0].id, lambda cur: lc.claim(cur, owner="o", now=now, lease=LEASE, max_attempts=3))
+    store.update(
+        cs[0].id, lambda cur: lc.claim(cur, owner="o", now=now, lease=LEASE, max_attempts=3)
+    )
     # Progress is not an end: the slot stays taken.
     assert isinstance(_admit(store, _new("alice")), Refusal)
     store.update(

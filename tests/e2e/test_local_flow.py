@@ -164,7 +164,9 @@ def test_video_and_image_are_generated_stored_and_served(server: LocalServer) ->
     )
     assert ranged.status_code == 206 and len(ranged.content) == 100
     # ... and only to its owner, with the 404 of a foreign creation.
-    foreign = requests.get(server.url(item["url"]), headers={"X-Phoenix-User": "someone"}, timeout=10)
+    foreign = requests.get(
+        server.url(item["url"]), headers={"X-Phoenix-User": "someone"}, timeout=10
+    )
     assert foreign.status_code == 404 and foreign.json()["error"]["code"] == "not_found"
 
     # Both are listed for their owner, newest first, and invisible to anyone else.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 from api.app import create_app
 from common.adapters.local_dispatch import RecordingDispatcher
@@ -20,10 +21,12 @@ from common.config import Settings
 from common.domain import creation as lc
 
 
-def _instances(tmp_path: Path, n: int, **limits: int) -> list:
+def _instances(tmp_path: Path, n: int, **limits: Any) -> list:
+    import dataclasses
+
     clients = []
     for _ in range(n):
-        settings = Settings(data_dir=tmp_path, dispatch="record", **limits)
+        settings = dataclasses.replace(Settings(data_dir=tmp_path, dispatch="record"), **limits)
         app = create_app(
             settings,
             store=SqliteCreationStore(settings.sqlite_path),

@@ -36,10 +36,14 @@ class FakeIam:
     calls: list[str] = []
 
     def __call__(self, url: str, method: str = "GET", body: Any = None, headers: Any = None, **kw):  # type: ignore[no-untyped-def]
-        assert url.startswith("https://iamcredentials.googleapis.com/") and url.split("?")[0].endswith(":signBlob")
+        assert url.startswith("https://iamcredentials.googleapis.com/") and url.split("?")[
+            0
+        ].endswith(":signBlob")
         FakeIam.calls.append(url)
         blob = base64.b64encode(b"\x01" * 256).decode()
-        return SimpleNamespace(status=200, data=json.dumps({"keyId": "k", "signedBlob": blob}).encode())
+        return SimpleNamespace(
+            status=200, data=json.dumps({"keyId": "k", "signedBlob": blob}).encode()
+        )
 
 
 class Clock:
@@ -76,7 +80,9 @@ def listing(monkeypatch: pytest.MonkeyPatch, tmp_path):  # type: ignore[no-untyp
 
     def add_completed(n: int, per_creation: int) -> None:
         for _ in range(n):
-            c = lc.new(user_id=USER, kind=Kind.IMAGE, prompt="p", params={}, path="local", now=lc.utcnow())
+            c = lc.new(
+                user_id=USER, kind=Kind.IMAGE, prompt="p", params={}, path="local", now=lc.utcnow()
+            )
             refs = tuple(MediaRef(f"{c.id}/{i}.png", "image/png") for i in range(per_creation))
             store.add(lc.dataclasses.replace(c, status=Status.COMPLETED, media=refs, progress=100))
 
@@ -119,8 +125,10 @@ def test_listing_signs_each_object_once_not_once_per_request(listing) -> None:  
     assert calls == 97 * 4
     calls_after, _ = listing.get()
     assert calls_after == 0
-    print(f"\nIAM signBlob calls per GET /api/creations?limit=100 (400 objects): first {first_calls}, "
-          f"repeat {again_calls}, 3 new objects 3, 650 s later {calls} (re-signed), then {calls_after}")
+    print(
+        f"\nIAM signBlob calls per GET /api/creations?limit=100 (400 objects): first {first_calls}, "
+        f"repeat {again_calls}, 3 new objects 3, 650 s later {calls} (re-signed), then {calls_after}"
+    )
 
 
 def test_a_public_base_url_needs_no_iam_call(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,5 +141,8 @@ def test_a_public_base_url_needs_no_iam_call(monkeypatch: pytest.MonkeyPatch) ->
         "b",
         public_base_url="https://media.example.com/",
     )
-    assert media.url_for(MediaRef("c/0.png", "image/png")) == "https://media.example.com/creations/c/0.png"
+    assert (
+        media.url_for(MediaRef("c/0.png", "image/png"))
+        == "https://media.example.com/creations/c/0.png"
+    )
     assert FakeIam.calls == []

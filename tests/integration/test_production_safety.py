@@ -49,8 +49,14 @@ def test_the_named_override_or_firebase_lets_it_start(signs):
         ({"PHOENIX_AUTH": "  "}, "PHOENIX_AUTH"),
         ({"PHOENIX_AUTH": "firebase", "PHOENIX_FIREBASE_PROJECT": ""}, "PHOENIX_FIREBASE_PROJECT"),
         ({"PHOENIX_AUTH": "firebase"}, "PHOENIX_FIREBASE_PROJECT"),
-        ({"K_SERVICE": "api", "PHOENIX_ALLOW_HEADER_IDENTITY": ""}, "PHOENIX_ALLOW_HEADER_IDENTITY"),
-        ({"K_SERVICE": "api", "PHOENIX_ALLOW_HEADER_IDENTITY": "maybe"}, "PHOENIX_ALLOW_HEADER_IDENTITY"),
+        (
+            {"K_SERVICE": "api", "PHOENIX_ALLOW_HEADER_IDENTITY": ""},
+            "PHOENIX_ALLOW_HEADER_IDENTITY",
+        ),
+        (
+            {"K_SERVICE": "api", "PHOENIX_ALLOW_HEADER_IDENTITY": "maybe"},
+            "PHOENIX_ALLOW_HEADER_IDENTITY",
+        ),
     ],
 )
 def test_an_empty_or_unclear_setting_is_an_error_not_a_default(env, names):

@@ -269,7 +269,8 @@ _HEADER_TEXT = st.text(
 )
 _JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
 
@@ -305,8 +306,9 @@ _AUTHORIZATION = st.one_of(
     _HEADER_TEXT,
     _HEADER_TEXT.map(lambda t: "Bearer " + t),
     _jwt_shaped().map(lambda t: "Bearer " + t),
-    st.tuples(st.sampled_from(["Bearer", "bearer", "BEARER", "Basic", "Bearer  "]), _jwt_shaped())
-    .map(" ".join),
+    st.tuples(
+        st.sampled_from(["Bearer", "bearer", "BEARER", "Basic", "Bearer  "]), _jwt_shaped()
+    ).map(" ".join),
 )
 
 

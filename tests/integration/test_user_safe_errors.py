@@ -36,7 +36,7 @@ ACCOUNT = "phoenix-jobs@phoenix-prod.iam.gserviceaccount.com"
 URL = "https://storage.googleapis.com/upload/storage/v1/b/phoenix-prod-media-7f3a/o?x=1"
 SECRET_TEXT = (
     f"403 POST {URL}: {ACCOUNT} does not have storage.objects.create access to "
-    f"gs://{BUCKET}/creations/x.png\nTraceback (most recent call last):\n  File \"/app/x.py\""
+    f'gs://{BUCKET}/creations/x.png\nTraceback (most recent call last):\n  File "/app/x.py"'
 )
 FORBIDDEN = [
     re.compile(re.escape(BUCKET)),
@@ -157,7 +157,10 @@ def test_no_failure_path_shows_a_user_internal_detail(world: dict[str, Any]) -> 
     for n in range(2):
         at = t + timedelta(minutes=10 * n)
         store.update(
-            cid, lambda c, at=at: lc.claim(c, owner=f"dead{at}", now=at, lease=timedelta(seconds=1), max_attempts=2)
+            cid,
+            lambda c, at=at: lc.claim(
+                c, owner=f"dead{at}", now=at, lease=timedelta(seconds=1), max_attempts=2
+            ),
         )
         store.update(
             cid,
@@ -176,13 +179,17 @@ def test_no_failure_path_shows_a_user_internal_detail(world: dict[str, Any]) -> 
     )
     store.update(
         cid,
-        lambda c: lc.claim(c, owner="last", now=t + timedelta(hours=1), lease=timedelta(seconds=1), max_attempts=2),
+        lambda c: lc.claim(
+            c, owner="last", now=t + timedelta(hours=1), lease=timedelta(seconds=1), max_attempts=2
+        ),
     )
     failed[cid] = "max attempts exceeded"
 
     # 8. Dispatch keeps failing: the API answers 503, the sweeper gives up (dispatch_failed).
     world["state"]["down"] = True
-    resp = client.post("/api/generate/image", json={"prompt": "x"}, headers={"X-Phoenix-User": USER})
+    resp = client.post(
+        "/api/generate/image", json={"prompt": "x"}, headers={"X-Phoenix-User": USER}
+    )
     assert resp.status_code == 503
     _assert_clean(resp.get_data(as_text=True), "503 dispatch outage")
     cid = resp.get_json()["error"]["creation_id"]

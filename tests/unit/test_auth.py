@@ -189,7 +189,7 @@ def test_random_kids_cost_at_most_one_fetch_per_minimum_interval(key):
     v.verify(key.sign(firebase_claims(PROJECT, "alice")))  # warm: 1 fetch
     claims = firebase_claims(PROJECT, "mallory")
     body = _b64(claims)
-    for i in range(300):
+    for _i in range(300):
         # Shaped like a real token; the signature is never checked (the kid is unknown).
         forged = f"{_b64({'alg': 'RS256', 'kid': uuid.uuid4().hex})}.{body}.c2lnbmF0dXJl"
         with pytest.raises(AuthError, match="unknown signing key"):

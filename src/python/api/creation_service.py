@@ -95,7 +95,9 @@ class RateLimited(Exception):
     """Admission refused: too many unfinished creations, too many requests this minute, or the
     service-wide ceiling. ``reason`` is the stable refusal code (``common.domain.quota``)."""
 
-    def __init__(self, message: str, retry_after_seconds: int, reason: str = "rate_limited") -> None:
+    def __init__(
+        self, message: str, retry_after_seconds: int, reason: str = "rate_limited"
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_seconds = retry_after_seconds

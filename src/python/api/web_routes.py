@@ -19,7 +19,6 @@ from pathlib import Path
 from flask import Blueprint, Response, send_file, send_from_directory
 
 from api.creation_service import CreationService
-from api.errors import ApiError
 from api.identity import current_user
 from common.domain.errors import NotFound
 from common.ports import MediaStore

@@ -44,6 +44,8 @@ _QUOTA_TX_ATTEMPTS = 20
 
 def _quota_doc_id(user_id: str) -> str:
     return "u_" + hashlib.blake2b(user_id.encode(), digest_size=16).hexdigest()
+
+
 _TIMESTAMP_FIELDS = (
     "created_at",
     "updated_at",

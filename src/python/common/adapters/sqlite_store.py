@@ -28,6 +28,7 @@ _GLOBAL_KEY = "global"
 def _user_key(user_id: str) -> str:
     return f"u:{user_id}"
 
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS creations (
     id TEXT PRIMARY KEY,
@@ -275,9 +276,7 @@ class SqliteCreationStore(CreationStore):
             raise
 
     def quota(self, user_id: str) -> UserQuota:
-        return quotas.user_from_dict(
-            user_id, self._read_quota(self._connect(), _user_key(user_id))
-        )
+        return quotas.user_from_dict(user_id, self._read_quota(self._connect(), _user_key(user_id)))
 
     def quota_holders(self, limit: int = 1000) -> list[UserQuota]:
         rows = (
