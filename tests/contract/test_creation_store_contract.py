@@ -353,6 +353,33 @@ def test_firestore_update_reruns_the_change_on_fresh_data_when_the_commit_is_abo
     assert store.get(c.id).lease_owner == "rival"
 
 
+def test_firestore_admission_contended_past_every_retry_is_a_refusal_that_writes_nothing(
+    firestore_host, monkeypatch
+):
+    """A burst from one user contends on one quota document; production Firestore aborts the
+    losers, the client retries them. One that is still aborted after every attempt must come
+    back as a short 'busy' refusal (429), with neither the creation nor a slot written."""
+    from google.api_core import exceptions as gexc
+    from google.cloud.firestore_v1.transaction import Transaction
+
+    store = _firestore_store(firestore_host, monkeypatch)
+    attempts = {"n": 0}
+
+    def always_contended(self):
+        attempts["n"] += 1  # the transaction stays open: the client rolls it back at the end
+        raise gexc.Aborted("transaction contention")
+
+    monkeypatch.setattr(Transaction, "_commit", always_contended)
+    c = _new("alice")
+    refusal = _admit(store, c)
+    assert isinstance(refusal, Refusal) and refusal.code == "busy"
+    assert refusal.retry_after_seconds >= 1
+    assert attempts["n"] > 1  # it did retry before giving up
+    monkeypatch.undo()
+    assert store.get(c.id) is None
+    assert store.quota("alice").active == {}
+
+
 def test_firestore_documents_use_native_timestamps_and_server_updated_at(
     firestore_host, monkeypatch
 ):

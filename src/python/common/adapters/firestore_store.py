@@ -264,6 +264,12 @@ class FirestoreCreationStore(CreationStore):
             return apply(self._client.transaction(max_attempts=_QUOTA_TX_ATTEMPTS))
         except gexc.AlreadyExists:
             raise ValueError(f"creation {creation_id} already exists") from None
+        except ValueError as exc:
+            # Still contended after every attempt (one user's burst on one document): nothing
+            # was written, so this is a refusal to retry shortly, never a 500.
+            if isinstance(exc.__cause__, gexc.Aborted) or "attempts" in str(exc):
+                return Refusal("busy", "too many requests at once; try again in a moment", 1)
+            raise
 
     def release_quota(self, user_id: str, creation_id: str) -> None:
         @firestore.transactional
