@@ -347,7 +347,9 @@ def test_fuzzed_authorization_headers_get_nothing_but_401(tmp_path: Path, key: S
 # --- admin -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/admin/migration", "/api/admin/migration"])
+@pytest.mark.parametrize(
+    "path", ["/admin/migration", "/api/admin/migration", "/api/admin/failures"]
+)
 def test_admin_dashboard_is_forbidden_to_non_admins(
     tmp_path: Path, key: SigningKey, path: str
 ) -> None:

@@ -47,6 +47,7 @@ FORBIDDEN = [
     re.compile(r"\b[A-Z]\w+(Error|Exception)\b"),  # exception class names
 ]
 USER = "victim"
+ADMIN = "operator"
 
 
 class Raising(Generator):
@@ -83,7 +84,11 @@ def _assert_clean(text: str, where: str) -> None:
 @pytest.fixture
 def world(tmp_path: Path) -> dict[str, Any]:
     settings = Settings(
-        data_dir=tmp_path, dispatch="record", rate_limit_per_minute=0, max_active_per_user=0
+        data_dir=tmp_path,
+        dispatch="record",
+        rate_limit_per_minute=0,
+        max_active_per_user=0,
+        admins=(ADMIN,),
     )
     store = SqliteCreationStore(settings.sqlite_path)
     media = LocalMediaStore(settings.media_dir)
@@ -221,6 +226,17 @@ def test_no_failure_path_shows_a_user_internal_detail(world: dict[str, Any]) -> 
     listing = client.get("/api/creations?limit=100", headers={"X-Phoenix-User": USER})
     assert len(listing.get_json()["creations"]) >= len(failed)
     _assert_clean(listing.get_data(as_text=True), "list")
+
+    # Operators (PHOENIX_ADMINS) see the detail; the user, even asking there, does not.
+    ops = client.get("/api/admin/failures?limit=500", headers={"X-Phoenix-User": ADMIN})
+    assert ops.status_code == 200
+    rows = {row["id"]: row for row in ops.get_json()["failures"]}
+    assert set(failed) <= set(rows)
+    assert any(SECRET_TEXT[:40] in (rows[c]["detail"] or "") for c in failed)
+    assert all(rows[c]["code"] == store.get(c).error.code for c in failed)
+    refused = client.get("/api/admin/failures", headers={"X-Phoenix-User": USER})
+    assert refused.status_code == 403
+    _assert_clean(refused.get_data(as_text=True), "admin view refused to a user")
 
 
 def test_the_api_own_failure_answers_are_clean(world: dict[str, Any], tmp_path: Path) -> None:

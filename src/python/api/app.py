@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 from flask import Blueprint, Flask, Response, g, jsonify, request
 
+from api.admin_failures import admin_failures_blueprint
 from api.admin_routes import admin_blueprint
 from api.creation_routes import creation_blueprint
 from api.creation_service import (
@@ -119,6 +120,7 @@ def create_app(
     app.register_blueprint(creation_blueprint(services.creations))
     app.register_blueprint(web_blueprint(media, services.creations))
     app.register_blueprint(admin_blueprint(store=store, settings=settings, route=route))
+    app.register_blueprint(admin_failures_blueprint(store=store, settings=settings))
 
     _install_request_tracing(app)
 

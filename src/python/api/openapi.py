@@ -322,6 +322,32 @@ def build_openapi() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/admin/failures": {
+                "get": {
+                    "summary": "Recent failed creations (24 h, newest first) with the internal "
+                    "detail users never see; admins only",
+                    "operationId": "admin_failures",
+                    "parameters": [
+                        _USER_HEADER,
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "id, user, kind, path, attempts, code, user message "
+                            "and internal detail of each failure",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "400": _error_response("Bad limit or identity header"),
+                        "401": _error_response("Not authenticated"),
+                        "403": _error_response("Not an admin"),
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "Process is up",
