@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from tools.affected_services import SERVICES, Service
-
 ROOT = Path(__file__).resolve().parents[2]
 API_SERVICE = ROOT / "src/python/api/deploy/service.yaml"
 VIDEO_JOB = ROOT / "src/python/jobs/video/deploy/job.yaml"
 IMAGE_JOB = ROOT / "src/python/jobs/image/deploy/job.yaml"
 QUEUE = ROOT / "src/python/api/deploy/cloud-tasks-queue.yaml"
+SWEEPER_JOB = ROOT / "src/python/api/deploy/sweeper-job.yaml"
+SWEEPER_SCHEDULE = ROOT / "src/python/api/deploy/sweeper-schedule.yaml"
 
 # The only placeholders deploy.yml substitutes (envsubst with an explicit list).
 PLACEHOLDERS = {
@@ -92,7 +92,11 @@ def seconds(duration: str | int | float) -> float:
 # --- Placeholders and env names ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [API_SERVICE, VIDEO_JOB, IMAGE_JOB, QUEUE], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    [API_SERVICE, VIDEO_JOB, IMAGE_JOB, QUEUE, SWEEPER_JOB, SWEEPER_SCHEDULE],
+    ids=lambda p: p.name,
+)
 def test_only_known_placeholders(path):
     code = "\n".join(line.split("#", 1)[0] for line in _file(path).splitlines())
     used = set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", code))
@@ -105,6 +109,7 @@ def _all_envs() -> dict[str, dict[str, str]]:
         "api": env_of(load(API_SERVICE)["spec"]["template"]["spec"]["containers"][0]),
         "video-job": env_of(job_spec(load(VIDEO_JOB))["containers"][0]),
         "image-job": env_of(job_spec(load(IMAGE_JOB))["containers"][0]),
+        "sweeper": env_of(job_spec(load(SWEEPER_JOB))["containers"][0]),
     }
 
 
@@ -300,7 +305,14 @@ def test_queue_protects_veo_and_the_admin_api():
 
 # --- Dockerfiles and the deploy matrix --------------------------------------------------------
 
-DEPLOYABLE = [s for s in SERVICES if s.deployable]
+# (directory, pex_binary name) of each deployable image. The deploy workflow finds them from
+# the BUILD files (docker_image tagged cloud-run: tests/integration/test_affected_services.py);
+# this list only names the Dockerfiles checked below.
+DEPLOYABLE = [
+    ("src/python/api", "api"),
+    ("src/python/jobs/video", "video-job"),
+    ("src/python/jobs/image", "image-job"),
+]
 
 
 def _final_stage(dockerfile: str) -> list[str]:
@@ -315,16 +327,16 @@ def _final_stage(dockerfile: str) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("service", DEPLOYABLE, ids=lambda s: s.name)
-def test_dockerfile(service: Service):
-    text = _file(ROOT / service.directory / "Dockerfile")
+@pytest.mark.parametrize("directory, pex", DEPLOYABLE, ids=lambda s: s)
+def test_dockerfile(directory: str, pex: str):
+    text = _file(ROOT / directory / "Dockerfile")
     froms = re.findall(r"^FROM\s+(\S+)", text, flags=re.M)
     assert froms and all(f.startswith("python:3.11-slim") for f in froms), froms
     # Pants puts the pex_binary's output at <dotted dir>/<name>.pex in the build context; the
     # pex_binary of each service is named after the service.
-    dotted = service.directory.rstrip("/").replace("/", ".")
+    dotted = directory.replace("/", ".")
     copies = re.findall(r"^COPY\s+(?!--from)(\S+)\s+(\S+)", text, flags=re.M)
-    assert copies == [(f"{dotted}/{service.name}.pex", "/app/app.pex")], copies
+    assert copies == [(f"{dotted}/{pex}.pex", "/app/app.pex")], copies
     assert "venv --compile" in text.replace("\\\n", " ")
     final = _final_stage(text)
     assert "USER 10001" in final, "run as non-root"
@@ -333,10 +345,37 @@ def test_dockerfile(service: Service):
     assert "PYTHONUNBUFFERED=1" in env_lines and "PHOENIX_LOG_FORMAT=json" in env_lines
 
 
-@pytest.mark.parametrize("service", DEPLOYABLE, ids=lambda s: s.name)
-def test_deploy_matrix_points_at_real_descriptors(service: Service):
-    assert service.descriptor and service.image_target
-    doc = load(ROOT / service.descriptor)
-    expected = {"service": "Service", "job": "Job"}[service.deploy_kind or ""]
-    assert doc["kind"] == expected
-    assert service.image_target.split(":")[0] == service.directory.rstrip("/")
+# --- The sweeper: a scheduled Cloud Run Job on the API's image ----------------------------------
+
+
+def test_sweeper_job_runs_the_sweep_module_with_the_apis_settings():
+    doc = load(SWEEPER_JOB)
+    assert (doc["apiVersion"], doc["kind"]) == ("run.googleapis.com/v1", "Job")
+    assert doc["spec"]["template"]["spec"]["taskCount"] == 1
+    spec = job_spec(doc)
+    assert spec["serviceAccountName"].startswith("phoenix-sweeper@"), "its own account"
+    assert spec["maxRetries"] == 0, "the next scheduled pass is the retry"
+    assert seconds(spec["timeoutSeconds"]) < 60, "a pass ends before the next one starts"
+    container = spec["containers"][0]
+    assert container["image"] == PLACEHOLDERS["IMAGE"]
+    # `python -m api.sweep` from the image's venv (the API Dockerfile's ENTRYPOINT is its
+    # pex in that venv; src/python/api:api depends on api/sweep.py so the module is there).
+    assert container["command"] == ["/app/venv/bin/python"]
+    assert container["args"] == ["-m", "api.sweep"]
+    assert 'ENTRYPOINT ["/app/venv/pex"]' in _file(ROOT / "src/python/api/Dockerfile")
+    # Same Settings as the API (store, dispatch, queue, jobs, bucket), minus the web server's.
+    api_env = env_of(load(API_SERVICE)["spec"]["template"]["spec"]["containers"][0])
+    web_only = {"WEB_CONCURRENCY", "GUNICORN_THREADS"}
+    assert env_of(container) == {k: v for k, v in api_env.items() if k not in web_only}
+
+
+def test_sweeper_schedule_starts_the_sweeper_job_every_minute():
+    doc = load(SWEEPER_SCHEDULE)
+    assert doc["kind"] == "SchedulerJob"
+    assert doc["schedule"] == "* * * * *"
+    project, region = PLACEHOLDERS["PROJECT_ID"], PLACEHOLDERS["REGION"]
+    job = load(SWEEPER_JOB)["metadata"]["name"]
+    assert doc["uri"] == f"https://run.googleapis.com/v2/projects/{project}/locations/{region}/jobs/{job}:run"
+    assert doc["httpMethod"] == "POST"
+    assert doc["oauthServiceAccount"] == f"phoenix-scheduler@{project}.iam.gserviceaccount.com"
+    assert doc["maxRetryAttempts"] == 0

@@ -1,9 +1,9 @@
 """``python -m api.sweep``: one sweeper pass, for a schedule in production.
 
 In production Cloud Scheduler runs this every minute as a Cloud Run Job that uses the API's
-image (it needs exactly the API's adapters: the store and the dispatchers), e.g.
-``gcloud run jobs create phoenix-sweeper --image <api image> --command /app/venv/bin/python
---args=-m,api.sweep``. The local runtime runs the same function in a thread instead.
+image (it needs exactly the API's adapters: the store and the dispatchers): deploy/
+sweeper-job.yaml and sweeper-schedule.yaml, applied by the deploy workflow. The local runtime
+runs the same function in a thread instead.
 Exit code: 0 when the pass ran (even if some re-dispatches failed: they are retried next
 minute), 2 on bad configuration.
 """
