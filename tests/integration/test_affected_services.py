@@ -1,9 +1,11 @@
-"""tools.affected_services against real git repositories (git init, real commits).
+"""tools.affected_services against real git history, answered by the repository's real Pants.
 
-A miniature of the monorepo proves each rule on its own (shared code, one service's directory,
-docs, the lockfile, a module only the jobs import, a deleted module, relative imports); then a
-copy of the real ``src/python`` proves the rules hold for the actual import graph, where a
-change to the creation lifecycle must redeploy all three services.
+The repository's files (as they are in this checkout) are copied into a temporary git
+repository and committed; each scenario then commits a change on a branch from that snapshot
+and asks the tool, which runs this repository's ``./pants`` (same pants.toml, same BUILD files,
+same dependency inference) inside the copy. Nested under ``./pants test``, that Pants has its
+own build root, workdir and pantsd (stopped by pid at the end); it reuses the checkout's
+``.pants-bootstrap`` venv and the user's named caches.
 """
 
 from __future__ import annotations
@@ -11,16 +13,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from tools import affected_services as aff
-from tools.affected_services import affected_services
 
-ALL_THREE = ["api", "video-job", "image-job"]
+API, VIDEO, IMAGE = "phoenix-api", "phoenix-video-job", "phoenix-image-job"
+ALL_THREE = [API, IMAGE, VIDEO]  # sorted by image target address
 
 
 def git(repo: Path, *args: str) -> str:
@@ -39,289 +43,231 @@ def git(repo: Path, *args: str) -> str:
     return proc.stdout.strip()
 
 
-def write(repo: Path, files: dict[str, str]) -> None:
+def _source_root() -> Path:
+    env = os.environ.get("PHOENIX_REPO_ROOT")
+    root = Path(env).resolve() if env else Path(__file__).resolve().parents[2]
+    if not (root / "pants").is_file() or not (root / ".git").exists():
+        pytest.fail(f"no checkout at {root} (set PHOENIX_REPO_ROOT to the repository root)")
+    return root
+
+
+def _stop_pantsd(repo: Path) -> None:
+    for pid_file in repo.glob(".pids/*/pantsd/pid"):
+        try:
+            pid = int(pid_file.read_text().strip())
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    src = _source_root()
+    dst = tmp_path_factory.mktemp("affected") / "repo"
+    listing = subprocess.run(
+        ["git", "-C", str(src), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for rel in filter(None, listing.split("\0")):
+        path = src / rel
+        if path.is_file() and not path.is_symlink():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dst / rel)
+    bootstrap = src / ".pants-bootstrap"
+    if bootstrap.exists():
+        (dst / ".pants-bootstrap").symlink_to(bootstrap.resolve())
+    git(dst, "init", "-q", "-b", "main")
+    exclude = dst / ".git/info/exclude"
+    exclude.write_text("/.pants-bootstrap\n/.pants.d/\n/.pids/\n/dist/\n/.tools\n")
+    git(dst, "add", "-A")
+    git(dst, "commit", "-q", "-m", "snapshot")
+    git(dst, "tag", "snapshot")
+    yield dst
+    _stop_pantsd(dst)
+
+
+def scenario(repo: Path, name: str, files: dict[str, str], delete: tuple[str, ...] = ()) -> str:
+    """A branch from the snapshot with one commit; returns the base (the snapshot)."""
+    git(repo, "checkout", "-q", "-f", "-B", name, "snapshot")
+    git(repo, "clean", "-q", "-fd")
     for rel, text in files.items():
         path = repo / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text))
-
-
-def commit(repo: Path, message: str) -> str:
+    for rel in delete:
+        (repo / rel).unlink()
     git(repo, "add", "-A")
-    git(repo, "commit", "-q", "--allow-empty", "-m", message)
-    return git(repo, "rev-parse", "HEAD")
+    git(repo, "commit", "-q", "--allow-empty", "-m", name)
+    return git(repo, "rev-parse", "snapshot")
 
 
-MINI = {
-    "pants.toml": "[GLOBAL]\npants_version = '2.17.1'\n",
-    "BUILD": "# root\n",
-    "README.md": "# Phoenix\n",
-    "docs/notes.md": "notes\n",
-    ".github/workflows/ci.yml": "on: push\n",
-    "3rdparty/python/requirements.txt": "flask\n",
-    "3rdparty/python/python-default.lock": "{}\n",
-    "tests/unit/test_x.py": "from common import x\n",
-    "src/python/common/__init__.py": "",
-    "src/python/common/BUILD": "python_sources(sources=['**/*.py'])\n",
-    "src/python/common/x.py": "import os\n\nVALUE = 1\n",
-    "src/python/common/unused.py": "VALUE = 3\n",
-    "src/python/common/domain/__init__.py": "",
-    # Relative import: common.domain.model -> common.domain.rules
-    "src/python/common/domain/model.py": "from .rules import RULE\n",
-    "src/python/common/domain/rules.py": "RULE = 1\n",
-    # Only the jobs import this (lazily, inside a function, like the real adapters).
-    "src/python/common/job_only.py": """
-        def run():
-            from common.domain.model import RULE
-            return RULE
-        """,
-    "src/python/api/__init__.py": "",
-    "src/python/api/BUILD": "pex_binary(name='api', entry_point='main.py')\n",
-    "src/python/api/main.py": """
-        import flask
+def touched(repo: Path, rel: str) -> dict[str, str]:
+    """``rel`` as in the snapshot, plus a comment line."""
+    return {rel: git(repo, "show", f"snapshot:{rel}") + "\n# touched by the test\n"}
 
-        from common import x
-        from api.routes import ROUTES
+
+def names(repo: Path, base: str) -> list[str]:
+    return aff.affected_services(repo, base).names
+
+
+def test_creation_lifecycle_change_affects_all_three(repo):
+    base = scenario(repo, "lifecycle", touched(repo, "src/python/common/domain/creation.py"))
+    result = aff.affected_services(repo, base)
+    assert result.names == ALL_THREE
+    assert not result.global_change
+    assert {d.image_target: d.deploy_dir for d in result.affected} == {
+        "src/python/api:docker": "src/python/api/deploy",
+        "src/python/jobs/image:docker": "src/python/jobs/image/deploy",
+        "src/python/jobs/video:docker": "src/python/jobs/video/deploy",
+    }
+
+
+def test_change_inside_one_job_stays_in_that_job(repo):
+    base = scenario(repo, "video", touched(repo, "src/python/jobs/video/main.py"))
+    assert names(repo, base) == [VIDEO]
+
+
+def test_module_only_the_jobs_import_affects_both_jobs_not_the_api(repo):
+    # The Vertex generator is imported lazily by the jobs only; the API's PEX has none of it.
+    base = scenario(
+        repo, "vertex", touched(repo, "src/python/common/adapters/vertex_generator.py")
+    )
+    assert names(repo, base) == [IMAGE, VIDEO]
+
+
+def test_docs_tests_and_workflows_affect_nothing(repo):
+    files = touched(repo, "README.md")
+    files.update(touched(repo, "tests/unit/test_sweeper.py"))
+    files.update(touched(repo, ".github/workflows/ci.yml"))
+    base = scenario(repo, "docs", files)
+    result = aff.affected_services(repo, base)
+    assert result.names == [] and result.changed  # something changed, nothing deployable
+
+
+def test_lockfile_change_affects_everything_through_pants(repo):
+    base = scenario(repo, "lock", touched(repo, "3rdparty/python/python-default.lock"))
+    result = aff.affected_services(repo, base)
+    assert result.names == ALL_THREE
+    assert not result.global_change  # Pants saw it: the requirements depend on the lockfile
+
+
+def test_unknown_base_means_everything(repo):
+    scenario(repo, "unknown-base", {})
+    for base in (aff.ZERO_SHA, "deadbeef" * 5):
+        result = aff.affected_services(repo, base)
+        assert result.names == ALL_THREE and result.global_change
+
+
+def test_merge_base_ignores_what_landed_on_main_meanwhile(repo):
+    base = scenario(repo, "feature", touched(repo, "src/python/jobs/image/main.py"))
+    feature = git(repo, "rev-parse", "HEAD")
+    # main moves on with a change that would affect everything...
+    git(repo, "checkout", "-q", "-B", "main-later", base)
+    (repo / "src/python/common/domain/creation.py").write_text(
+        (repo / "src/python/common/domain/creation.py").read_text() + "\n# later on main\n"
+    )
+    git(repo, "commit", "-q", "-am", "main moves on")
+    main_tip = git(repo, "rev-parse", "HEAD")
+    # ...and the PR (feature checked out, base = main's tip) still affects only its own job.
+    git(repo, "checkout", "-q", feature)
+    assert names(repo, main_tip) == [IMAGE]
+
+
+def test_untracked_package_data_affects_only_the_api(repo):
+    # Not committed, not even added: Pants diffs the working tree, and static/* is a
+    # resources() target the API's sources depend on.
+    base = scenario(repo, "worktree", {})
+    (repo / "src/python/api/static/extra.css").write_text("body {}\n")
+    assert names(repo, base) == [API]
+
+
+NEW_SERVICE = {
+    "src/python/jobs/audio/__init__.py": "",
+    "src/python/jobs/audio/main.py": """
+        from common.domain.creation import Status
+
+        print(Status.PENDING)
         """,
-    "src/python/api/routes.py": "ROUTES = []\n",
-    "src/python/api/static/app.js": "// js\n",
-    "src/python/jobs/__init__.py": "",
-    "src/python/jobs/BUILD": "python_sources()\n",
-    "src/python/jobs/video/__init__.py": "",
-    "src/python/jobs/video/main.py": """
-        import common.x
-        import common.job_only
+    "src/python/jobs/audio/Dockerfile": "FROM python:3.11-slim-bookworm\n",
+    "src/python/jobs/audio/deploy/job.yaml": "kind: Job\n",
+    "src/python/jobs/audio/BUILD": """
+        python_sources(name="lib")
+        pex_binary(name="audio-job", entry_point="main.py")
+        docker_image(
+            name="docker",
+            source="Dockerfile",
+            dependencies=[":audio-job"],
+            repository="phoenix-audio-job",
+            tags=["cloud-run"],
+        )
+        # An image for local use only: not tagged, never deployed.
+        docker_image(
+            name="docker-dev",
+            source="Dockerfile",
+            dependencies=[":audio-job"],
+            repository="phoenix-audio-dev",
+        )
         """,
-    "src/python/jobs/video/Dockerfile": "FROM python:3.11-slim\n",
-    "src/python/jobs/image/__init__.py": "",
-    "src/python/jobs/image/main.py": """
-        from common import job_only, x
-        """,
-    "src/python/jobs/image/deploy/job.yaml": "kind: Job\n",
 }
 
 
-@pytest.fixture
-def mini(tmp_path: Path) -> tuple[Path, str]:
-    repo = tmp_path / "mini"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    write(repo, MINI)
-    return repo, commit(repo, "initial")
-
-
-def change(repo: Path, base: str, files: dict[str, str], delete: tuple[str, ...] = ()) -> list[str]:
-    write(repo, files)
-    for rel in delete:
-        (repo / rel).unlink()
-    head = commit(repo, "change")
-    return affected_services(repo, base, head).affected
-
-
-def test_change_in_common_affects_all_three(mini):
-    repo, base = mini
-    assert change(repo, base, {"src/python/common/x.py": "VALUE = 2\n"}) == ALL_THREE
-
-
-def test_change_in_image_job_affects_only_image_job(mini):
-    repo, base = mini
-    assert change(repo, base, {"src/python/jobs/image/main.py": "from common import x\n"}) == [
-        "image-job"
-    ]
-
-
-def test_change_in_video_job_affects_only_video_job(mini):
-    repo, base = mini
-    assert change(repo, base, {"src/python/jobs/video/Dockerfile": "FROM python:3.12-slim\n"}) == [
-        "video-job"
-    ]
-
-
-def test_docs_tests_and_workflows_affect_nothing(mini):
-    repo, base = mini
-    affected = change(
-        repo,
-        base,
-        {
-            "README.md": "# Phoenix!\n",
-            "docs/notes.md": "more\n",
-            "tests/unit/test_x.py": "from common import x  # noqa\n",
-            ".github/workflows/ci.yml": "on: [push]\n",
-        },
+def test_a_new_service_is_its_build_target_only_and_untagged_images_are_not_deployed(repo):
+    base = scenario(repo, "new-service", NEW_SERVICE)
+    result = aff.affected_services(repo, base)
+    assert result.names == ["phoenix-audio-job"]
+    assert result.affected[0].deploy_dir == "src/python/jobs/audio/deploy"
+    # From now on it is one of the deployables: a shared change reaches it too.
+    git(repo, "tag", "-f", "with-audio")
+    (repo / "src/python/common/domain/creation.py").write_text(
+        (repo / "src/python/common/domain/creation.py").read_text() + "\n# shared\n"
     )
-    assert affected == []
+    git(repo, "commit", "-q", "-am", "shared change")
+    assert names(repo, "with-audio") == [API, "phoenix-audio-job", IMAGE, VIDEO]
 
 
-def test_lockfile_change_affects_everything(mini):
-    repo, base = mini
-    result = affected_services(
-        repo, base, _commit_change(repo, {"3rdparty/python/python-default.lock": '{"x": 1}\n'})
-    )
-    assert result.affected == [*ALL_THREE, "legacy-worker"]
-    assert result.global_change
-
-
-def test_pants_toml_change_affects_everything(mini):
-    repo, base = mini
-    assert change(repo, base, {"pants.toml": "[GLOBAL]\n"}) == [*ALL_THREE, "legacy-worker"]
-
-
-def test_module_only_jobs_import_affects_both_jobs_not_api(mini):
-    repo, base = mini
-    assert change(repo, base, {"src/python/common/job_only.py": "def run():\n    return 2\n"}) == [
-        "video-job",
-        "image-job",
-    ]
-
-
-def test_relative_import_is_followed(mini):
-    repo, base = mini
-    # common.domain.rules is reached only via `from .rules import RULE` in common.domain.model,
-    # which only the jobs import.
-    assert change(repo, base, {"src/python/common/domain/rules.py": "RULE = 2\n"}) == [
-        "video-job",
-        "image-job",
-    ]
-
-
-def test_package_init_on_the_path_counts(mini):
-    repo, base = mini
-    assert change(repo, base, {"src/python/common/domain/__init__.py": "X = 1\n"}) == [
-        "video-job",
-        "image-job",
-    ]
-
-
-def test_unimported_module_and_service_build_file(mini):
-    repo, base = mini
-    assert change(repo, base, {"src/python/common/unused.py": "VALUE = 4\n"}) == []
-    # common/BUILD owns every common module: all services that import common.
-    assert change(repo, base, {"src/python/common/BUILD": "python_sources()\n"}) == ALL_THREE
-
-
-def test_deleted_common_module_affects_its_importers(mini):
-    repo, base = mini
-    # Head no longer has common/x.py (the importers are broken, which CI will report); the
-    # base tree's closure still links it to all three services.
-    assert change(repo, base, {}, delete=("src/python/common/x.py",)) == ALL_THREE
-
-
-def test_deleted_jobs_only_module(mini):
-    repo, base = mini
-    assert change(repo, base, {}, delete=("src/python/common/job_only.py",)) == [
-        "video-job",
-        "image-job",
-    ]
-
-
-def test_working_tree_mode_sees_uncommitted_and_untracked_files(mini):
-    repo, base = mini
-    write(repo, {"src/python/api/routes.py": "ROUTES = [1]\n"})
-    assert affected_services(repo, base).affected == ["api"]
-    git(repo, "checkout", "--", ".")
-    write(repo, {"src/python/jobs/video/deploy/job.yaml": "kind: Job\n"})  # untracked
-    assert affected_services(repo, base).affected == ["video-job"]
-
-
-def test_unknown_base_means_everything(mini):
-    repo, _ = mini
-    head = git(repo, "rev-parse", "HEAD")
-    for base in (aff.ZERO_SHA, "deadbeef" * 5):
-        result = affected_services(repo, base, head)
-        assert result.affected == [*ALL_THREE, "legacy-worker"]
-
-
-def test_merge_base_ignores_what_landed_on_main_meanwhile(mini):
-    repo, base = mini
-    git(repo, "checkout", "-q", "-b", "feature")
-    feature = _commit_change(repo, {"src/python/jobs/image/main.py": "from common import x\n"})
-    git(repo, "checkout", "-q", "main")
-    main_head = _commit_change(repo, {"src/python/common/x.py": "VALUE = 9\n"})
-    # PR view: base = main's tip, head = the feature branch -> only the feature's own change.
-    assert affected_services(repo, main_head, feature).affected == ["image-job"]
-
-
-def _commit_change(repo: Path, files: dict[str, str]) -> str:
-    write(repo, files)
-    return commit(repo, "change")
-
-
-def test_cli_github_format(mini, capsys):
-    repo, base = mini
-    head = _commit_change(repo, {"src/python/jobs/image/main.py": "from common import x\n"})
-    assert (
-        aff.main(["--repo", str(repo), "--base", base, "--head", head, "--format", "github"]) == 0
-    )
+def test_cli_github_outputs_and_manual_service(repo, capsys):
+    base = scenario(repo, "cli", touched(repo, "src/python/jobs/image/main.py"))
+    assert aff.main(["--repo", str(repo), "--base", base, "--format", "github"]) == 0
     out = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
-    assert out["api"] == "false" and out["video-job"] == "false" and out["image-job"] == "true"
-    assert out["legacy-worker"] == "false"
-    assert json.loads(out["matrix"]) == ["image-job"]
     assert json.loads(out["deploy_matrix"]) == [
         {
-            "service": "image-job",
+            "service": IMAGE,
             "image_target": "src/python/jobs/image:docker",
-            "deploy_kind": "job",
-            "descriptor": "src/python/jobs/image/deploy/job.yaml",
+            "deploy_dir": "src/python/jobs/image/deploy",
         }
     ]
-    assert out["any"] == "true" and out["global"] == "false"
+    assert out["any_deployable"] == "true" and out["global"] == "false"
+
+    assert aff.main(["--repo", str(repo), "--service", API, "--format", "lines"]) == 0
+    assert capsys.readouterr().out == f"{API}\n"
+    assert aff.main(["--repo", str(repo), "--service", "no-such", "--format", "lines"]) == 2
+    assert "no-such" in capsys.readouterr().err
+    assert aff.main(["--repo", str(repo), "--base", base, "--head", "no-such-rev"]) == 2
+    # A head that is not checked out cannot be answered (Pants reads the working tree).
+    assert aff.main(["--repo", str(repo), "--base", base, "--head", base]) == 2
 
 
-def test_cli_manual_service_and_bad_head(mini, capsys):
-    repo, _ = mini
-    assert aff.main(["--service", "video-job", "--format", "lines"]) == 0
-    assert capsys.readouterr().out == "video-job\n"
-    assert aff.main(["--repo", str(repo), "--base", "HEAD", "--head", "no-such-rev"]) == 2
+def test_a_broken_build_file_fails_loudly(repo):
+    base = scenario(repo, "broken", {"src/python/jobs/video/BUILD": "pex_binary(name=\n"})
+    with pytest.raises(aff.PantsError):
+        aff.affected_services(repo, base)
 
 
-def test_legacy_worker_is_tracked_but_not_deployed(mini):
-    repo, base = mini
-    head = _commit_change(
-        repo,
-        {
-            "src/python/jobs/legacy/__init__.py": "",
-            "src/python/jobs/legacy/worker.py": "from common import x\n",
-        },
-    )
-    result = affected_services(repo, base, head)
-    assert result.affected == ["legacy-worker"]
-    assert aff.deploy_matrix(result.affected) == []
-
-
-# --- The real layout --------------------------------------------------------------------------
-
-
-def _real_root() -> Path:
-    env = os.environ.get("PHOENIX_REPO_ROOT")
-    return Path(env).resolve() if env else Path(__file__).resolve().parents[2]
-
-
-def test_real_layout_creation_lifecycle_change_affects_all_three(tmp_path):
-    src = _real_root()
-    if not (src / "src/python/common/domain/creation.py").is_file():
-        pytest.fail(f"no checkout at {src} (set PHOENIX_REPO_ROOT to the repository root)")
-    repo = tmp_path / "real"
-    shutil.copytree(
-        src / "src/python",
-        repo / "src/python",
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-    )
-    for name in ("pants.toml", "BUILD", "pants", "README.md"):
-        if (src / name).is_file():
-            shutil.copy2(src / name, repo / name)
-    shutil.copytree(src / "3rdparty", repo / "3rdparty")
-    git(repo, "init", "-q", "-b", "main")
-    base = commit(repo, "snapshot of the real layout")
-
-    creation = repo / "src/python/common/domain/creation.py"
-    creation.write_text(creation.read_text() + "\n# touched by the test\n")
-    head = commit(repo, "touch the creation lifecycle")
-    result = affected_services(repo, base, head)
-    for name in ALL_THREE:
-        assert name in result.affected, (name, result.reasons)
-
-    # And a change inside one job's directory stays inside that job.
-    (repo / "src/python/jobs/video/main.py").write_text(
-        (repo / "src/python/jobs/video/main.py").read_text() + "\n# touched\n"
-    )
-    assert affected_services(repo, head, commit(repo, "video only")).affected == ["video-job"]
+# Last: a pants.toml change restarts the nested Pants' scheduler (slow), twice.
+def test_pants_configuration_is_global(repo):
+    base = scenario(repo, "toml", touched(repo, "pants.toml"))
+    result = aff.affected_services(repo, base)
+    assert result.names == ALL_THREE and result.global_change
