@@ -17,6 +17,7 @@ import signal
 import subprocess
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,7 @@ def _stop_pantsd(repo: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
+def repo(tmp_path_factory) -> Iterator[Path]:
     src = _source_root()
     dst = tmp_path_factory.mktemp("affected") / "repo"
     listing = subprocess.run(
@@ -142,9 +143,7 @@ def test_change_inside_one_job_stays_in_that_job(repo):
 
 def test_module_only_the_jobs_import_affects_both_jobs_not_the_api(repo):
     # The Vertex generator is imported lazily by the jobs only; the API's PEX has none of it.
-    base = scenario(
-        repo, "vertex", touched(repo, "src/python/common/adapters/vertex_generator.py")
-    )
+    base = scenario(repo, "vertex", touched(repo, "src/python/common/adapters/vertex_generator.py"))
     assert names(repo, base) == [IMAGE, VIDEO]
 
 

@@ -195,7 +195,11 @@ def recorded(firestore_host, monkeypatch) -> tuple[list[tuple[str, Any]], str]:
         )
     # Every method that queries, with every parameter shape its signature allows.
     assert len(store.list_for_user("u0", 10)) == 2
-    status_sets: list[list[Status] | None] = [None, [Status.PENDING], [Status.PENDING, Status.PROCESSING]]
+    status_sets: list[list[Status] | None] = [
+        None,
+        [Status.PENDING],
+        [Status.PENDING, Status.PROCESSING],
+    ]
     for statuses, updated_before, created_after in itertools.product(
         status_sets, [None, now + timedelta(seconds=1)], [None, now - timedelta(hours=1)]
     ):

@@ -375,7 +375,10 @@ def test_sweeper_schedule_starts_the_sweeper_job_every_minute():
     assert doc["schedule"] == "* * * * *"
     project, region = PLACEHOLDERS["PROJECT_ID"], PLACEHOLDERS["REGION"]
     job = load(SWEEPER_JOB)["metadata"]["name"]
-    assert doc["uri"] == f"https://run.googleapis.com/v2/projects/{project}/locations/{region}/jobs/{job}:run"
+    assert (
+        doc["uri"]
+        == f"https://run.googleapis.com/v2/projects/{project}/locations/{region}/jobs/{job}:run"
+    )
     assert doc["httpMethod"] == "POST"
     assert doc["oauthServiceAccount"] == f"phoenix-scheduler@{project}.iam.gserviceaccount.com"
     assert doc["maxRetryAttempts"] == 0

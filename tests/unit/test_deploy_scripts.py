@@ -44,7 +44,7 @@ def fake(tmp_path: Path) -> FakeCli:
     return gcloud
 
 
-def run(tmp_path: Path, *argv: str, check: bool = True, **env: str):
+def run(tmp_path: Path, *argv: str | Path, check: bool = True, **env: str):
     proc = subprocess.run(
         [str(a) for a in argv],
         env=env_with(tmp_path / "bin", **env),
@@ -54,8 +54,21 @@ def run(tmp_path: Path, *argv: str, check: bool = True, **env: str):
         check=False,
     )
     if check and proc.returncode != 0:
-        pytest.fail(f"{argv[0]} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        pytest.fail(
+            f"{argv[0]} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return proc
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> list[Call]:
+    """The calls of one bootstrap run against a fresh project (shared by the tests below: a run
+    is ~75 gcloud calls)."""
+    tmp = tmp_path_factory.mktemp("fresh")
+    gcloud = install(tmp / "bin", "gcloud")
+    gcloud.answer(["projects", "describe", PROJECT], stdout=NUMBER + "\n")
+    bootstrap(tmp)
+    return gcloud.calls()
 
 
 def bootstrap(tmp_path: Path, *extra: str, check: bool = True):
@@ -118,7 +131,11 @@ EXPECTED_BINDINGS = {
     # the bucket
     (f"storage buckets gs://{PROJECT}-phoenix-media", member("api"), "roles/storage.objectUser"),
     (f"storage buckets gs://{PROJECT}-phoenix-media", member("jobs"), "roles/storage.objectUser"),
-    (f"storage buckets gs://{PROJECT}-phoenix-media", member("sweeper"), "roles/storage.objectUser"),
+    (
+        f"storage buckets gs://{PROJECT}-phoenix-media",
+        member("sweeper"),
+        "roles/storage.objectUser",
+    ),
     # the image repository
     ("artifacts repositories phoenix", member("deploy"), "roles/artifactregistry.writer"),
     # the jobs: Cloud Tasks' account may start the two generation jobs (with overrides) and
@@ -142,9 +159,8 @@ EXPECTED_BINDINGS = {
 }
 
 
-def test_bootstrap_fresh_project_sets_up_least_privilege(tmp_path, fake):
-    bootstrap(tmp_path)
-    calls = fake.calls()
+def test_bootstrap_fresh_project_sets_up_least_privilege(fresh):
+    calls = fresh
 
     created_accounts = sorted(
         c.argv[3] for c in calls if c.startswith("iam", "service-accounts", "create")
@@ -159,13 +175,19 @@ def test_bootstrap_fresh_project_sets_up_least_privilege(tmp_path, fake):
         if who != member("deploy"):
             assert not role.endswith((".admin", "Admin")), (who, role)
 
-    roles = {c.argv[3]: c.flag("permissions") for c in calls if c.startswith("iam", "roles", "create")}
+    roles = {
+        c.argv[3]: c.flag("permissions") for c in calls if c.startswith("iam", "roles", "create")
+    }
     assert roles == {
         "phoenixJobLauncher": "run.jobs.run,run.jobs.runWithOverrides",
         "phoenixExecutionCanceller": "run.executions.get,run.executions.cancel",
     }
 
-    (provider,) = [c for c in calls if c.startswith("iam", "workload-identity-pools", "providers", "create-oidc")]
+    (provider,) = [
+        c
+        for c in calls
+        if c.startswith("iam", "workload-identity-pools", "providers", "create-oidc")
+    ]
     assert provider.flag("issuer-uri") == "https://token.actions.githubusercontent.com"
     assert provider.flag("attribute-condition") == (
         "assertion.repository == 'acme/phoenix' && assertion.environment == 'production'"
@@ -189,7 +211,9 @@ def test_bootstrap_fresh_project_sets_up_least_privilege(tmp_path, fake):
     assert repo.flag("repository-format") == "docker" and repo.flag("location") == REGION
 
     # The shells the per-resource bindings attach to run as their own accounts.
-    shells = {c.argv[3]: c.flag("service-account") for c in calls if c.startswith("run", "jobs", "create")}
+    shells = {
+        c.argv[3]: c.flag("service-account") for c in calls if c.startswith("run", "jobs", "create")
+    }
     assert shells == {
         "phoenix-video-job": sa("jobs"),
         "phoenix-image-job": sa("jobs"),
@@ -197,18 +221,19 @@ def test_bootstrap_fresh_project_sets_up_least_privilege(tmp_path, fake):
     }
     # Bindings on a resource come after the resource exists.
     order = [" ".join(c.argv[:4]) for c in calls]
-    first_job_binding = next(i for i, c in enumerate(calls) if c.startswith("run", "jobs", "add-iam-policy-binding"))
-    assert max(i for i, o in enumerate(order) if o.startswith("run jobs create")) < first_job_binding
+    first_job_binding = next(
+        i for i, c in enumerate(calls) if c.startswith("run", "jobs", "add-iam-policy-binding")
+    )
+    assert (
+        max(i for i, o in enumerate(order) if o.startswith("run jobs create")) < first_job_binding
+    )
 
 
-def test_bootstrap_is_idempotent(tmp_path, fake):
-    bootstrap(tmp_path)
-    first = fake.calls()
+def test_bootstrap_is_idempotent(tmp_path, fake, fresh):
     # The project now has everything the first run looked for.
-    for c in first:
+    for c in fresh:
         if "describe" in c.argv[:5]:
             fake.answer(c.argv, stdout="{}")
-    fake.reset()
     bootstrap(tmp_path)
     second = fake.calls()
     assert verbs(second, "create") == [] and verbs(second, "create-oidc") == []
@@ -224,13 +249,13 @@ def test_bootstrap_is_idempotent(tmp_path, fake):
     assert bindings(second) == EXPECTED_BINDINGS
 
 
-def test_bootstrap_dry_run_prints_every_command_and_runs_none(tmp_path, fake):
-    bootstrap(tmp_path)
-    real = [c.argv for c in fake.calls()]
-    fake.reset()
+def test_bootstrap_dry_run_prints_every_command_and_runs_none(tmp_path, fake, fresh):
+    real = [c.argv for c in fresh]
     out = bootstrap(tmp_path, "--dry-run").stdout
     assert fake.calls() == []
-    printed = [shlex.split(line[2:])[1:] for line in out.splitlines() if line.startswith("+ gcloud ")]
+    printed = [
+        shlex.split(line[2:])[1:] for line in out.splitlines() if line.startswith("+ gcloud ")
+    ]
     # A dry run assumes nothing exists: it prints exactly what a fresh project gets.
     unplaceholder = [[a.replace("PROJECT_NUMBER", NUMBER) for a in argv] for argv in printed]
     assert unplaceholder == real
@@ -263,7 +288,9 @@ def test_api_deploy_applies_indexes_queue_service_sweeper_and_schedule(tmp_path,
     creates = [c for c in calls if c.startswith("firestore", "indexes", "composite", "create")]
     assert all("--async" not in c.argv for c in creates)
     spec = json.loads((API_DEPLOY / "firestore.indexes.json").read_text())
-    assert sorted((c.flag("collection-group"), tuple(c.flags("field-config"))) for c in creates) == sorted(
+    assert sorted(
+        (c.flag("collection-group"), tuple(c.flags("field-config"))) for c in creates
+    ) == sorted(
         (
             i["collectionGroup"],
             tuple(f"field-path={f['fieldPath']},order={f['order'].lower()}" for f in i["fields"]),
@@ -302,9 +329,13 @@ def test_api_deploy_applies_indexes_queue_service_sweeper_and_schedule(tmp_path,
     def at(prefix: str) -> int:
         return next(i for i, o in enumerate(order) if o.startswith(prefix))
 
-    assert at("firestore indexes composite create") < at("tasks queues create") < at(
-        "run services replace"
-    ) < at("run jobs replace") < at("scheduler jobs create")
+    assert (
+        at("firestore indexes composite create")
+        < at("tasks queues create")
+        < at("run services replace")
+        < at("run jobs replace")
+        < at("scheduler jobs create")
+    )
 
 
 def test_second_api_deploy_updates_instead_of_creating(tmp_path, fake):
@@ -327,7 +358,10 @@ def test_second_api_deploy_updates_instead_of_creating(tmp_path, fake):
     calls = fake.calls()
     creates = [c for c in calls if c.startswith("firestore", "indexes", "composite", "create")]
     assert len(creates) == len(spec["indexes"]) - 2
-    assert [f"field-path={f['fieldPath']},order={f['order'].lower()}" for f in spec["indexes"][2]["fields"]] == creates[0].flags("field-config")
+    assert [
+        f"field-path={f['fieldPath']},order={f['order'].lower()}"
+        for f in spec["indexes"][2]["fields"]
+    ] == creates[0].flags("field-config")
     assert verbs(calls, "create") == creates
     assert len([c for c in calls if c.startswith("scheduler", "jobs", "update", "http")]) == 1
     assert len([c for c in calls if c.startswith("tasks", "queues", "update")]) == 1
@@ -336,7 +370,13 @@ def test_second_api_deploy_updates_instead_of_creating(tmp_path, fake):
 @pytest.mark.parametrize("job", ["video", "image"])
 def test_job_deploy_replaces_only_its_job_by_digest(tmp_path, fake, job):
     image = f"{REGION}-docker.pkg.dev/{PROJECT}/phoenix/phoenix-{job}-job@{DIGEST}"
-    run(tmp_path, TOOLS / "deploy-service", ROOT / f"src/python/jobs/{job}/deploy", image, **deploy_env())
+    run(
+        tmp_path,
+        TOOLS / "deploy-service",
+        ROOT / f"src/python/jobs/{job}/deploy",
+        image,
+        **deploy_env(),
+    )
     calls = fake.calls()
     assert [c.argv[:3] for c in calls] == [["run", "jobs", "replace"]]
     text = rendered(calls[0])
@@ -359,7 +399,15 @@ def test_deploy_refuses_an_image_not_pinned_by_digest(tmp_path, fake, image):
 
 
 def test_deploy_refuses_missing_settings(tmp_path, fake):
-    proc = run(tmp_path, TOOLS / "deploy-service", API_DEPLOY, IMAGE, check=False, PROJECT_ID=PROJECT, REGION=REGION)
+    proc = run(
+        tmp_path,
+        TOOLS / "deploy-service",
+        API_DEPLOY,
+        IMAGE,
+        check=False,
+        PROJECT_ID=PROJECT,
+        REGION=REGION,
+    )
     assert proc.returncode != 0 and "MEDIA_BUCKET" in proc.stderr
     assert fake.calls() == []
 
@@ -380,7 +428,14 @@ def _docker_info(tmp_path: Path, sha: str) -> Path:
                         "alias": "gar",
                         "address": f"{REGION}-docker.pkg.dev/{PROJECT}/phoenix",
                         "repository": "phoenix-api",
-                        "tags": [{"template": "{build_args.GIT_SHA}", "tag": sha, "uses_local_alias": False, "name": f"{REGISTRY_IMAGE}:{sha}"}],
+                        "tags": [
+                            {
+                                "template": "{build_args.GIT_SHA}",
+                                "tag": sha,
+                                "uses_local_alias": False,
+                                "name": f"{REGISTRY_IMAGE}:{sha}",
+                            }
+                        ],
                     }
                 ],
             }
@@ -389,7 +444,9 @@ def _docker_info(tmp_path: Path, sha: str) -> Path:
     return info
 
 
-@pytest.mark.parametrize("registry_digest, ok", [(DIGEST, True), ("sha256:" + "cd" * 32, False), ("", False)])
+@pytest.mark.parametrize(
+    "registry_digest, ok", [(DIGEST, True), ("sha256:" + "cd" * 32, False), ("", False)]
+)
 def test_push_image_prints_the_registry_digest(tmp_path, fake, registry_digest, ok):
     sha = "0123456789abcdef0123456789abcdef01234567"
     _docker_info(tmp_path, sha)
@@ -430,7 +487,9 @@ def test_deploy_workflow_runs_the_tested_scripts():
     assert 'tools/deploy/push-image "$IMAGE_TARGET"' in runs
     assert 'tools/deploy/deploy-service "$DEPLOY_DIR" "$IMAGE"' in runs
     push = next(s for s in steps if s.get("run", "").strip().startswith("tools/deploy/push-image"))
-    deploy = next(s for s in steps if s.get("run", "").strip().startswith("tools/deploy/deploy-service"))
+    deploy = next(
+        s for s in steps if s.get("run", "").strip().startswith("tools/deploy/deploy-service")
+    )
     # The deployed image is the pushed digest, not a tag.
     assert deploy["env"]["IMAGE"] == "${{ steps.%s.outputs.image }}" % push["id"]
     # Every other `run:` is a one-liner: no deploy logic hides in YAML where no test runs it.

@@ -86,7 +86,7 @@ def exemption_commands(spec: dict[str, Any], project: str, database: str) -> lis
     for override in spec.get("fieldOverrides", []):
         if override.get("indexes") != []:
             raise ValueError(
-                f"{override!r}: only exemptions (\"indexes\": []) are supported; "
+                f'{override!r}: only exemptions ("indexes": []) are supported; '
                 "write other single-field settings here when one is needed"
             )
         cmds.append(
@@ -111,7 +111,9 @@ def _say(cmd: list[str], dry_run: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="firestore_indexes.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="firestore_indexes.py", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("file", type=Path)
     parser.add_argument("--project", required=True)
     parser.add_argument("--database", default="(default)")
@@ -147,13 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         existing = existing_indexes(json.loads(proc.stdout or "[]"))
 
     for index in existing - set(wanted):
-        print(f"firestore_indexes: {index} exists but is not in {args.file} (kept)", file=sys.stderr)
+        print(
+            f"firestore_indexes: {index} exists but is not in {args.file} (kept)", file=sys.stderr
+        )
     commands = [create_command(i, args.project, args.database) for i in wanted if i not in existing]
     for cmd in [*commands, *exemptions]:
         _say(cmd, args.dry_run)
         if not args.dry_run:
-            proc = subprocess.run(cmd, check=False)
-            if proc.returncode != 0:
+            if subprocess.run(cmd, check=False).returncode != 0:
                 print(f"firestore_indexes: failed: {shlex.join(cmd)}", file=sys.stderr)
                 return 1
     return 0
