@@ -206,6 +206,7 @@ def recorded(firestore_host, monkeypatch) -> tuple[list[tuple[str, Any]], str]:
         store.scan(
             statuses=statuses, updated_before=updated_before, created_after=created_after, limit=50
         )
+    store.quota_holders(limit=10)  # the quota sweep: one inequality, a single-field index
     store.close()
     return recorder.queries, prefix
 
