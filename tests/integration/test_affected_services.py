@@ -84,7 +84,14 @@ def repo(tmp_path_factory) -> Iterator[Path]:
     ).stdout.decode()
     for rel in filter(None, listing.split("\0")):
         path = src / rel
-        if path.is_file() and not path.is_symlink():
+        if path.is_symlink():
+            # Tracked relative links (a service's Dockerfile -> the shared one) stay links;
+            # absolute ones (a worktree's .pants-bootstrap) are machine state, not the repo.
+            target = os.readlink(path)
+            if not os.path.isabs(target):
+                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+                (dst / rel).symlink_to(target)
+        elif path.is_file():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, dst / rel)
     bootstrap = src / ".pants-bootstrap"
