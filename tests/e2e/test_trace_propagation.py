@@ -52,6 +52,9 @@ def test_api_and_job_spans_and_logs_share_one_trace(tmp_path: Path) -> None:
     api_pid = request[0]["pid"]
 
     in_trace = [s for s in spans if s["trace_id"] == trace_id]
+    # Handing the creation to its queue is a span of its own under the request's.
+    (dispatch,) = [s for s in in_trace if s["name"] == "dispatch local"]
+    assert dispatch["parent_span_id"] == request[0]["span_id"]
     job_spans = {s["name"]: s for s in in_trace if s["pid"] != api_pid}
     assert {"job.image", "job.claim", "job.generate", "job.store_media", "job.complete"} <= set(
         job_spans

@@ -56,7 +56,7 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 def test_json_line_has_cloud_logging_fields_and_bound_context() -> None:
     buf = _configure()
-    with logs.bind_creation("c-123", kind="video", path="cloudtasks"):
+    with logs.bind_creation("c-123", kind="video", path="cloud-tasks"):
         logs.get_logger("phoenix.test").info("creation_claimed", attempt=2)
     logs.get_logger("phoenix.test").info("after")
 
@@ -65,18 +65,38 @@ def test_json_line_has_cloud_logging_fields_and_bound_context() -> None:
     assert first["message"] == "creation_claimed"
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$", first["time"])
     assert first["service"] == "phoenix-test"
-    assert (first["creation_id"], first["kind"], first["path"]) == ("c-123", "video", "cloudtasks")
+    assert (first["creation_id"], first["kind"], first["path"]) == ("c-123", "video", "cloud-tasks")
     assert first["attempt"] == 2
     assert first["logging.googleapis.com/labels"] == {
         "service": "phoenix-test",
         "kind": "video",
-        "path": "cloudtasks",
+        "path": "cloud-tasks",
     }
     # No span is active: no trace keys (Cloud Logging would otherwise link to a bogus trace).
     assert not any(k.startswith("logging.googleapis.com/trace") for k in first)
     assert "logging.googleapis.com/spanId" not in first
     # The with-block restored the context.
     assert "creation_id" not in after
+
+
+def test_the_path_label_is_the_dispatch_path_only() -> None:
+    """Labels are indexed: a URL path (one per creation id) must never become the ``path``
+    label, whichever logger sets a ``path`` field; the access log calls it ``url_path``."""
+    from api.main import access_fields
+
+    buf = _configure()
+    logs.get_logger("phoenix.test").info("stray", path="/api/creations/4bf92f3577b3")
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/api/creations/4bf92f3577b3"}
+    fields = access_fields(environ, None, 0.002, structured=True)
+    logs.get_logger("phoenix.access").info("http_request", **fields)
+    with logs.bind_creation("c-1", kind="image", path="celery"):
+        logs.get_logger("phoenix.test").info("dispatched")
+
+    stray, access, dispatched = _lines(buf)
+    assert stray["logging.googleapis.com/labels"] == {"service": "phoenix-test"}
+    assert "path" not in access and access["url_path"] == "/api/creations/4bf92f3577b3"
+    assert "path" not in access["logging.googleapis.com/labels"]
+    assert dispatched["logging.googleapis.com/labels"]["path"] == "celery"
 
 
 def test_bind_creation_as_a_plain_call_binds_until_cleared() -> None:

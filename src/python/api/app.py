@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from flask import Blueprint, Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify
 
 from api.admin_failures import admin_failures_blueprint
 from api.admin_routes import admin_blueprint
@@ -28,7 +28,7 @@ from api.creation_service import (
 from api.errors import error_response, register_error_handlers
 from api.generation_routes import generation_blueprint
 from api.web_routes import web_blueprint
-from common import bootstrap
+from common import bootstrap, observability
 from common.auth import FirebaseTokenVerifier
 from common.config import Settings
 from common.dispatchers import build_dispatcher
@@ -122,7 +122,7 @@ def create_app(
     app.register_blueprint(admin_blueprint(store=store, settings=settings, route=route))
     app.register_blueprint(admin_failures_blueprint(store=store, settings=settings))
 
-    _install_request_tracing(app)
+    _install_request_context(app)
 
     @app.after_request
     def _security_headers(response: Response) -> Response:
@@ -133,54 +133,17 @@ def create_app(
     return app
 
 
-def _install_request_tracing(app: Flask) -> None:
-    """One SERVER span per request, continuing the caller's trace (W3C ``traceparent``, or the
-    ``X-Cloud-Trace-Context`` Cloud Run's front end adds). A creation made in the request
-    carries this span's traceparent to its job, so API and job share one trace. Before
-    ``configure_tracing`` (unit tests) the tracer is a no-op and this costs next to nothing."""
-    from opentelemetry import context as otel_context
-    from opentelemetry import trace
-
-    from common import tracing
+def _install_request_context(app: Flask) -> None:
+    """A SERVER span per request (``common.observability.instrument_flask``: the maintained
+    Flask instrumentation, continuing the caller's ``traceparent`` or Cloud Run's
+    ``X-Cloud-Trace-Context``); a creation made in the request carries that span's traceparent
+    to its job, so API and job share one trace. Threads are reused across requests: log fields
+    bound by the last one must not leak into the next."""
+    observability.instrument_flask(app)
 
     @app.before_request
-    def _start_span() -> None:
-        # Threads are reused across requests: log fields bound by the last one must not leak.
+    def _fresh_log_context() -> None:
         structlog.contextvars.clear_contextvars()
-        rule = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
-        span = tracing.tracer("phoenix.api").start_span(
-            f"{request.method} {rule}",
-            context=tracing.context_from_headers(dict(request.headers.items())),
-            kind=trace.SpanKind.SERVER,
-            attributes={
-                "http.request.method": request.method,
-                "http.route": rule,
-                "url.path": request.path,
-            },
-        )
-        token = otel_context.attach(trace.set_span_in_context(span))
-        g.phoenix_span = (span, token)
-
-    @app.after_request
-    def _record_status(response: Response) -> Response:
-        held = g.get("phoenix_span")
-        if held is not None:
-            held[0].set_attribute("http.response.status_code", response.status_code)
-            if response.status_code >= 500:
-                held[0].set_status(trace.Status(trace.StatusCode.ERROR))
-        return response
-
-    @app.teardown_request
-    def _end_span(exc: BaseException | None) -> None:
-        held = g.pop("phoenix_span", None)
-        if held is None:
-            return
-        span, token = held
-        if exc is not None:
-            span.record_exception(exc)
-            span.set_status(trace.Status(trace.StatusCode.ERROR))
-        otel_context.detach(token)
-        span.end()
 
 
 def services_of(app: Flask) -> PhoenixServices:

@@ -91,6 +91,21 @@ def current_traceparent() -> str | None:
     return tracing.current_traceparent()
 
 
+def _dispatch_span(creation_id: str, kind: str, path: str) -> Any:
+    """The ``dispatch <path>`` span around handing a creation to its queue (a child of the
+    request's span; the Cloud Tasks or Celery client call nests under it). The job joins the
+    request's trace, not this span: the dispatch ends long before the job starts."""
+    from opentelemetry.trace import SpanKind
+
+    from common import tracing
+
+    return tracing.tracer("phoenix.api").start_as_current_span(
+        f"dispatch {path}",
+        kind=SpanKind.PRODUCER,
+        attributes={"phoenix.creation_id": creation_id, "phoenix.kind": kind, "phoenix.path": path},
+    )
+
+
 class RateLimited(Exception):
     """Admission refused: too many unfinished creations, too many requests this minute, or the
     service-wide ceiling. ``reason`` is the stable refusal code (``common.domain.quota``)."""
@@ -220,7 +235,8 @@ class CreationService:
         bound = log.bind(creation_id=creation.id, kind=req.kind.value, path=path)
         payload = TaskPayload(creation_id=creation.id, kind=req.kind, traceparent=traceparent)
         try:
-            self.dispatchers(path).dispatch(payload)
+            with _dispatch_span(creation.id, req.kind.value, path):
+                self.dispatchers(path).dispatch(payload)
         except Exception as exc:  # DispatchError, or a dispatcher that cannot even be built
             reason = f"{type(exc).__name__}: {exc}"
             bound.warning("dispatch_failed", error=reason)

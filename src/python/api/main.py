@@ -48,7 +48,8 @@ def access_fields(environ: dict, resp: Any, latency_s: float, *, structured: boo
     sent = getattr(resp, "sent", None)
     fields: dict[str, Any] = {
         "method": environ.get("REQUEST_METHOD"),
-        "path": path,
+        # Not "path": that field (and its Cloud Logging label) is the dispatch path.
+        "url_path": path,
         "status": status,
         "duration_ms": round(latency_s * 1000, 1),
         "bytes": sent,
@@ -103,10 +104,10 @@ def _gunicorn_application(settings: Settings, options: ServeOptions, service: st
             o = options
 
             def post_fork(server: Any, worker: Any) -> None:
-                # Exporter threads do not survive fork(): tracing starts in each worker.
-                from common import tracing
+                # Exporter threads do not survive fork(): each worker sets up its own.
+                from common import observability
 
-                tracing.configure_tracing(service)
+                observability.configure_telemetry(settings, service)
 
             def when_ready(server: Any) -> None:
                 if o.ready_message:
@@ -129,12 +130,12 @@ def _gunicorn_application(settings: Settings, options: ServeOptions, service: st
                 release(worker)
 
             def worker_exit(server: Any, worker: Any) -> None:
-                from common import tracing
+                from common import observability
 
                 try:
                     release(worker)
                 finally:
-                    tracing.shutdown_tracing()
+                    observability.shutdown()
 
             config: dict[str, Any] = {
                 "bind": [f"{o.host}:{o.port}"],
@@ -171,17 +172,11 @@ def _gunicorn_application(settings: Settings, options: ServeOptions, service: st
     return PhoenixGunicorn()
 
 
-def configure_observability(settings: Settings, service: str) -> None:
-    """Logging once per process tree, before gunicorn forks (workers inherit it)."""
-    from common import logs
-
-    logs.configure_logging(
-        settings.log_format, settings.log_level, service=service, gcp_project=settings.gcp_project
-    )
-
-
 def serve(settings: Settings, options: ServeOptions, service: str = API_SERVICE) -> int:
-    configure_observability(settings, service)
+    from common import observability
+
+    # The master only logs; each worker adds traces and metrics in post_fork.
+    observability.configure_logs(settings, service)
     # Gunicorn parses sys.argv in BaseApplication; our flags are not its flags.
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
@@ -194,10 +189,9 @@ def serve(settings: Settings, options: ServeOptions, service: str = API_SERVICE)
 def serve_dev(settings: Settings, host: str, port: int, service: str = API_SERVICE) -> int:
     """Flask's development server: one process, threads, no gunicorn (debugging)."""
     from api.app import create_app, services_of
-    from common import tracing
+    from common import observability
 
-    configure_observability(settings, service)
-    tracing.configure_tracing(service)
+    observability.configure(settings, service)
     app = create_app(settings)
     # SIGTERM unwinds like Ctrl+C, so local job processes are stopped in ``finally``.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
@@ -205,7 +199,7 @@ def serve_dev(settings: Settings, host: str, port: int, service: str = API_SERVI
         app.run(host=host, port=port, threaded=True, use_reloader=False)
     finally:
         services_of(app).close()
-        tracing.shutdown_tracing()
+        observability.shutdown()
     return 0
 
 

@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from api.creation_service import DispatcherPool
-    from common import bootstrap, logs
+    from common import bootstrap, observability
     from common.config import ConfigError, Settings
     from common.dispatchers import build_dispatcher
     from common.domain.creation import utcnow
@@ -33,15 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         route = make_route(settings)
+        observability.configure(settings, "phoenix-sweeper")
     except ConfigError as exc:
         print(f"phoenix-sweep: {exc}", file=sys.stderr)
         return 2
-    logs.configure_logging(
-        settings.log_format,
-        settings.log_level,
-        service="phoenix-sweeper",
-        gcp_project=settings.gcp_project,
-    )
     store = bootstrap.build_store(settings)
     dispatchers = DispatcherPool(lambda path: build_dispatcher(settings, path))
     try:
@@ -61,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         dispatchers.close()
         store.close()
+        observability.shutdown()
     print(json.dumps(report.as_dict()))
     return 0
 

@@ -113,6 +113,9 @@ class Settings:
     auth: str = "local"
     log_format: str = "pretty"  # "json" in production (Cloud Logging)
     log_level: str = "INFO"
+    # Where spans and metrics go: none, console, file:PATH, otlp, gcp (common.otel_export).
+    trace_exporter: str = "none"
+    metrics_exporter: str = "none"
     gcp_project: str = ""
     gcp_location: str = "us-central1"
     # Job behaviour
@@ -197,6 +200,8 @@ class Settings:
             auth=_auth_mode(env, store),
             log_format=_choice(env, "PHOENIX_LOG_FORMAT", "pretty", ("pretty", "json")),
             log_level=env.get("PHOENIX_LOG_LEVEL", "INFO").upper(),
+            trace_exporter=env.get("PHOENIX_TRACE_EXPORTER", "").strip() or "none",
+            metrics_exporter=env.get("PHOENIX_METRICS_EXPORTER", "").strip() or "none",
             gcp_project=env.get("PHOENIX_GCP_PROJECT", env.get("GOOGLE_CLOUD_PROJECT", "")),
             gcp_location=env.get("PHOENIX_GCP_LOCATION", "us-central1"),
             lease_seconds=_int(env, "PHOENIX_LEASE_SECONDS", 120, minimum=1),

@@ -70,14 +70,13 @@ def main(kind: Kind, argv: Sequence[str] | None = None) -> int:
         print(f"phoenix-{kind.value}-job: {exc}", file=sys.stderr)
         return 2
 
-    from common import logs, metrics, tracing
+    from common import logs, observability, tracing
 
-    service = f"phoenix-{kind.value}-job"
-    logs.configure_logging(
-        settings.log_format, settings.log_level, service=service, gcp_project=settings.gcp_project
-    )
-    tracing.configure_tracing(service)
-    metrics.configure_metrics(service=service)
+    try:
+        observability.configure(settings, f"phoenix-{kind.value}-job")
+    except ConfigError as exc:
+        print(f"phoenix-{kind.value}-job: {exc}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     log = logs.get_logger(__name__)
     execution = os.environ.get("CLOUD_RUN_EXECUTION")
@@ -123,6 +122,5 @@ def main(kind: Kind, argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, _exit_on_sigterm)
             if deps is not None:
                 deps.store.close()
-    tracing.shutdown_tracing()
-    metrics.shutdown_metrics()
+    observability.shutdown()
     return outcome.exit_code

@@ -1,6 +1,6 @@
 """Creation metrics (OpenTelemetry): how many creations are created, completed and failed, how
 long they wait in the queue and how long they run, split by ``kind`` (video/image) and ``path``
-(the dispatch path, e.g. celery vs cloudtasks during the migration).
+(the dispatch path, e.g. celery vs cloud-tasks during the migration).
 
 Why functions and not instruments at call sites: callers (API, job runner) record a business
 event in one line and never touch OpenTelemetry; the attribute set stays fixed and small
@@ -14,7 +14,9 @@ use a PeriodicExportingMetricReader (interval from ``OTEL_METRIC_EXPORT_INTERVAL
 60 s); ``shutdown_metrics`` (also at exit) collects and exports a final time, which is what a
 short-lived job relies on.
 
-Nothing from OpenTelemetry is imported with this module.
+Every entrypoint (API worker, jobs, legacy worker, sweeper) configures this through
+``common.observability.configure``; exporter plumbing shared with tracing is in
+``common.otel_export``. Nothing from OpenTelemetry is imported with this module.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from common.config import ConfigError
+from common import otel_export
+from common.config import Settings
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from opentelemetry.metrics import Counter, Histogram, Meter
@@ -45,7 +48,6 @@ __all__ = [
 ]
 
 EXPORTER_ENV = "PHOENIX_METRICS_EXPORTER"
-EXPORTERS = ("none", "console", "file:PATH", "otlp", "gcp")
 METER_NAME = "phoenix"
 
 CREATED = "phoenix.creations.created"
@@ -111,19 +113,17 @@ def _json_lines(metrics_data: Any) -> str:
 def _file_metric_exporter(path: str) -> Any:
     from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
 
-    from common.tracing import append_json_lines, json_lines_path
-
     class JsonLinesMetricExporter(MetricExporter):  # type: ignore[misc]
-        """Appends one JSON line per data point (``tracing.append_json_lines``)."""
+        """Appends one JSON line per metric (``otel_export.append_json_lines``)."""
 
         def __init__(self, target: str) -> None:
             super().__init__()
-            self.path = json_lines_path(target)
+            self.path = otel_export.json_lines_path(target)
 
         def export(
             self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any
         ) -> MetricExportResult:
-            ok = append_json_lines(self.path, _metric_lines(metrics_data))
+            ok = otel_export.append_json_lines(self.path, _metric_lines(metrics_data))
             return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
 
         def force_flush(self, timeout_millis: float = 10_000) -> bool:
@@ -135,39 +135,29 @@ def _file_metric_exporter(path: str) -> Any:
     return JsonLinesMetricExporter(path)
 
 
-def _missing(exporter: str, package: str, exc: ImportError) -> ConfigError:
-    from common.tracing import missing_exporter
-
-    return missing_exporter(EXPORTER_ENV, exporter, package, exc)
-
-
-def _exporter(spec: str) -> Any:
+def _exporter(spec: str, project: str) -> Any:
     if spec == "console":
         from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
 
         # stderr: stdout carries the JSON logs Cloud Logging parses.
         return ConsoleMetricExporter(out=sys.stderr, formatter=_json_lines)
     if spec.startswith("file:"):
-        path = spec[len("file:") :].strip()
-        if not path:
-            raise ConfigError(f"{EXPORTER_ENV}={spec!r}: file: needs a path")
-        return _file_metric_exporter(path)
+        return _file_metric_exporter(otel_export.file_path(EXPORTER_ENV, spec))
     if spec == "otlp":
-        from common.tracing import otlp_exporter
-
-        return otlp_exporter("metrics", EXPORTER_ENV)
+        return otel_export.otlp_exporter("metrics", EXPORTER_ENV)
     if spec == "gcp":
         try:
             from opentelemetry.exporter.cloud_monitoring import CloudMonitoringMetricsExporter
         except ImportError as exc:
-            raise _missing("gcp", "opentelemetry-exporter-gcp-monitoring", exc) from exc
-        project = os.environ.get("PHOENIX_GCP_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT")
+            raise otel_export.missing_exporter(
+                EXPORTER_ENV, "gcp", "opentelemetry-exporter-gcp-monitoring", exc
+            ) from exc
         return (
             CloudMonitoringMetricsExporter(project_id=project)
             if project
             else CloudMonitoringMetricsExporter()
         )
-    raise ConfigError(f"{EXPORTER_ENV}={spec!r} is not one of {', '.join(EXPORTERS)}")
+    raise otel_export.unknown_exporter(EXPORTER_ENV, spec)
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,34 +165,36 @@ def _exporter(spec: str) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def configure_metrics(exporter: str | None = None, *, service: str | None = None) -> None:
-    """Chooses where creation metrics go, once per process (later calls do nothing). ``service``
-    becomes the resource's ``service.name`` (default ``OTEL_SERVICE_NAME`` or ``phoenix``); the
-    Cloud Run execution is added like in tracing, so each short-lived job writes its own series.
-    """
+def configure_metrics(
+    exporter: str | None = None, *, service: str | None = None, project: str = ""
+) -> None:
+    """Chooses where creation metrics go, once per process (later calls do nothing).
+    ``exporter`` defaults to ``Settings.metrics_exporter`` (``PHOENIX_METRICS_EXPORTER``).
+    ``service`` becomes the resource's ``service.name`` (default ``OTEL_SERVICE_NAME`` or
+    ``phoenix``); the Cloud Run execution is added like in tracing, so each short-lived job
+    writes its own series."""
     global _configured, _provider, _instruments, _atexit_registered
     with _lock:
         if _configured:
             return
-        spec = (exporter if exporter is not None else os.environ.get(EXPORTER_ENV, "")).strip()
-        spec = spec or "none"
+        if exporter is None:
+            settings = Settings.from_env()
+            exporter, project = settings.metrics_exporter, project or settings.gcp_project
+        spec = exporter.strip() or "none"
         if spec == "none":
             _configured = True
             _instruments = None
             return
-        metric_exporter = _exporter(spec)
+        metric_exporter = _exporter(spec, project)
 
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-        from opentelemetry.sdk.resources import Resource
-
-        from common.tracing import _resource_attributes
 
         name = service or os.environ.get("OTEL_SERVICE_NAME") or "phoenix"
         reader: MetricReader = PeriodicExportingMetricReader(metric_exporter)
         _provider = MeterProvider(
             metric_readers=[reader],
-            resource=Resource.create(_resource_attributes(name, os.environ)),
+            resource=otel_export.resource(name, spec),
             shutdown_on_exit=False,
         )
         _instruments = None

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from common import metrics
 from common.domain import creation as lifecycle
 from common.domain.creation import Creation, CreationError, Kind, Status
 from common.domain.errors import AlreadyClaimed, AlreadyFinished, DomainError
@@ -146,9 +147,12 @@ def _fail(store: CreationStore, c: Creation, now: datetime, code: str, message: 
                 cur, owner=None, now=now, error=CreationError(code, message)
             ),
         )
-        return True
     except (AlreadyClaimed, AlreadyFinished):
         return False  # it moved on while we looked: leave it to its new owner
+    # A creation the sweeper fails never reaches a job: without this it would be missing from
+    # the failure counter.
+    metrics.record_failed(c.kind.value, c.path, code)
+    return True
 
 
 def _sweep_one(

@@ -1,6 +1,8 @@
 """OpenTelemetry tracing shared by the API and the jobs: one trace per creation, across processes.
 
-The API starts a span per request, puts the W3C ``traceparent`` of that span into the task
+The API's SERVER span per request comes from the maintained Flask instrumentation (installed by
+``common.observability.instrument_flask``, continuing the caller's ``traceparent`` or
+``X-Cloud-Trace-Context``); the API puts the W3C ``traceparent`` of the active span into the task
 payload, the dispatcher turns it into the job execution's ``TRACEPARENT`` env override (Cloud
 Tasks headers never reach a Cloud Run Job container), and the job starts its span under
 ``context_from_env(os.environ)`` (OTel's "environment variables as context carriers").
@@ -30,7 +32,6 @@ Cost: only the OpenTelemetry API is imported with this module; the SDK is import
 from __future__ import annotations
 
 import atexit
-import importlib
 import json
 import os
 import sys
@@ -39,9 +40,19 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from common.config import ConfigError
+from common.config import Settings
+from common.otel_export import (
+    append_json_lines,
+    file_path,
+    json_lines_path,
+    missing_exporter,
+    otlp_exporter,
+    resource,
+    unknown_exporter,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -59,7 +70,6 @@ __all__ = [
 ]
 
 EXPORTER_ENV = "PHOENIX_TRACE_EXPORTER"
-EXPORTERS = ("none", "console", "file:PATH", "otlp", "gcp")
 
 _W3C = TraceContextTextMapPropagator()
 _lock = threading.Lock()
@@ -99,42 +109,12 @@ def _span_record(span: ReadableSpan) -> dict[str, Any]:
     }
 
 
-def json_lines_path(target: str) -> str:
-    """The absolute path a ``file:PATH`` exporter appends to (its directory created)."""
-    path = os.path.abspath(target)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    return path
-
-
-def append_json_lines(path: str, records: Sequence[Any]) -> bool:
-    """Appends one JSON object per line in a single ``write`` on an O_APPEND descriptor, so
-    the processes sharing a file (API and jobs) never interleave inside a line. Shared by the
-    span and metric file exporters; False when the write failed."""
-    if not records:
-        return True
-    data = "".join(
-        json.dumps(r, default=str, separators=(",", ":")) + "\n" for r in records
-    ).encode("utf-8")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-    except OSError:
-        return False
-    return True
-
-
 def _file_span_exporter(path: str) -> Any:
     """Builds the ``file:PATH`` exporter (the SDK base class is imported here, not at import)."""
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
     class JsonLinesSpanExporter(SpanExporter):  # type: ignore[misc]
-        """Appends one JSON object per span per line. Each export is a single ``write`` on an
-        O_APPEND descriptor, so concurrent processes do not interleave inside a line."""
+        """Appends one JSON object per span per line (``otel_export.append_json_lines``)."""
 
         def __init__(self, target: str) -> None:
             self.path = json_lines_path(target)
@@ -149,57 +129,18 @@ def _file_span_exporter(path: str) -> Any:
     return JsonLinesSpanExporter(path)
 
 
-def missing_exporter(env_name: str, exporter: str, package: str, exc: ImportError) -> ConfigError:
-    """The start-up error for an exporter whose optional package this deployable lacks (shared
-    with ``common.metrics``)."""
-    return ConfigError(
-        f"{env_name}={exporter!r} needs the optional package {package!r}, which is not "
-        f"installed ({exc}). Add it to the deployable's requirements or choose another exporter "
-        f"({', '.join(EXPORTERS)})."
-    )
-
-
-def _missing(exporter: str, package: str, exc: ImportError) -> ConfigError:
-    return missing_exporter(EXPORTER_ENV, exporter, package, exc)
-
-
-def otlp_exporter(signal: str, env_name: str) -> Any:
-    """An OTLP exporter for ``signal`` ("traces" or "metrics") over the protocol the standard
-    OTEL_EXPORTER_OTLP_[SIGNAL_]PROTOCOL variables choose. We bundle the HTTP transport (see
-    common/BUILD); gRPC works only in a deployable that adds its package. Looked up by name so
-    each signal's module is imported only when configured."""
-    protocol = (
-        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-    transport = "grpc" if protocol == "grpc" else "http"
-    module_name, class_name = {
-        "traces": ("trace_exporter", "OTLPSpanExporter"),
-        "metrics": ("metric_exporter", "OTLPMetricExporter"),
-    }[signal]
-    try:
-        module = importlib.import_module(
-            f"opentelemetry.exporter.otlp.proto.{transport}.{module_name}"
-        )
-    except ImportError as exc:
-        raise missing_exporter(
-            env_name, "otlp", f"opentelemetry-exporter-otlp-proto-{transport}", exc
-        ) from exc
-    return getattr(module, class_name)()
-
-
-def _gcp_exporter() -> Any:
+def _gcp_exporter(project: str) -> Any:
     try:
         from opentelemetry.exporter.cloud_trace import CloudTraceSpanExporter
     except ImportError as exc:
-        raise _missing("gcp", "opentelemetry-exporter-gcp-trace", exc) from exc
-    project = os.environ.get("PHOENIX_GCP_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT")
+        raise missing_exporter(
+            EXPORTER_ENV, "gcp", "opentelemetry-exporter-gcp-trace", exc
+        ) from exc
     # Without a project the exporter asks google.auth (metadata server on Cloud Run).
     return CloudTraceSpanExporter(project_id=project) if project else CloudTraceSpanExporter()
 
 
-def _span_processor(spec: str) -> SpanProcessor | None:
+def _span_processor(spec: str, project: str) -> SpanProcessor | None:
     """The processor for an exporter spec; raises ConfigError for unknown or unavailable ones."""
     if spec == "none":
         return None
@@ -213,50 +154,18 @@ def _span_processor(spec: str) -> SpanProcessor | None:
             )
         )
     if spec.startswith("file:"):
-        path = spec[len("file:") :].strip()
-        if not path:
-            raise ConfigError(
-                f"{EXPORTER_ENV}={spec!r}: file: needs a path (file:/tmp/spans.jsonl)"
-            )
+        path = file_path(EXPORTER_ENV, spec)
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
         return SimpleSpanProcessor(_file_span_exporter(path))
     if spec in ("otlp", "gcp"):
-        exporter = otlp_exporter("traces", EXPORTER_ENV) if spec == "otlp" else _gcp_exporter()
+        exporter = (
+            otlp_exporter("traces", EXPORTER_ENV) if spec == "otlp" else _gcp_exporter(project)
+        )
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         return BatchSpanProcessor(exporter)
-    raise ConfigError(f"{EXPORTER_ENV}={spec!r} is not one of {', '.join(EXPORTERS)}")
-
-
-def _resource_attributes(service: str, env: Mapping[str, str]) -> dict[str, Any]:
-    """service.name, plus the Cloud Run identity when present: each job execution (and each
-    retry of its task) is then distinguishable in the trace backend."""
-    attrs: dict[str, Any] = {"service.name": service}
-    if env.get("CLOUD_RUN_JOB"):
-        attrs["cloud.provider"] = "gcp"
-        attrs["cloud.platform"] = "gcp_cloud_run"
-        attrs["gcp.cloud_run.job.name"] = env["CLOUD_RUN_JOB"]
-    elif env.get("K_SERVICE"):
-        attrs["cloud.provider"] = "gcp"
-        attrs["cloud.platform"] = "gcp_cloud_run"
-        attrs["faas.name"] = env["K_SERVICE"]
-        if env.get("K_REVISION"):
-            attrs["faas.version"] = env["K_REVISION"]
-    if env.get("CLOUD_RUN_EXECUTION"):
-        attrs["gcp.cloud_run.job.execution"] = env["CLOUD_RUN_EXECUTION"]
-    if env.get("CLOUD_RUN_TASK_ATTEMPT"):
-        attrs["gcp.cloud_run.job.task_attempt"] = _int_or_str(env["CLOUD_RUN_TASK_ATTEMPT"])
-    if env.get("CLOUD_RUN_TASK_INDEX"):
-        attrs["gcp.cloud_run.job.task_index"] = _int_or_str(env["CLOUD_RUN_TASK_INDEX"])
-    return attrs
-
-
-def _int_or_str(raw: str) -> int | str:
-    try:
-        return int(raw)
-    except ValueError:
-        return raw
+    raise unknown_exporter(EXPORTER_ENV, spec)
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,24 +173,27 @@ def _int_or_str(raw: str) -> int | str:
 # --------------------------------------------------------------------------------------------
 
 
-def configure_tracing(service: str, exporter: str | None = None) -> None:
+def configure_tracing(service: str, exporter: str | None = None, *, project: str = "") -> None:
     """Installs this process's TracerProvider (and makes it the global one, so instrumentation
-    libraries use it too). Idempotent: the first call wins; later calls do nothing (also after
-    ``shutdown_tracing``: a process traces one life). Raises
-    ``ConfigError`` for an unknown exporter or a selected optional exporter that is missing,
-    before anything is installed."""
+    libraries use it too). Entrypoints call it through ``common.observability.configure``.
+    ``exporter`` defaults to ``Settings.trace_exporter`` (``PHOENIX_TRACE_EXPORTER``).
+    Idempotent: the first call wins; later calls do nothing (also after ``shutdown_tracing``:
+    a process traces one life). Raises ``ConfigError`` for an unknown exporter or a selected
+    optional exporter that is missing, before anything is installed."""
     global _provider, _atexit_registered
     with _lock:
         if _provider is not None:
             return
-        spec = (exporter if exporter is not None else os.environ.get(EXPORTER_ENV, "")).strip()
-        processor = _span_processor(spec or "none")
+        if exporter is None:
+            settings = Settings.from_env()
+            exporter, project = settings.trace_exporter, project or settings.gcp_project
+        spec = exporter.strip() or "none"
+        processor = _span_processor(spec, project)
 
-        from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
 
         provider = TracerProvider(
-            resource=Resource.create(_resource_attributes(service, os.environ)),
+            resource=resource(service, spec),
             # One exit path (ours) flushes; the SDK's own atexit would shut down twice.
             shutdown_on_exit=False,
         )
@@ -381,31 +293,23 @@ def context_from_env(env: Mapping[str, str]) -> Context:
     return ctx
 
 
+def incoming_propagator() -> TextMapPropagator:
+    """How a request's parent span is read: W3C ``traceparent`` when present, else Google's
+    ``X-Cloud-Trace-Context`` (which the Cloud Run front end sets), through Google's maintained
+    propagator; W3C baggage too. The API installs it as the global propagator
+    (``common.observability.instrument_flask``), so the Flask instrumentation extracts with it
+    and the gRPC/requests instrumentation inject both headers into outgoing Google API calls.
+    Imported on first use: jobs never need it."""
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.propagators.cloud_trace_propagator import CloudTraceFormatPropagator
+    from opentelemetry.propagators.composite import CompositePropagator
+
+    # Later propagators win: a valid traceparent overrides X-Cloud-Trace-Context.
+    return CompositePropagator([CloudTraceFormatPropagator(), _W3C, W3CBaggagePropagator()])
+
+
 def context_from_headers(headers: Mapping[str, str]) -> Context:
-    """The parent context of an incoming HTTP request: W3C ``traceparent`` (case-insensitive
-    header lookup), else Google's ``X-Cloud-Trace-Context: TRACE/SPAN;o=1`` (span id decimal),
-    which the Cloud Run front end sets. Only the ids are taken from X-Cloud-Trace-Context; the
-    force-trace bit becomes the ordinary sampled flag."""
+    """The parent context of an incoming HTTP request (``incoming_propagator``; header names
+    are case-insensitive). Without a valid parent it is an empty Context."""
     lowered = {k.lower(): v for k, v in headers.items()}
-    if lowered.get("traceparent"):
-        ctx = context_from_traceparent(lowered["traceparent"], lowered.get("tracestate"))
-        if trace.get_current_span(ctx).get_span_context().is_valid:
-            return ctx
-    xctc = lowered.get("x-cloud-trace-context", "")
-    trace_part, _, rest = xctc.partition("/")
-    span_part, _, options = rest.partition(";")
-    try:
-        trace_id = int(trace_part, 16)
-        span_id = int(span_part)
-    except ValueError:
-        return Context()
-    if not (0 < trace_id < 2**128 and 0 < span_id < 2**64) or len(trace_part) != 32:
-        return Context()
-    sampled = options.strip() == "o=1"
-    parent = trace.SpanContext(
-        trace_id=trace_id,
-        span_id=span_id,
-        is_remote=True,
-        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED if sampled else 0),
-    )
-    return trace.set_span_in_context(trace.NonRecordingSpan(parent), Context())
+    return incoming_propagator().extract(lowered, context=Context())

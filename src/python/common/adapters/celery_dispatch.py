@@ -14,12 +14,12 @@ are bounded to a couple of seconds, after which ``DispatchError`` is raised; the
 
 from __future__ import annotations
 
-import threading
 import uuid
 from typing import Any
 
 from celery import Celery
 
+from common.adapters.process_wide import process_wide
 from common.config import Settings
 from common.domain.creation import Kind
 from common.domain.errors import DispatchError
@@ -50,34 +50,28 @@ PUBLISH_RETRY_POLICY: dict[str, Any] = {
     "interval_max": 0.2,
 }
 
-_apps: dict[str, Celery] = {}
-_apps_lock = threading.Lock()
 
-
+@process_wide
 def sender_app(broker_url: str) -> Celery:
-    """The process-wide Celery app for ``broker_url`` (one per process: each app owns a broker
-    connection pool, and creating one per request would leak connections under load)."""
-    with _apps_lock:
-        app = _apps.get(broker_url)
-        if app is None:
-            app = Celery("phoenix-api", broker=broker_url, set_as_current=False)
-            app.conf.update(
-                task_serializer="json",
-                accept_content=["json"],
-                task_ignore_result=True,
-                task_default_queue=LEGACY_QUEUE,
-                broker_connection_timeout=CONNECT_TIMEOUT_S,
-                broker_connection_retry=False,
-                broker_connection_max_retries=1,
-                broker_transport_options={
-                    "socket_connect_timeout": CONNECT_TIMEOUT_S,
-                    "socket_timeout": SOCKET_TIMEOUT_S,
-                },
-                task_publish_retry=True,
-                task_publish_retry_policy=PUBLISH_RETRY_POLICY,
-            )
-            _apps[broker_url] = app
-        return app
+    """The process-wide Celery app for ``broker_url`` (``process_wide``: each app owns a broker
+    connection pool)."""
+    app = Celery("phoenix-api", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_default_queue=LEGACY_QUEUE,
+        broker_connection_timeout=CONNECT_TIMEOUT_S,
+        broker_connection_retry=False,
+        broker_connection_max_retries=1,
+        broker_transport_options={
+            "socket_connect_timeout": CONNECT_TIMEOUT_S,
+            "socket_timeout": SOCKET_TIMEOUT_S,
+        },
+        task_publish_retry=True,
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+    )
+    return app
 
 
 class CeleryDispatcher(Dispatcher):

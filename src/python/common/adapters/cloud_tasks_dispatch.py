@@ -9,25 +9,29 @@ succeeds is Cloud Run's ``maxRetries`` and the creation record's business, not t
 Task names are derived from the creation id, so a repeated create (the API retrying after a lost
 response) is refused with ALREADY_EXISTS and treated as success: no second execution. The name
 is hash-prefixed because Cloud Tasks shards by name and sequential or common-prefix names
-concentrate load (CreateTask docs). Caveat: Cloud Tasks reserves a name for ~1 h (up to 24 h)
-after the task ran, so a sweeper re-dispatch of the same creation inside that window is a
-no-op; see the report/README on dispatch generations.
+concentrate load (CreateTask docs). Cloud Tasks reserves a name for ~1 h (up to 24 h) after the
+task ran, so the name also carries the dispatch number: a sweeper re-dispatch gets a new name
+and is not swallowed as ALREADY_EXISTS (``task_id_for``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
-import threading
 from typing import Any
 
 import grpc
 from google.api_core import exceptions as gexc
+from google.api_core.exceptions import RetryError
+from google.api_core.retry import Retry, if_exception_type
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 from google.protobuf import duration_pb2
 
+from common import observability
+from common.adapters.process_wide import process_wide
 from common.config import ConfigError, Settings
 from common.domain.creation import Kind
 from common.domain.errors import DispatchError
@@ -39,29 +43,23 @@ CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 # create_task is a single small RPC; anything slower means the API is unhealthy and the request
 # thread must give up (the API answers 503, the record stays pending, the sweeper retries).
 CREATE_TIMEOUT_S = 5.0
-CREATE_ATTEMPTS = 2  # one quick retry of UNAVAILABLE: a reset pooled connection, not an outage
+# One quick retry of UNAVAILABLE: a reset pooled connection, not an outage. Other errors are not
+# retried: DEADLINE_EXCEEDED already waited the full timeout, the rest are refusals.
+CREATE_ATTEMPTS = 2
 # :run answers in about a second; waiting Cloud Tasks' default 10 min for a hung call would only
 # delay the retry.
 DISPATCH_DEADLINE_S = 60
 
-_clients: dict[str, tasks_v2.CloudTasksClient] = {}
-_clients_lock = threading.Lock()
 
-
+@process_wide
 def tasks_client(endpoint: str = "") -> tasks_v2.CloudTasksClient:
-    """One client per process and endpoint: a client owns a gRPC channel and its auth refresh,
-    so building one per request would cost a TLS handshake and leak channels."""
-    with _clients_lock:
-        client = _clients.get(endpoint)
-        if client is None:
-            if endpoint:
-                # Local emulator: plaintext gRPC, no credentials.
-                transport = CloudTasksGrpcTransport(channel=grpc.insecure_channel(endpoint))
-                client = tasks_v2.CloudTasksClient(transport=transport)
-            else:
-                client = tasks_v2.CloudTasksClient()
-            _clients[endpoint] = client
-        return client
+    """One client per process and endpoint (``process_wide``)."""
+    observability.instrument_grpc()  # before the channel exists: its calls become spans
+    if endpoint:
+        # Local emulator: plaintext gRPC, no credentials.
+        transport = CloudTasksGrpcTransport(channel=grpc.insecure_channel(endpoint))
+        return tasks_v2.CloudTasksClient(transport=transport)
+    return tasks_v2.CloudTasksClient()
 
 
 def parse_queue(queue: str) -> tuple[str, str]:
@@ -167,32 +165,48 @@ class CloudTasksDispatcher(Dispatcher):
         }
 
     def dispatch(self, payload: TaskPayload) -> None:
-        task = self.build_task(payload)
-        last: Exception | None = None
-        for _ in range(CREATE_ATTEMPTS):
-            try:
-                self._client.create_task(
-                    request={"parent": self._queue, "task": task},
-                    retry=None,
-                    timeout=self._timeout_s,
-                )
-                return
-            except gexc.AlreadyExists:
-                return  # this creation's task exists (or ran recently): already dispatched
-            except gexc.ServiceUnavailable as exc:
-                last = exc
-            except gexc.DeadlineExceeded as exc:  # already waited the full timeout: no retry
-                raise DispatchError(f"cloud tasks timed out: {_describe(exc)}") from exc
-            except gexc.GoogleAPICallError as exc:
-                raise DispatchError(f"cloud tasks refused the task: {_describe(exc)}") from exc
-            except Exception as exc:  # transport/auth errors outside GoogleAPICallError
-                raise DispatchError(f"cloud tasks unavailable: {_describe(exc)}") from exc
-        assert last is not None
-        raise DispatchError(f"cloud tasks unavailable: {_describe(last)}") from last
+        # The Retry wraps the call (the client's own retry is off), so the same policy applies
+        # whatever client is plugged in.
+        create_task = _create_retry(self._timeout_s)(self._client.create_task)
+        try:
+            create_task(
+                request={"parent": self._queue, "task": self.build_task(payload)},
+                retry=None,
+                timeout=self._timeout_s,
+            )
+        except gexc.AlreadyExists:
+            return  # this creation's task exists (or ran recently): already dispatched
+        except gexc.ServiceUnavailable as exc:
+            raise DispatchError(f"cloud tasks unavailable: {_describe(exc)}") from exc
+        except (gexc.DeadlineExceeded, RetryError) as exc:
+            raise DispatchError(f"cloud tasks timed out: {_describe(exc)}") from exc
+        except gexc.GoogleAPICallError as exc:
+            raise DispatchError(f"cloud tasks refused the task: {_describe(exc)}") from exc
+        except Exception as exc:  # transport/auth errors outside GoogleAPICallError
+            raise DispatchError(f"cloud tasks unavailable: {_describe(exc)}") from exc
 
     def close(self) -> None:
         # The client (and its channel) is shared process-wide; nothing per-dispatcher to free.
         return None
+
+
+def _create_retry(deadline_s: float) -> Retry:
+    """api_core's Retry for one ``create_task``: UNAVAILABLE only, at most ``CREATE_ATTEMPTS``
+    calls (Retry bounds time; its ``on_error`` hook, which may raise, bounds the count), all
+    within one request timeout so a retry never stretches the request thread's wait much."""
+    calls = itertools.count(1)
+
+    def give_up_after_last_attempt(exc: BaseException) -> None:
+        if next(calls) >= CREATE_ATTEMPTS:
+            raise exc
+
+    return Retry(
+        predicate=if_exception_type(gexc.ServiceUnavailable),
+        initial=0.05,
+        maximum=0.05,
+        timeout=deadline_s,
+        on_error=give_up_after_last_attempt,
+    )
 
 
 def _describe(exc: Exception) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import threading
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
@@ -25,6 +24,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from common import observability
+from common.adapters.process_wide import process_wide
 from common.config import Settings
 from common.domain import creation as lifecycle
 from common.domain import quota as quotas
@@ -55,30 +56,23 @@ _TIMESTAMP_FIELDS = (
     "dispatched_at",
 )
 
-_clients: dict[tuple[str, str, str], firestore.Client] = {}
-_clients_lock = threading.Lock()
-
 
 def firestore_client(project: str, database: str = "(default)") -> firestore.Client:
-    """The process-wide client for ``project``/``database``.
-
-    One per process: a client owns a gRPC channel, and creating one per request (or per store
-    in each job) would pay the channel set-up and leak sockets. The key includes
-    FIRESTORE_EMULATOR_HOST so a test switching emulators never gets a stale channel.
+    """The process-wide client for ``project``/``database`` (``process_wide``). The key
+    includes FIRESTORE_EMULATOR_HOST so a test switching emulators never gets a stale channel.
     """
-    emulator = os.environ.get("FIRESTORE_EMULATOR_HOST", "")
-    key = (project, database, emulator)
-    with _clients_lock:
-        client = _clients.get(key)
-        if client is None:
-            # With FIRESTORE_EMULATOR_HOST set the library connects there without credentials,
-            # but it still needs a project id to build document paths.
-            kwargs: dict[str, Any] = {"database": database}
-            if project or emulator:
-                kwargs["project"] = project or "phoenix-local"
-            client = firestore.Client(**kwargs)
-            _clients[key] = client
-        return client
+    return _firestore_client(project, database, os.environ.get("FIRESTORE_EMULATOR_HOST", ""))
+
+
+@process_wide
+def _firestore_client(project: str, database: str, emulator: str) -> firestore.Client:
+    observability.instrument_grpc()  # before the channel exists: its calls become spans
+    # With FIRESTORE_EMULATOR_HOST set the library connects there without credentials, but it
+    # still needs a project id to build document paths.
+    kwargs: dict[str, Any] = {"database": database}
+    if project or emulator:
+        kwargs["project"] = project or "phoenix-local"
+    return firestore.Client(**kwargs)
 
 
 def _to_document(c: Creation) -> dict[str, Any]:

@@ -29,6 +29,8 @@ from typing import Any, Callable
 from google.api_core import exceptions as gexc
 from google.cloud import storage  # type: ignore[attr-defined]
 
+from common import observability
+from common.adapters.process_wide import process_wide
 from common.config import ConfigError, Settings
 from common.domain.creation import MediaRef
 from common.ports import MediaStore
@@ -40,26 +42,20 @@ _MIN_REMAINING = 1 / 3
 # Bounded memory: about 300 bytes per entry.
 _URL_CACHE_ENTRIES = 20_000
 
-_clients: dict[tuple[str, str], storage.Client] = {}
-_clients_lock = threading.Lock()
-
 
 def storage_client(project: str) -> storage.Client:
-    """One client per process (it owns an HTTP session and the credentials refresh).
+    """The process-wide client (``process_wide``). With STORAGE_EMULATOR_HOST set the library
+    talks to the emulator with anonymous credentials; it still wants a project for bucket
+    operations."""
+    return _storage_client(project, os.environ.get("STORAGE_EMULATOR_HOST", ""))
 
-    With STORAGE_EMULATOR_HOST set the library talks to the emulator with anonymous
-    credentials; it still wants a project for bucket operations."""
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
-    key = (project, emulator)
-    with _clients_lock:
-        client = _clients.get(key)
-        if client is None:
-            if emulator:
-                client = storage.Client(project=project or "phoenix-local")
-            else:
-                client = storage.Client(project=project or None)
-            _clients[key] = client
-        return client
+
+@process_wide
+def _storage_client(project: str, emulator: str) -> storage.Client:
+    observability.instrument_requests()  # its HTTP calls become spans
+    if emulator:
+        return storage.Client(project=project or "phoenix-local")
+    return storage.Client(project=project or None)
 
 
 class GcsMediaStore(MediaStore):

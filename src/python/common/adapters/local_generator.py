@@ -3,7 +3,9 @@
 It exists so the whole flow (API -> dispatch -> job -> media store -> browser) runs on a laptop
 and in CI with no cloud account and no cost, and still yields files a browser really decodes:
 a fake that returned placeholder bytes would hide broken ``<video>``/``<img>`` handling, wrong
-MIME types or byte-range serving until production.
+MIME types or byte-range serving until production. (Longer than our ~350-line norm: PNG and
+MP4 rendering share the prompt-derived palette, text drawing and fault markers below; one
+module keeps that determinism in one place.)
 
 Output is a pure function of (kind, prompt, params): colours, shapes and motion come from a
 SHA-256 of the prompt (and the image index), and the prompt text is drawn on the media, so

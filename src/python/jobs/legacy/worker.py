@@ -23,8 +23,9 @@ from typing import Any, Sequence
 
 import structlog
 from celery.exceptions import MaxRetriesExceededError
+from celery.signals import worker_process_shutdown
 
-from common import logs
+from common import logs, observability, tracing
 from common.adapters.celery_dispatch import LEGACY_QUEUE, TASK_NAMES
 from common.config import Settings
 from common.domain.creation import Kind
@@ -42,17 +43,20 @@ MAX_BACKOFF_S = 300  # far below the 2 h visibility timeout: a countdown task si
 
 class _ProcessState:
     """Per-OS-process resources. Built lazily on first task, keyed by pid, because prefork
-    children are forked from the parent: SQLite connections and OpenTelemetry's exporter thread
-    must not be shared across a fork."""
+    children are forked from the parent: SQLite connections and OpenTelemetry's exporter
+    threads must not be shared across a fork."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.settings = Settings.from_env()
+        observability.configure_telemetry(self.settings, SERVICE)  # logging: the parent's
         self.deps = build_job_deps(self.settings)
-        from common import tracing
 
-        tracing.configure_tracing(SERVICE)
-        self.tracing = tracing
+
+@worker_process_shutdown.connect
+def _flush_telemetry(**_: Any) -> None:
+    # A prefork child ends with os._exit, which skips atexit: flush its spans and metrics here.
+    observability.shutdown()
 
 
 _state: _ProcessState | None = None
@@ -79,7 +83,6 @@ def _run(task: Any, raw_payload: Any, kind: Kind) -> str:
         log.error("legacy_task_bad_payload", error=str(exc), task_id=task.request.id)
         return "rejected"
     state = _process_state()
-    tracing = state.tracing
     carrier = {"TRACEPARENT": payload.traceparent} if payload.traceparent else {}
     # A worker process serves many creations: the binding is scoped to this task (``with``).
     with logs.bind_creation(payload.creation_id, kind=kind, path="celery"), tracing.tracer(
@@ -144,9 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{SERVICE}: {exc}", file=sys.stderr)
         return 2
-    logs.configure_logging(
-        settings.log_format, settings.log_level, service=SERVICE, gcp_project=settings.gcp_project
-    )
+    # Task processes configure traces and metrics themselves (_ProcessState).
+    observability.configure_logs(settings, SERVICE)
     log.info(
         "legacy_worker_starting",
         pool=args.pool,
