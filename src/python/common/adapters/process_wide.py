@@ -10,6 +10,7 @@ only one.
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 from typing import Any, Callable, Generic, TypeVar
 
@@ -17,15 +18,20 @@ T = TypeVar("T")
 
 
 class ProcessWide(Generic[T]):
-    """``build(*key)`` called at most once per key in this process (``clear`` for tests)."""
+    """``build(...)`` called at most once per distinct arguments in this process (however they
+    are spelled: positional, keyword or defaulted); ``clear`` for tests."""
 
     def __init__(self, build: Callable[..., T]) -> None:
         self._build = build
+        self._signature = inspect.signature(build)
         self._built: dict[tuple[Any, ...], T] = {}
         self._lock = threading.Lock()
         functools.update_wrapper(self, build)
 
-    def __call__(self, *key: Any) -> T:
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        key = tuple(bound.arguments.values())
         with self._lock:
             if key not in self._built:
                 self._built[key] = self._build(*key)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import random
-import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,6 +34,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 from opentelemetry.trace import SpanKind
 
+from common.adapters.process_wide import process_wide
 from common.config import Settings
 from common.domain.creation import Kind
 from common.domain.errors import GenerationError
@@ -48,35 +48,27 @@ REQUEST_TIMEOUT_MS = 120_000  # one HTTP call (Imagen can take tens of seconds)
 EXPECTED_VIDEO_SECONDS = 90.0  # typical Veo run: drives the progress estimate only
 MAX_POLL_ERRORS = 5  # consecutive transient poll failures tolerated before giving the job back
 
-_clients: dict[tuple[str, str, str, str], genai.Client] = {}
-_clients_lock = threading.Lock()
-
-
+@process_wide
 def genai_client(project: str, location: str, base_url: str = "", token: str = "") -> genai.Client:
-    """One client per process: it holds the HTTP session and refreshes ADC tokens.
+    """One client per process (``process_wide``): it holds the HTTP session and refreshes ADC
+    tokens.
 
     ``base_url`` points at a local Vertex stand-in; ``token`` is a static bearer token for it
     (AnonymousCredentials are refused by the library). Production sets neither: ADC (the Cloud
     Run Job's service account) authenticates against {location}-aiplatform.googleapis.com.
     """
-    key = (project, location, base_url, token)
-    with _clients_lock:
-        client = _clients.get(key)
-        if client is None:
-            kwargs: dict[str, Any] = {"vertexai": True, "location": location}
-            if project:
-                kwargs["project"] = project
-            if token:
-                from google.oauth2.credentials import Credentials
+    kwargs: dict[str, Any] = {"vertexai": True, "location": location}
+    if project:
+        kwargs["project"] = project
+    if token:
+        from google.oauth2.credentials import Credentials
 
-                kwargs["credentials"] = Credentials(token=token)
-            options: dict[str, Any] = {"timeout": REQUEST_TIMEOUT_MS}
-            if base_url:
-                options.update(base_url=base_url.rstrip("/") + "/", api_version="v1")
-            kwargs["http_options"] = types.HttpOptions(**options)
-            client = genai.Client(**kwargs)
-            _clients[key] = client
-        return client
+        kwargs["credentials"] = Credentials(token=token)
+    options: dict[str, Any] = {"timeout": REQUEST_TIMEOUT_MS}
+    if base_url:
+        options.update(base_url=base_url.rstrip("/") + "/", api_version="v1")
+    kwargs["http_options"] = types.HttpOptions(**options)
+    return genai.Client(**kwargs)
 
 
 def build_guard(settings: Settings) -> ConcurrencyGuard:
