@@ -102,6 +102,17 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
 
 
+def telemetry_from_env(env: Mapping[str, str]) -> tuple[str, str, str]:
+    """(trace exporter, metrics exporter, GCP project): the part of ``Settings`` that tracing
+    and metrics need, readable on its own so a process (or a test) can configure telemetry
+    without every other setting having to be valid."""
+    return (
+        env.get("PHOENIX_TRACE_EXPORTER", "").strip() or "none",
+        env.get("PHOENIX_METRICS_EXPORTER", "").strip() or "none",
+        env.get("PHOENIX_GCP_PROJECT", env.get("GOOGLE_CLOUD_PROJECT", "")),
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     port: int = 8080
@@ -200,8 +211,8 @@ class Settings:
             auth=_auth_mode(env, store),
             log_format=_choice(env, "PHOENIX_LOG_FORMAT", "pretty", ("pretty", "json")),
             log_level=env.get("PHOENIX_LOG_LEVEL", "INFO").upper(),
-            trace_exporter=env.get("PHOENIX_TRACE_EXPORTER", "").strip() or "none",
-            metrics_exporter=env.get("PHOENIX_METRICS_EXPORTER", "").strip() or "none",
+            trace_exporter=telemetry_from_env(env)[0],
+            metrics_exporter=telemetry_from_env(env)[1],
             gcp_project=env.get("PHOENIX_GCP_PROJECT", env.get("GOOGLE_CLOUD_PROJECT", "")),
             gcp_location=env.get("PHOENIX_GCP_LOCATION", "us-central1"),
             lease_seconds=_int(env, "PHOENIX_LEASE_SECONDS", 120, minimum=1),

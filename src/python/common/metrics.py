@@ -31,7 +31,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from common import otel_export
-from common.config import Settings
+from common.config import telemetry_from_env
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from opentelemetry.metrics import Counter, Histogram, Meter
@@ -169,7 +169,7 @@ def configure_metrics(
     exporter: str | None = None, *, service: str | None = None, project: str = ""
 ) -> None:
     """Chooses where creation metrics go, once per process (later calls do nothing).
-    ``exporter`` defaults to ``Settings.metrics_exporter`` (``PHOENIX_METRICS_EXPORTER``).
+    ``exporter`` defaults to ``PHOENIX_METRICS_EXPORTER`` (``config.telemetry_from_env``).
     ``service`` becomes the resource's ``service.name`` (default ``OTEL_SERVICE_NAME`` or
     ``phoenix``); the Cloud Run execution is added like in tracing, so each short-lived job
     writes its own series."""
@@ -178,8 +178,8 @@ def configure_metrics(
         if _configured:
             return
         if exporter is None:
-            settings = Settings.from_env()
-            exporter, project = settings.metrics_exporter, project or settings.gcp_project
+            _, exporter, env_project = telemetry_from_env(os.environ)
+            project = project or env_project
         spec = exporter.strip() or "none"
         if spec == "none":
             _configured = True

@@ -43,7 +43,7 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from common.config import Settings
+from common.config import telemetry_from_env
 from common.otel_export import (
     append_json_lines,
     file_path,
@@ -176,7 +176,7 @@ def _span_processor(spec: str, project: str) -> SpanProcessor | None:
 def configure_tracing(service: str, exporter: str | None = None, *, project: str = "") -> None:
     """Installs this process's TracerProvider (and makes it the global one, so instrumentation
     libraries use it too). Entrypoints call it through ``common.observability.configure``.
-    ``exporter`` defaults to ``Settings.trace_exporter`` (``PHOENIX_TRACE_EXPORTER``).
+    ``exporter`` defaults to ``PHOENIX_TRACE_EXPORTER`` (``config.telemetry_from_env``).
     Idempotent: the first call wins; later calls do nothing (also after ``shutdown_tracing``:
     a process traces one life). Raises ``ConfigError`` for an unknown exporter or a selected
     optional exporter that is missing, before anything is installed."""
@@ -185,8 +185,8 @@ def configure_tracing(service: str, exporter: str | None = None, *, project: str
         if _provider is not None:
             return
         if exporter is None:
-            settings = Settings.from_env()
-            exporter, project = settings.trace_exporter, project or settings.gcp_project
+            exporter, _, env_project = telemetry_from_env(os.environ)
+            project = project or env_project
         spec = exporter.strip() or "none"
         processor = _span_processor(spec, project)
 
