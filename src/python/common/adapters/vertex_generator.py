@@ -48,6 +48,7 @@ REQUEST_TIMEOUT_MS = 120_000  # one HTTP call (Imagen can take tens of seconds)
 EXPECTED_VIDEO_SECONDS = 90.0  # typical Veo run: drives the progress estimate only
 MAX_POLL_ERRORS = 5  # consecutive transient poll failures tolerated before giving the job back
 
+
 @process_wide
 def genai_client(project: str, location: str, base_url: str = "", token: str = "") -> genai.Client:
     """One client per process (``process_wide``): it holds the HTTP session and refreshes ADC
