@@ -97,3 +97,31 @@ def test_the_global_ceiling_counts_every_user(tmp_path):
     statuses = [_post(clients[i % 2], f"user{i}") for i in range(5)]
     assert [r.status_code for r in statuses] == [202, 202, 202, 429, 429]
     assert statuses[3].get_json()["error"]["reason"] == "busy"
+
+
+def test_the_service_admits_a_retry_of_an_existing_creation_and_releases_on_request(tmp_path):
+    """The two service-layer calls other features use: ``admit`` (a retry puts an old creation
+    back in the queue: it needs a slot like a new one) and ``release`` (a creation removed or
+    ended outside ``store.update`` gives its slot back)."""
+    from api.creation_service import RateLimited
+
+    (client,) = _instances(tmp_path, 1, rate_limit_per_minute=0, max_active_per_user=1)
+    service = client.application.extensions["phoenix"].creations
+    first = _post(client).get_json()["id"]
+    assert _post(client).status_code == 429
+    service.release("alice", first)  # e.g. deleted while pending
+    service.release("alice", first)  # idempotent
+    second = _post(client).get_json()["id"]
+    store = client.application.extensions["phoenix"].store
+    now = lc.utcnow()
+    store.update(
+        second, lambda c: lc.fail(c, owner=None, now=now, error=lc.CreationError("x", "y"))
+    )
+    service.admit("alice", second)  # retrying the failed one takes the slot...
+    try:
+        service.admit("alice", first)  # ...so another retry is refused, nothing written
+    except RateLimited as exc:
+        assert exc.reason == "too_many_active" and exc.retry_after_seconds > 0
+    else:
+        raise AssertionError("a second unfinished creation was admitted past the cap of 1")
+    assert set(store.quota("alice").active) == {second}

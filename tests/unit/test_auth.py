@@ -177,7 +177,12 @@ def test_certificates_are_kept_exactly_as_long_as_allowed(key):
     clock.t += 99
     v.verify(token)
     assert len(fetches) == 1
-    clock.t += 2  # past max-age: refreshed once, stale ones served meanwhile
+    clock.t += 2  # past max-age: refreshed once (in the background), stale ones served meanwhile
+    v.verify(token)
+    for _ in range(500):
+        if len(fetches) == 2 and not v.certificates._fetch_lock.locked():
+            break
+        threading.Event().wait(0.01)
     v.verify(token)
     v.verify(token)
     assert len(fetches) == 2
@@ -224,8 +229,9 @@ def test_a_rotated_key_is_picked_up_after_the_minimum_interval():
 
 
 def test_a_valid_user_never_waits_for_a_certificate_fetch(key):
-    """A fetch in progress (slow certificate endpoint) blocks neither a token whose key is
-    cached nor a garbage token with an unknown key: both are answered at once."""
+    """A refresh in progress (slow certificate endpoint) blocks neither the request that found
+    the certificates expired, nor other valid users, nor garbage with an unknown key: all are
+    answered at once while one background thread fetches."""
     clock = FakeClock()
     gate = threading.Event()
     v, fetches = _counting_verifier(key, max_age=60.0, clock=clock, fetch_gate=gate)
@@ -233,17 +239,12 @@ def test_a_valid_user_never_waits_for_a_certificate_fetch(key):
     valid = key.sign(firebase_claims(PROJECT, "alice"))
     v.verify(valid)  # warm
     gate.clear()
-    clock.t += 61  # expired: the next request refreshes, and that fetch hangs
-
-    refresher = threading.Thread(target=lambda: v.verify(valid), name="refresher", daemon=True)
-    refresher.start()
-    for _ in range(200):
-        if len(fetches) == 2:
-            break
-        threading.Event().wait(0.01)
-    assert fetches == ["MainThread", "refresher"]
+    clock.t += 61  # expired: the next request triggers a refresh, and that fetch hangs
 
     results: dict[str, object] = {}
+
+    def noticer() -> None:
+        results["noticer"] = v.verify(valid).user_id
 
     def valid_user() -> None:
         results["valid"] = v.verify(valid).user_id
@@ -254,11 +255,25 @@ def test_a_valid_user_never_waits_for_a_certificate_fetch(key):
         except AuthError as exc:
             results["garbage"] = str(exc)
 
+    first = threading.Thread(target=noticer, daemon=True)
+    first.start()
+    first.join(2)
+    assert results == {"noticer": "alice"}
+    for _ in range(200):  # the background refresh has started and is stuck in the fetch
+        if len(fetches) == 2:
+            break
+        threading.Event().wait(0.01)
+    assert len(fetches) == 2 and fetches[1] == "firebase-certs"
     others = [threading.Thread(target=f, daemon=True) for f in (valid_user, garbage)]
     for t in others:
         t.start()
     for t in others:
         t.join(2)
+    assert results == {"noticer": "alice", "valid": "alice", "garbage": "unknown signing key"}
     gate.set()
-    refresher.join(5)
-    assert results == {"valid": "alice", "garbage": "unknown signing key"}
+    for _ in range(200):
+        if not v.certificates._fetch_lock.locked():
+            break
+        threading.Event().wait(0.01)
+    v.verify(valid)
+    assert len(fetches) == 2  # refreshed once, fresh again

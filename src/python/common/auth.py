@@ -9,8 +9,8 @@ certificates, ``aud`` = our project, ``iss`` = ``https://securetoken.google.com/
   allows. google-auth fetches the certificates on every call unless its transport caches; here
   the verifier's transport answers from this cache and never touches the network.
 * **No request waits on a fetch it does not need.** A token whose key is cached is verified
-  with no lock at all; a refresh runs in one thread while the others keep using the cached
-  (even stale) certificates.
+  with no lock at all; expired certificates are refreshed by one background thread while every
+  request keeps using the cached (stale) ones.
 * **Unknown key ids cannot trigger fetches.** Unsigned or garbage tokens name random ``kid``s;
   each one used to cost a download under a global lock, stalling everyone. Now an unknown
   ``kid`` may trigger at most one fetch per ``min_fetch_interval`` (across all kids), a ``kid``
@@ -142,7 +142,7 @@ class CertificateCache:
         now = self._clock()
         if kid in certs:
             if now >= expires:
-                self._refresh(blocking=False)  # stale is still usable while one thread refreshes
+                self._refresh_in_background()  # stale is still usable meanwhile
             return True
         if not certs:
             # Nothing cached yet (first request of the process, or every fetch failed so far).
@@ -159,6 +159,15 @@ class CertificateCache:
         return False
 
     # --- fetching -----------------------------------------------------------------------
+
+    def _refresh_in_background(self) -> None:
+        """Refresh expired certificates without making the request that noticed wait for
+        Google: at most one refresher thread at a time."""
+        if self._fetch_lock.locked():
+            return
+        threading.Thread(
+            target=self._refresh, kwargs={"blocking": False}, name="firebase-certs", daemon=True
+        ).start()
 
     def _refresh(self, *, blocking: bool) -> None:
         acquired = (
