@@ -133,6 +133,34 @@ def test_wired_into_the_real_app_with_the_identity_seam(tmp_path):
     }
     ok = client.get("/api/admin/migration?window_hours=720", headers={"X-Phoenix-User": "boss"})
     assert ok.status_code == 200
-    assert ok.get_json()["rollout"] is None or "video" in ok.get_json()["rollout"]
+    # No PHOENIX_ROLLOUT: every kind goes 100 % to the default path.
+    assert ok.get_json()["rollout"] == {"video": {"local": 100}, "image": {"local": 100}}
     page = client.get("/admin/migration", headers={"X-Phoenix-User": "boss"})
     assert page.status_code == 200 and b"<svg" in page.data
+
+
+def test_the_live_rollout_split_is_reported_from_the_real_route_seam(tmp_path):
+    """With a flag set, the dashboard reports exactly the split the API routes by (both kinds,
+    the unconfigured one at the default path's 100 %), and the page shows it."""
+    from api.app import create_app
+    from common.adapters.local_media import LocalMediaStore
+
+    store = InMemoryCreationStore()
+    settings = Settings(
+        admins=("boss",),
+        auth="local",
+        data_dir=tmp_path,
+        rollout="video=cloud-tasks:25,celery:75",
+    )
+    app = create_app(settings, store=store, media=LocalMediaStore(tmp_path))
+    client = app.test_client()
+    ok = client.get("/api/admin/migration", headers={"X-Phoenix-User": "boss"})
+    assert ok.status_code == 200
+    assert ok.get_json()["rollout"] == {
+        "video": {"cloud-tasks": 25, "celery": 75},
+        "image": {settings.dispatch: 100},
+    }
+    page = client.get("/admin/migration", headers={"X-Phoenix-User": "boss"}).get_data(
+        as_text=True
+    )
+    assert "Live rollout" in page and "cloud-tasks" in page

@@ -60,16 +60,53 @@ def test_forged_signature_is_rejected(verifier):
 
 
 def test_unknown_key_id_triggers_one_refetch_then_fails(verifier, key):
-    with pytest.raises(AuthError):
-        verifier.verify(key.sign(firebase_claims(PROJECT, "a"), kid="rotated"))
+    # Warm the cache first, so the refetch counted below is the one the unknown kid caused.
+    verifier.verify(key.sign(firebase_claims(PROJECT, "a")))
     assert len(verifier.fetches) == 1
+    with pytest.raises(AuthError, match="signature"):
+        verifier.verify(key.sign(firebase_claims(PROJECT, "a"), kid="rotated"))
+    assert len(verifier.fetches) == 2
 
 
-@pytest.mark.parametrize("token", ["", "abc", "a.b.c", "x.y"])
+def test_certificate_rotation_with_a_warm_cache_costs_exactly_one_refetch(key):
+    """Google rotates the securetoken keys: tokens signed with a new ``kid`` start arriving while
+    our cache (valid for hours) still holds only the old certificates. The first such token must
+    trigger exactly one refetch and verify; later tokens of either key use the new cache."""
+    new_key = make_key("k2")
+    published = [{key.kid: key.cert_pem}]
+    fetches: list[int] = []
+
+    def fetch():
+        fetches.append(1)
+        return dict(published[-1]), 3600.0
+
+    verifier = FirebaseTokenVerifier(PROJECT, fetch_certs=fetch)
+    assert verifier.verify(key.sign(firebase_claims(PROJECT, "old"))).user_id == "old"
+    assert verifier.verify(key.sign(firebase_claims(PROJECT, "old"))).user_id == "old"
+    assert len(fetches) == 1  # warm, long-lived cache
+
+    published.append({key.kid: key.cert_pem, new_key.kid: new_key.cert_pem})  # rotation
+    assert verifier.verify(new_key.sign(firebase_claims(PROJECT, "new"))).user_id == "new"
+    assert len(fetches) == 2  # exactly one refetch for the new kid
+    for _ in range(3):
+        assert verifier.verify(new_key.sign(firebase_claims(PROJECT, "new"))).user_id == "new"
+        assert verifier.verify(key.sign(firebase_claims(PROJECT, "old"))).user_id == "old"
+    assert len(fetches) == 2  # both keys now served from the refreshed cache
+
+
+@pytest.mark.parametrize("token", ["abc", "a.b.c", "x.y", "eyJzZWNyZXQiOiJzIn0.cGF5bG9hZA.c2ln"])
 def test_garbage_is_rejected_without_echoing_it(verifier, token):
     with pytest.raises(AuthError) as err:
         verifier.verify(token)
-    assert token not in str(err.value) or not token
+    assert token not in str(err.value)
+    assert str(err.value) in ("malformed token", "unexpected signing algorithm")
+    assert not verifier.fetches  # rejected before any certificate fetch
+
+
+def test_an_empty_token_is_rejected_as_malformed(verifier):
+    with pytest.raises(AuthError, match="^malformed token$"):
+        verifier.verify("")
+    assert not verifier.fetches
 
 
 def test_bearer_header_parsing():
