@@ -163,14 +163,22 @@ def test_without_a_traceparent_only_the_creation_id_is_sent(target):
 
 
 def test_dispatching_the_same_creation_twice_is_not_an_error(target):
-    """At-least-once: a repeat is accepted. (Real Cloud Tasks absorbs it as ALREADY_EXISTS; the
-    emulator does not dedup and delivers twice — the job's claim makes that harmless.)"""
+    """At-least-once: a repeat is accepted and neither backend swallows or multiplies it. The
+    local pool and the emulator both start one job execution per dispatch, so exactly two
+    executions arrive, each its own ``CLOUD_RUN_EXECUTION``. (Real Cloud Tasks absorbs a repeat
+    of the same task name as ALREADY_EXISTS, tested with a fake client below; the job's claim
+    makes a second execution harmless, tests/integration/test_duplicate_delivery.py.)"""
     dispatcher, out, _ = target
     cid = uuid.uuid4().hex
     payload = TaskPayload(creation_id=cid, kind=Kind.VIDEO)
     dispatcher.dispatch(payload)
     dispatcher.dispatch(payload)
-    assert len(_wait_for(out, cid, 1)) >= 1
+    seen = _wait_for(out, cid, 2)
+    time.sleep(1.0)  # a third (spurious) delivery would land well within this
+    seen = _deliveries(out, cid)
+    assert len(seen) == 2, seen
+    assert all(s["CREATION_ID"] == cid for s in seen)
+    assert len({s["CLOUD_RUN_EXECUTION"] for s in seen}) == 2, seen
 
 
 def test_recording_dispatcher_accepts_and_remembers():
