@@ -3,8 +3,10 @@ running the shared ``run_job`` -> SQLite store, exactly as the side-by-side phas
 
 from __future__ import annotations
 
+import json
 import socket
 import time
+from collections import Counter
 
 import pytest
 
@@ -80,18 +82,53 @@ def test_permanent_failure_is_not_retried(legacy, tmp_path):
     assert final.attempts == 1
 
 
-def test_a_duplicate_delivery_does_not_run_the_job_twice(legacy, tmp_path):
+def _job_events(log_text: str, creation_id: str) -> Counter[str]:
+    """The job runner's JSON log events for one creation, from the worker's log."""
+    events: Counter[str] = Counter()
+    for line in log_text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("creation_id") == creation_id:
+            events[str(record.get("message"))] += 1
+    return events
+
+
+def test_a_duplicate_delivery_runs_and_is_a_no_op(legacy, tmp_path):
+    """Both deliveries reach the worker and run the job; the second one meets the first one's
+    live lease (``[slow:2]``, two worker processes) and backs off without generating."""
     env, settings, store = legacy
     dispatcher = CeleryDispatcher.from_settings(settings)
-    with legacy_worker(env, tmp_path / "worker.log", concurrency=2):
+    log_path = tmp_path / "worker.log"
+    with legacy_worker(env, log_path, concurrency=2):
         c = add_creation(store, Kind.IMAGE, "[slow:2] twice delivered")
         payload = TaskPayload(creation_id=c.id, kind=c.kind)
         dispatcher.dispatch(payload)
         dispatcher.dispatch(payload)  # e.g. the sweeper re-sent it
         final = wait_terminal(store, [c.id])[c.id]
-        time.sleep(1.0)  # let the second delivery finish too
+        # Wait (bounded) until the log shows what became of BOTH deliveries.
+        deadline = time.monotonic() + 30
+        while True:
+            events = _job_events(log_path.read_text(errors="replace"), c.id)
+            backed_off = (
+                events["job_duplicate_delivery_lease_live"]
+                + events["job_duplicate_delivery_after_finish"]
+            )
+            if (events["job_completed"] and backed_off) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         final = store.get(c.id)
+    log = log_path.read_text(errors="replace")
+    assert events["job_started"] == 2, (events, log[-3000:])  # the second delivery ran...
+    assert events["job_claimed"] == 1 and events["job_completed"] == 1, events
+    # ...and was a no-op: it met the live lease of the first (both were in flight together).
+    assert events["job_duplicate_delivery_lease_live"] == 1, events
+    assert events["job_duplicate_delivery_after_finish"] == 0, events
     assert final.status is Status.COMPLETED and final.attempts == 1
+    assert [m.key for m in final.media] == [f"{c.id}/0.png"]
+    files = [p for p in (settings.media_dir / c.id).iterdir()]
+    assert [p.name for p in files] == ["0.png"]
 
 
 def test_dispatch_fails_fast_when_redis_is_down():
