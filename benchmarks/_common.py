@@ -1,12 +1,16 @@
 """Shared helpers for the benchmark scripts (not a benchmark itself).
 
-Every benchmark is run from the repo root as ``PYTHONPATH=src/python:. .venv/bin/python -m
-benchmarks.<name>``; importing this module also makes the scripts self-locating (it puts
-``src/python`` and the repo root on ``sys.path``), so ``.venv/bin/python benchmarks/<name>.py``
-works too.
+Every benchmark is run from the repo root as ``benchmarks/run NAME [args]``, which picks the
+interpreter with the repo's locked dependencies (a developer's ``.venv`` if there is one, else
+the resolve ``./pants export`` writes into ``dist/export``) and runs ``python -m
+benchmarks.NAME``. Child processes (API servers, jobs) use that same interpreter
+(``sys.executable``), so a fresh clone needs nothing made by hand. Importing this module also
+makes the scripts self-locating (it puts ``src/python`` and the repo root on ``sys.path``).
 
-Output convention: a small human table, then ONE line ``BENCH_JSON {...}`` per benchmark that
-the README table is filled from.
+Output convention: a small human table, then ONE line ``BENCH_JSON {...}`` per benchmark, also
+written to ``dist/benchmarks/NAME.json`` (``PHOENIX_BENCH_JSON_OUT=FILE`` to write elsewhere,
+e.g. for a second run with other arguments) with the command line, commit and time of the run;
+the README's figures name the file they were taken from.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ for _p in (str(SRC), str(REPO)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-VENV_PYTHON = REPO / ".venv" / "bin" / "python"
+# The interpreter benchmarks/run chose (it has the locked dependencies): children use it too.
+PYTHON = Path(sys.executable)
+RESULTS_DIR = REPO / "dist" / "benchmarks"
 LOOPBACK = "127.0.0.1"
 
 PEX = {
@@ -87,8 +93,45 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def emit_json(benchmark: str, data: Mapping[str, Any]) -> None:
-    print("BENCH_JSON " + json.dumps({"benchmark": benchmark, **data}, sort_keys=False), flush=True)
+def emit_json(benchmark: str, data: Mapping[str, Any]) -> Path:
+    """Prints the BENCH_JSON line and writes the same object, plus how and when it was made, to
+    ``dist/benchmarks/<benchmark>.json`` (or ``$PHOENIX_BENCH_JSON_OUT``). Returns the path."""
+    record = {"benchmark": benchmark, **data}
+    print("BENCH_JSON " + json.dumps(record, sort_keys=False), flush=True)
+    out = Path(os.environ.get("PHOENIX_BENCH_JSON_OUT") or RESULTS_DIR / f"{benchmark}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run = {
+        "command": " ".join(["benchmarks/run", benchmark, *sys.argv[1:]]),
+        "git_commit": _git_commit(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+    }
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({**record, "run": run}, indent=2) + "\n")
+    tmp.replace(out)
+    print(f"[result] {out.relative_to(REPO) if out.is_relative_to(REPO) else out}", flush=True)
+    return out
+
+
+def _git_commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}{'+dirty' if dirty else ''}" if head else "unknown"
 
 
 def r1(x: float) -> float:
@@ -238,8 +281,8 @@ def api_server(
     threads: int = 8,
     log_path: Path | None = None,
 ) -> Iterator[str]:
-    """``python -m api.main`` (gunicorn) from the source tree with the dev venv's interpreter;
-    yields its base URL. Logs go to ``log_path`` (default: discarded)."""
+    """``python -m api.main`` (gunicorn) from the source tree with this interpreter (the one
+    benchmarks/run chose); yields its base URL. Logs go to ``log_path`` (default: discarded)."""
     port = free_port()
     env = clean_env(
         {
@@ -255,7 +298,7 @@ def api_server(
         },
         pythonpath=src_pythonpath(),
     )
-    argv = [str(VENV_PYTHON), "-m", module]
+    argv = [str(PYTHON), "-m", module]
     if module == "api.main":
         argv += ["--host", LOOPBACK]
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL

@@ -1,6 +1,6 @@
 """Deployable artefacts: builds the three PEXes and prints each one's size and contents.
 
-Run (repo root):  PYTHONPATH=src/python:. .venv/bin/python -m benchmarks.artifacts [--no-build]
+Run (repo root):  benchmarks/run artifacts [--no-build]
 
 ``./pants package src/python/api:api src/python/jobs/image:image-job src/python/jobs/video:video-job``,
 then for each PEX: file size, the top-level requirements and every distribution it carries

@@ -1,6 +1,6 @@
 """Job cold start: wall time from exec of the job to the creation being CLAIMED in the store.
 
-Run (repo root):  PYTHONPATH=src/python:. .venv/bin/python -m benchmarks.cold_start [--runs 20] [--no-build]
+Run (repo root):  benchmarks/run cold_start [--runs 20] [--no-build]
 
 What is measured. The parent writes a ``pending`` image creation into an embedded SQLite store
 (PHOENIX_DATA_DIR = a temp dir), takes ``time.time()`` and immediately execs the job; the job's

@@ -1,6 +1,6 @@
 """Crash recovery: SIGKILL video jobs at every dangerous point, then let the sweeper recover.
 
-    PYTHONPATH=src/python:. .venv/bin/python -m benchmarks.crash_recovery [--creations 42]
+    benchmarks/run crash_recovery [--creations 42] [--seed 1]
 
 What it proves, on real processes and a real SQLite store, with Veo played by the fake Vertex
 server (``tools.standins.fake_vertex``, reached through the real google-genai client):
@@ -148,8 +148,11 @@ def child_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     point = os.environ.get(CRASH_ENV, "none")
     if point.startswith("random:"):
-        p = float(point.split(":", 1)[1])
-        point = random.choice(SELF_KILL_POINTS) if random.random() < p else "none"
+        # "random:<p>[:<seed>]": the parent derives the seed from --seed, the creation's index
+        # and the delivery number, so a run's kill choices are reproducible.
+        _, p_text, *seed = point.split(":", 2)
+        rng = random.Random(seed[0] if seed else None)
+        point = rng.choice(SELF_KILL_POINTS) if rng.random() < float(p_text) else "none"
     print(json.dumps({"message": "crash_child", "kill_point": point}), flush=True)
     install_crash(point)
 
@@ -198,8 +201,15 @@ class ProcessDispatcher(Dispatcher):
 
     name = "crash-bench"
 
-    def __init__(self, env: dict[str, str], logs: Path, max_parallel: int) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        logs: Path,
+        max_parallel: int,
+        seed_of: Callable[[str], str] | None = None,
+    ) -> None:
         self._env = env
+        self._seed_of = seed_of
         self._logs = logs
         self._pool = ThreadPoolExecutor(max_workers=max_parallel)
         self._lock = threading.Lock()
@@ -218,9 +228,12 @@ class ProcessDispatcher(Dispatcher):
         try:
             log = self._logs / f"{creation_id}.redelivery-{n}.log"
             with open(log, "wb") as out:
+                env = dict(self._env)
+                if self._seed_of and env.get(CRASH_ENV, "").startswith("random:"):
+                    env[CRASH_ENV] += f":{self._seed_of(creation_id)}"
                 proc = subprocess.Popen(
                     child_command(kind) + ["--creation-id", creation_id],
-                    env=self._env,
+                    env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -271,6 +284,29 @@ class CrashReport:
     @property
     def generated_twice(self) -> list[str]:
         return [cid for cid, n in self.veo_starts_per_creation.items() if n > 1]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "creations": self.creations,
+            "kill_points": dict(sorted(self.kill_points.items())),
+            "random_kills_landed": dict(sorted(self.random_landed.items())),
+            "first_delivery_exit_codes": {str(k): v for k, v in self.initial_exit_codes.items()},
+            "sweeps": self.sweeps,
+            "redeliveries": self.redeliveries,
+            "redelivery_exit_codes": {str(k): v for k, v in self.redelivery_exit_codes.items()},
+            "redelivery_outcomes": dict(sorted(self.redelivery_outcomes.items())),
+            "statuses": dict(self.statuses),
+            "failure_codes": dict(self.failure_codes),
+            "attempts": {str(k): v for k, v in sorted(self.attempts.items())},
+            "stuck": len(self.stuck),
+            "veo_predict_long_running_calls": sum(self.veo_starts_per_creation.values()),
+            "generated_twice": len(self.generated_twice),
+            "veo_polls": self.veo_polls,
+            "completed_without_media": len(self.completed_without_media),
+            "leftover_temp_files": self.leftover_temp_files,
+            "settle_seconds": round(self.settle_seconds, 1),
+            "total_seconds": round(self.total_seconds, 1),
+        }
 
     def lines(self) -> list[str]:
         starts = sum(self.veo_starts_per_creation.values())
@@ -371,6 +407,7 @@ def run(
         ids: list[str] = []
         prompts: dict[str, str] = {}
         plan: dict[str, str] = {}
+        kill_delay: dict[str, float] = {}
         for n in range(creations):
             prompt = f"crash recovery clip #{n}"
             c = lc.new(
@@ -386,6 +423,9 @@ def run(
             ids.append(c.id)
             prompts[c.id] = prompt
             plan[c.id] = kill_points[n % len(kill_points)]
+            # Drawn here, in creation order, so the same seed gives the same delay per creation
+            # whatever order the pool's threads run in.
+            kill_delay[c.id] = rng.uniform(0.0, RANDOM_KILL_MAX_S)
         report.kill_points.update(plan.values())
 
         lock = threading.Lock()
@@ -404,7 +444,7 @@ def run(
             try:
                 if point == "random_time":
                     try:
-                        proc.wait(timeout=rng.uniform(0.0, RANDOM_KILL_MAX_S))
+                        proc.wait(timeout=kill_delay[cid])
                     except subprocess.TimeoutExpired:
                         proc.send_signal(signal.SIGKILL)
                 code = proc.wait(timeout=120)
@@ -425,8 +465,20 @@ def run(
             list(pool.map(first_delivery, ids))
         log(f"first deliveries done in {time.monotonic() - started:.1f}s")
 
+        index = {cid: n for n, cid in enumerate(ids)}
+        deliveries: Counter[str] = Counter()
+
+        def seed_of(cid: str) -> str:
+            # Same --seed, same creation index, same re-delivery number: same kill choice.
+            with lock:
+                deliveries[cid] += 1
+                return f"{seed}-{index[cid]}-{deliveries[cid]}"
+
         dispatcher = ProcessDispatcher(
-            child_env(work, fake.url, f"random:{recrash}", lease_s), logs, parallel
+            child_env(work, fake.url, f"random:{recrash}", lease_s),
+            logs,
+            parallel,
+            seed_of=None if seed is None else seed_of,
         )
         policy = SweepPolicy(
             dispatch_grace=timedelta(seconds=1),
@@ -495,7 +547,13 @@ def main(argv: list[str] | None = None) -> int:
         help="probability that a re-delivery dies again (default 0.3)",
     )
     parser.add_argument("--parallel", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="fixes every random choice: external kill delays and re-delivery kill points "
+        "(default 1). Where a timed kill lands still depends on the machine's timing.",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     from common import logs as phoenix_logs
@@ -505,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="phoenix-crash-"))
     print(
         f"crash recovery: {args.creations} video creations, re-delivery crash probability "
-        f"{args.recrash}, lease 2 s, work dir {work}",
+        f"{args.recrash}, lease 2 s, seed {args.seed}, work dir {work}",
         flush=True,
     )
     report = run(
@@ -519,6 +577,18 @@ def main(argv: list[str] | None = None) -> int:
     for line in report.lines():
         print(line)
     ok = not report.stuck and not report.completed_without_media and not report.generated_twice
+    _common.emit_json(
+        "crash_recovery",
+        {
+            **_common.machine(),
+            "seed": args.seed,
+            "recrash": args.recrash,
+            "parallel": args.parallel,
+            "lease_s": 2,
+            "report": report.as_dict(),
+            "ok": ok,
+        },
+    )
     print(
         f"RESULT: {'OK' if ok else 'FAILED'} (never stuck: {not report.stuck}; "
         f"generated twice: {len(report.generated_twice)})"

@@ -1,7 +1,7 @@
 """End-to-end dispatch latency on one machine: creation recorded (``created_at``, API clock) ->
 claimed by a job (``claimed_at``, job clock; same machine).
 
-Run (repo root):  PYTHONPATH=src/python:. .venv/bin/python -m benchmarks.dispatch_latency [--n 30] [--no-build]
+Run (repo root):  benchmarks/run dispatch_latency [--n 30] [--no-build]
 
 Paths (each: fresh SQLite data dir, ``--n`` image creations POSTed one at a time; the next is
 posted only after the previous one completed, plus a 0.2 s gap; warm-up creations first):
@@ -109,7 +109,7 @@ def celery(n: int) -> dict[str, Any]:
         log = open(d / "worker.log", "wb")
         worker = subprocess.Popen(
             [
-                str(c.VENV_PYTHON),
+                str(c.PYTHON),
                 "-m",
                 "jobs.legacy.worker",
                 "--pool",

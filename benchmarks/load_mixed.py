@@ -2,7 +2,7 @@
 must complete.
 
 Run (repo root):
-    PYTHONPATH=src/python:. .venv/bin/python -m benchmarks.load_mixed \
+    benchmarks/run load_mixed \
         [--rate 200] [--duration 60] [--submit-share 0.02] [--users 50]
 
 What runs: ``python -m api.main`` (gunicorn, 1 worker x 8 threads) on the embedded defaults

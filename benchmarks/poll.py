@@ -1,6 +1,6 @@
 """Polling: ``GET /api/creations/<id>`` with and without ``If-None-Match``.
 
-Run (repo root):  PYTHONPATH=src/python:. .venv/bin/python -m benchmarks.poll [--duration 10]
+Run (repo root):  benchmarks/run poll [--duration 10]
 
 The polled record is a COMPLETED image creation with one media item (the largest view a poll
 returns), in an embedded SQLite store.

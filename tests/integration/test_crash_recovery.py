@@ -5,7 +5,7 @@ settles. Every creation must complete, none may be left pending/processing, and 
 must have been asked exactly once per creation (a retried job resumes the recorded operation).
 
 The full-size run with random external kills and re-deliveries that crash again is
-``python -m benchmarks.crash_recovery``; this test uses its machinery with the deterministic
+``benchmarks/run crash_recovery``; this test uses its machinery with the deterministic
 kill points only, so its assertions cannot be flaky (see the benchmark's note on the one
 unrecoverable window, which only a random kill can hit).
 """

@@ -1,18 +1,25 @@
 """At-least-once delivery at scale: 50 creations, each delivered 10 times at the same moment to
-real job processes (``python -m jobs.image.main``) sharing one SQLite store.
+real job processes (the job entrypoint ``common.job_main.main``) sharing one SQLite store.
 
 Cloud Tasks, Celery and the sweeper may all deliver a creation more than once, and every Veo call
 is billed, so the product's promise is "generated once". The lease claim is what keeps it: of
 the 10 processes started together for one creation exactly one may claim and generate; the other
 nine must back off with exit code 0 (a non-zero exit would make Cloud Run retry a duplicate).
 
+Overlap is made certain, not hoped for: the jobs run through ``tests.support.gated_job``, which
+holds the winner between its claim and its generation until the test opens a gate, and the test
+opens it only once the nine other deliveries have exited. So all 450 duplicates must have met a
+LIVE lease (``job_duplicate_delivery_lease_live``), none a finished record; the assertion says
+exactly that.
+
 How we count, without touching product code: every generator invocation is preceded by exactly
 one ``job_claimed`` log event (``run_job`` logs it right before calling the generator), so the
 JSON log lines of all 500 processes give the number of generations; the records must show
 ``attempts == 1``; and the media directory must hold exactly one PNG per creation.
 
-The ``[slow:0.5]`` prompt keeps the winner's lease live for half a second while it "generates",
-so most losers really meet a live lease (the race we care about) rather than a finished record.
+Shown to fail when the mechanism breaks (scratch branch, 2026-12-01): with ``lifecycle.claim``
+changed to take over a live lease, every group had 10 claims and the test failed on
+``counts["job_claimed"] == 1``.
 
 Scheduling: 500 interpreters at once would thrash a 2-core machine, so launches go through a
 pool of at most ``MAX_PROCESSES`` concurrent processes, but the 10 deliveries of one creation are
@@ -33,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jobs.image.main  # noqa: F401  (Pants: ship the job module into the test sandbox)
+import tests.support.gated_job  # noqa: F401  (the entrypoint the deliveries run)
 from common.adapters.sqlite_store import SqliteCreationStore
 from common.config import Settings
 from common.domain import creation as lc
@@ -41,7 +49,9 @@ from common.domain.creation import Kind, Status
 CREATIONS = 50
 DELIVERIES = 10
 MAX_PROCESSES = 16
-PROMPT = "duplicate delivery #{n} [slow:0.5]"
+PROMPT = "duplicate delivery #{n}"
+# How long a group may take to show that its 9 duplicates backed off while the winner waits.
+GATE_OPEN_AFTER_S = 120.0
 PROCESS_TIMEOUT_S = 120.0
 TOTAL_BUDGET_S = 600.0
 
@@ -80,11 +90,12 @@ class Delivery:
     output: str = ""
 
 
-def _job_env(data_dir: Path) -> dict[str, str]:
+def _job_env(data_dir: Path, gate_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHOENIX_")}
     env.update(
         PHOENIX_DATA_DIR=str(data_dir),
         PHOENIX_LOG_FORMAT="json",
+        PHOENIX_TEST_GATE_DIR=str(gate_dir),
         PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
         PYTHONUNBUFFERED="1",
     )
@@ -104,11 +115,12 @@ def _events(output: str) -> list[str]:
 
 
 def _deliver_group(
-    creation_id: str, env: dict[str, str], logs: Path, slots: GroupSlots
+    creation_id: str, env: dict[str, str], logs: Path, gate_dir: Path, slots: GroupSlots
 ) -> list[Delivery]:
-    cmd = [sys.executable, "-m", "jobs.image.main", "--creation-id", creation_id]
+    cmd = [sys.executable, "-m", "tests.support.gated_job", "image", "--creation-id", creation_id]
     slots.acquire(DELIVERIES)
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    released = 0
     try:
         # Back to back: the 10 interpreters start within a few milliseconds of each other.
         for i in range(DELIVERIES):
@@ -123,6 +135,18 @@ def _deliver_group(
                     stderr=subprocess.STDOUT,
                 )
             procs.append((proc, log_path))
+        # The winner waits at the gate holding its lease; open it once the other nine are gone
+        # (or, if the claim is broken and several wait there, once a second claim shows up).
+        deadline = time.monotonic() + GATE_OPEN_AFTER_S
+        while time.monotonic() < deadline:
+            exited = sum(1 for proc, _ in procs if proc.poll() is not None)
+            if exited >= DELIVERIES - 1:
+                break
+            claims = sum(_events(p.read_text(errors="replace")).count("job_claimed") for _, p in procs)
+            if claims > 1:
+                break
+            time.sleep(0.05)
+        (gate_dir / creation_id).touch()
         deliveries = []
         for proc, log_path in procs:
             try:
@@ -132,6 +156,7 @@ def _deliver_group(
                     proc.kill()
                     proc.wait()
                 slots.release()
+                released += 1
             output = log_path.read_text(errors="replace")
             deliveries.append(Delivery(creation_id, proc.returncode, _events(output), output))
         return deliveries
@@ -140,6 +165,7 @@ def _deliver_group(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        slots.release(DELIVERIES - released)
         raise
 
 
@@ -163,13 +189,15 @@ def test_fifty_creations_delivered_ten_times_each_are_generated_exactly_once(
 
     logs = tmp_path / "logs"
     logs.mkdir()
-    env = _job_env(tmp_path)
+    gate_dir = tmp_path / "gates"
+    gate_dir.mkdir()
+    env = _job_env(tmp_path, gate_dir)
     slots = GroupSlots(MAX_PROCESSES)
     started = time.monotonic()
     # Enough group threads that a new group is always waiting for slots; the slots (not the
     # threads) bound the number of live processes.
     with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = [pool.submit(_deliver_group, cid, env, logs, slots) for cid in ids]
+        futures = [pool.submit(_deliver_group, cid, env, logs, gate_dir, slots) for cid in ids]
         results = [d for f in futures for d in f.result(timeout=TOTAL_BUDGET_S)]
     elapsed = time.monotonic() - started
 
@@ -204,8 +232,9 @@ def test_fifty_creations_delivered_ten_times_each_are_generated_exactly_once(
         assert backed_off == DELIVERIES - 1, (cid, counts)
     assert totals["job_claimed"] == CREATIONS
     assert totals["job_completed"] == CREATIONS
-    # The race was real: most duplicates met a live lease, not an already finished record.
-    assert totals["job_duplicate_delivery_lease_live"] > 0
+    # The race was real and certain (the gate): every duplicate met the winner's live lease.
+    assert totals["job_duplicate_delivery_lease_live"] == CREATIONS * (DELIVERIES - 1), totals
+    assert totals["job_duplicate_delivery_after_finish"] == 0, totals
 
     records = [store.get(cid) for cid in ids]
     assert all(r is not None for r in records)

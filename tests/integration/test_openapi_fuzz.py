@@ -7,6 +7,18 @@ missing fields, out-of-range numbers, strange headers). Over 1000 requests in to
 produce a 5xx and every response must match the document: status code listed, content type,
 declared headers, and the body schema (``Creation``, ``Error``...).
 
+"No bad data" is checked, not assumed: the app runs with the rate limit and the
+unfinished-creation cap OFF (with them on, most valid POSTs would be 429 and prove nothing), a
+floor of 2xx answers is required for the positive cases of every operation, and every creation
+the API accepted (202) is read back afterwards: it must be exactly what was sent (prompt after
+the documented normalisation, every sent parameter with its type, defaults for the rest, the
+caller as owner), equal to the 202 body, and dispatched exactly once.
+
+Hypothesis health checks stay on except the two that only say "this input space is large or
+slow to generate" (``too_slow``, ``data_too_large``); ``Unsatisfiable`` is allowed only for the
+operations listed in ``NO_INVALID_INPUT`` (those whose every input is an unconstrained string,
+so no invalid request exists), and the test asserts it happens for exactly those.
+
 Why it matters: clients (the page, scripts, generated SDKs) rely on the document; a 500 on bad
 input is a bug that also leaks into error budgets and alerts. Nothing runs behind the API
 (``RecordingDispatcher``), so the fuzzer cannot start jobs.
@@ -14,7 +26,9 @@ input is a bug that also leaks into error budgets and alerts. Nothing runs behin
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -39,8 +53,19 @@ from common.adapters.sqlite_store import SqliteCreationStore
 from common.config import Settings
 from common.domain import creation as lc
 from common.domain.creation import CreationError, Kind, MediaRef
+from common.domain.requests import SCHEMAS, normalise_prompt
 
 MIN_REQUESTS = 1000
+# Accepted (202) generation requests that are read back; a few hundred in practice.
+MIN_ACCEPTED = 100
+# Operations whose every input is an unconstrained string (``/media/{key}``): schemathesis
+# cannot build an invalid request for them, so their negative mode is Unsatisfiable.
+NO_INVALID_INPUT: set[str] = set()
+# Share of positive (schema-valid) cases that must be answered 2xx, per operation.
+DEFAULT_2XX_FLOOR = 0.5
+POSITIVE_2XX_FLOOR: dict[str, float] = {}
+# Only "the input space is big/slow to generate" checks; never filter_too_much / too_large etc.
+SUPPRESSED_HEALTH_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large]
 # Per operation and mode. Operations without parameters exhaust their (tiny) input space
 # quickly; the ones with bodies/queries/headers get plenty.
 EXAMPLES = 150
@@ -77,21 +102,37 @@ def _seed(store: SqliteCreationStore, media: LocalMediaStore) -> list[str]:
 
 @pytest.fixture
 def fuzz_app(tmp_path: Path) -> Any:
-    settings = Settings(data_dir=tmp_path, dispatch="record")
+    settings = Settings(
+        data_dir=tmp_path, dispatch="record", rate_limit_per_minute=0, max_active_per_user=0
+    )
     store = SqliteCreationStore(settings.sqlite_path)
     media = LocalMediaStore(settings.media_dir)
     recorder = RecordingDispatcher()
     app = create_app(settings, store=store, media=media, dispatchers=lambda path: recorder)
     app.seeded_ids = _seed(store, media)  # type: ignore[attr-defined]
+    app.recorder = recorder  # type: ignore[attr-defined]
     yield app
     store.close()
+
+
+@dataclass
+class Accepted:
+    """One 202 from a generation endpoint: what was sent and what came back."""
+
+    kind: str
+    user: str
+    body: dict[str, Any]
+    response: dict[str, Any]
 
 
 def test_fuzzed_requests_never_5xx_and_always_match_the_document(fuzz_app: Any) -> None:
     schema = schemathesis.openapi.from_wsgi("/api/openapi.json", fuzz_app)
     statuses: Counter[str] = Counter()
+    positive: dict[str, Counter[str]] = {}
     failures: list[str] = []
     samples: dict[str, str] = {}
+    accepted: list[Accepted] = []
+    unsatisfiable: set[str] = set()
     requests_sent = 0
 
     def exercise(label: str, strategy: Any, examples: int) -> None:
@@ -101,7 +142,7 @@ def test_fuzzed_requests_never_5xx_and_always_match_the_document(fuzz_app: Any) 
             max_examples=examples,
             deadline=None,
             database=None,  # no .hypothesis/ directory in the checkout; parallel-safe
-            suppress_health_check=list(HealthCheck),
+            suppress_health_check=SUPPRESSED_HEALTH_CHECKS,
             derandomize=False,
         )
         @given(case=strategy)
@@ -110,6 +151,18 @@ def test_fuzzed_requests_never_5xx_and_always_match_the_document(fuzz_app: Any) 
             response = case.call()
             requests_sent += 1
             statuses[f"{case.method} {case.path} -> {response.status_code}"] += 1
+            if label.endswith(" positive"):
+                positive.setdefault(label, Counter())[str(response.status_code)[0] + "xx"] += 1
+            if response.status_code == 202 and case.path.startswith("/api/generate/"):
+                headers = {k.lower(): v for k, v in (case.headers or {}).items()}
+                accepted.append(
+                    Accepted(
+                        kind=case.path.rsplit("/", 1)[1],
+                        user=headers.get("x-phoenix-user", "local"),
+                        body=copy.deepcopy(case.body),
+                        response=response.json(),
+                    )
+                )
             try:
                 case.validate_response(response, checks=CHECKS)
             except BaseExceptionGroup as group:
@@ -126,10 +179,7 @@ def test_fuzzed_requests_never_5xx_and_always_match_the_document(fuzz_app: Any) 
         try:
             run()
         except hypothesis.errors.Unsatisfiable:
-            # Negative mode for an operation whose only input is an unconstrained string
-            # (e.g. /media/{key}): no invalid request exists for it. Anything else is a bug.
-            if not label.endswith("negative"):
-                raise
+            unsatisfiable.add(label)
 
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
     # Schemathesis leaves out the operation that serves the document itself.
@@ -150,8 +200,11 @@ def test_fuzzed_requests_never_5xx_and_always_match_the_document(fuzz_app: Any) 
     by_status = Counter(key.rsplit(" ", 1)[1] for key in statuses.elements())
     print(
         f"\nopenapi fuzz: {requests_sent} requests over {len(operations)} operations; "
-        f"statuses {dict(sorted(by_status.items()))}; failures {len(failures)}"
+        f"statuses {dict(sorted(by_status.items()))}; failures {len(failures)}; "
+        f"accepted creations {len(accepted)}; unsatisfiable {sorted(unsatisfiable)}"
     )
+    for label, counts in sorted(positive.items()):
+        print(f"  {label}: {dict(sorted(counts.items()))}")
     assert requests_sent >= MIN_REQUESTS
     report = "\n\n".join(
         f"{n} x {kind}\n  e.g. {samples[kind]}" for kind, n in Counter(failures).most_common()
@@ -159,6 +212,36 @@ def test_fuzzed_requests_never_5xx_and_always_match_the_document(fuzz_app: Any) 
     print(report)
     assert not failures, f"{len(failures)} failures:\n\n{report}"
     assert not any(s.startswith("5") for s in by_status), statuses
+    assert unsatisfiable == {f"{op} negative" for op in NO_INVALID_INPUT}, unsatisfiable
+
+    # Positive cases are valid by the document, so most must succeed (the rest are 4xx the
+    # document allows: a prompt that normalises to nothing, an unknown creation id, ...).
+    for label, counts in positive.items():
+        share = counts["2xx"] / sum(counts.values())
+        floor = POSITIVE_2XX_FLOOR.get(label.removesuffix(" positive"), DEFAULT_2XX_FLOOR)
+        assert share >= floor, (label, dict(counts), floor)
+
+    # No bad data: every accepted creation reads back exactly as sent, and was dispatched once.
+    assert len(accepted) >= MIN_ACCEPTED, len(accepted)
+    client = fuzz_app.test_client()
+    dispatched = Counter(p.creation_id for p in fuzz_app.recorder.dispatched)
+    for a in accepted:
+        cid = a.response["id"]
+        read = client.get(f"/api/creations/{cid}", headers={"X-Phoenix-User": a.user})
+        assert read.status_code == 200, (a, read.get_data(as_text=True))
+        view = read.get_json()
+        assert view == a.response, (a, view)
+        assert view["kind"] == a.kind and view["status"] == "pending"
+        assert view["prompt"] == normalise_prompt(a.body["prompt"]), (a.body, view["prompt"])
+        if a.body["prompt"] == " ".join(a.body["prompt"].split()) and a.body["prompt"].isprintable():
+            assert view["prompt"] == a.body["prompt"]  # nothing to normalise: stored verbatim
+        expected = {name: spec.default for name, spec in SCHEMAS[Kind(a.kind)].items()}
+        expected.update({k: v for k, v in a.body.items() if k != "prompt"})
+        assert view["params"] == expected, (a.body, view["params"])
+        for name, value in view["params"].items():
+            assert type(value) is type(expected[name]), (name, value)
+        assert dispatched[cid] == 1, (cid, dispatched[cid])
+    assert len({a.response["id"] for a in accepted}) == len(accepted)
 
 
 def _has_inputs(op: Any) -> bool:

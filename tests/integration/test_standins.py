@@ -754,17 +754,27 @@ def test_startup_failure_reports_the_log_tail() -> None:
             pass
 
 
-def test_provision_is_idempotent_and_fast_when_warm() -> None:
+def _provision_state(tools: Path) -> dict[str, tuple[int, int]]:
+    """What an install writes last (``*/.complete`` markers, the Firestore start script):
+    path -> (mtime_ns, size). A run that reinstalled anything rewrites at least one of them."""
+    files = [*tools.glob("*/.complete"), *tools.glob("firestore-emulator/start.js")]
+    return {str(p.relative_to(tools)): (p.stat().st_mtime_ns, p.stat().st_size) for p in files}
+
+
+def test_provision_is_idempotent_on_a_provisioned_machine() -> None:
+    """``./pants test`` runs ``tools/provision`` before the suite, so here everything is present.
+    Running it again must change nothing: exit 0, every component ``ok`` (none ``installed``),
+    no install marker rewritten. Nothing is timed here (a shared 2-core machine makes wall-clock
+    asserts flaky): ``benchmarks/run provision`` measures warm and cold runs."""
     script = REPO_ROOT / "tools" / "provision"
-    first = subprocess.run([str(script)], capture_output=True, text=True, timeout=900)
-    assert first.returncode == 0, first.stdout + first.stderr
-    started = time.monotonic()
-    warm = subprocess.run([str(script)], capture_output=True, text=True, timeout=60)
-    elapsed = time.monotonic() - started
-    assert warm.returncode == 0, warm.stdout + warm.stderr
-    lines = warm.stdout.splitlines()
-    assert len(lines) == 6 and all(line.startswith("ok ") for line in lines), lines
-    assert elapsed < 2.0, f"warm provision took {elapsed:.2f}s"
+    tools = servers.tools_dir()
+    before = _provision_state(tools)
+    assert before, f"nothing provisioned under {tools}: run tools/provision first"
+    again = subprocess.run([str(script)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    lines = again.stdout.splitlines()
+    assert lines and all(line.startswith("ok ") for line in lines), lines
+    assert _provision_state(tools) == before
 
 
 def test_context_managers_leave_no_process_behind() -> None:
