@@ -12,6 +12,15 @@ posted only after the previous one completed, plus a 0.2 s gap; warm-up creation
 * celery:     hot legacy path: redis-server (tools.servers) + ``python -m jobs.legacy.worker``
               (prefork, concurrency 2) already running and warmed up, API ``python -m api.main``
               with PHOENIX_DISPATCH=celery.
+* cloud-tasks: the production path on its stand-ins (``tools.emulator_profile.production_chain``,
+              what ``./pants run tools:emulator-profile`` starts): API with the Firestore store
+              and the Cloud Tasks dispatcher -> Cloud Tasks emulator delivers the HTTP task ->
+              the ``jobs:run`` stand-in starts ``python -m jobs.image.main`` with the overrides'
+              env -> the job claims in Firestore (emulator), generates through the fake Vertex
+              server and stores in the storage emulator. Stand-in costs differ from production:
+              the emulator delivers in tens of ms where Cloud Tasks adds its own queueing, and
+              Cloud Run starts a container (image pull, sandbox) where the stand-in starts a
+              process, so this is a lower bound of production's figure.
 Figures: median / p95 / max of claimed_at - created_at (and of dispatched_at - created_at, the
 API's own share), read from the store records.
 """
@@ -51,10 +60,14 @@ def _one(base: str, store: Any, timeout: float = 60.0) -> Any:
         time.sleep(0.01)
 
 
-def _series(base: str, data_dir: Path, n: int, warmup: int) -> dict[str, Any]:
+def _series(
+    base: str, data_dir: Path, n: int, warmup: int, store: Any = None
+) -> dict[str, Any]:
     from common.adapters.sqlite_store import SqliteCreationStore
 
-    store = SqliteCreationStore(data_dir / "creations.sqlite3")
+    own = store is None
+    if store is None:
+        store = SqliteCreationStore(data_dir / "creations.sqlite3")
     try:
         for _ in range(warmup):
             _one(base, store)
@@ -67,7 +80,8 @@ def _series(base: str, data_dir: Path, n: int, warmup: int) -> dict[str, Any]:
             done.append((rec.finished_at - rec.created_at).total_seconds() * 1000)
             time.sleep(0.2)
     finally:
-        store.close()
+        if own:
+            store.close()
     return {
         "n": n,
         "claim_p50_ms": c.r1(c.percentile(claim, 50)),
@@ -76,6 +90,22 @@ def _series(base: str, data_dir: Path, n: int, warmup: int) -> dict[str, Any]:
         "dispatched_p50_ms": c.r1(c.percentile(disp, 50)),
         "completed_p50_ms": c.r1(c.percentile(done, 50)),
     }
+
+
+def cloud_tasks(n: int) -> dict[str, Any]:
+    import os
+
+    from common import bootstrap
+    from common.config import Settings
+    from tools.emulator_profile import production_chain
+
+    with c.temp_dir("phoenix-bench-lat-chain-") as d, production_chain(work_dir=d) as chain:
+        os.environ["FIRESTORE_EMULATOR_HOST"] = chain.env["FIRESTORE_EMULATOR_HOST"]
+        store = bootstrap.build_store(Settings.from_env(chain.env))
+        try:
+            return _series(chain.api_url, d, n, warmup=2, store=store)
+        finally:
+            store.close()
 
 
 def local(n: int, job_cmd: str | None) -> dict[str, Any]:
@@ -148,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     results["local-pex"] = local(args.n, pex_cmd)
     print(f"[celery] {args.n} creations via a hot Celery worker ...", flush=True)
     results["celery"] = celery(args.n)
+    print(
+        f"[cloud-tasks] {args.n} creations through the Cloud Tasks emulator -> jobs:run stand-in "
+        "-> job (Firestore, fake Vertex, storage emulators) ...",
+        flush=True,
+    )
+    results["cloud-tasks"] = cloud_tasks(args.n)
 
     c.table(
         f"Dispatch latency created_at -> claimed_at ({args.n} sequential creations per path)",

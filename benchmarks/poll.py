@@ -14,12 +14,19 @@ Part B, throughput under the production server: the same two loads against ``pyt
 (gunicorn, 1 worker x 8 threads, JSON logs at INFO to /dev/null): requests/s and p50/p99.
 Part C, server CPU per poll: the WSGI app called directly (no network, no server, one thread),
 best of 3 x 3000 calls: the least noisy comparison of a 200 and a 304 on a shared machine.
+
+Parts B and C run twice: with local media (URLs under ``/media/``) and with the production media
+adapter, Cloud Storage (the storage emulator), which mints a V4 signed URL on every 200. Here a
+local service-account key signs (RSA in-process); on Cloud Run there is no key, so production
+signs through the IAM signBlob API, one HTTPS round trip per URL that this benchmark cannot
+reproduce and does not include.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 import time
@@ -32,6 +39,7 @@ from benchmarks import _common as c  # noqa: E402
 from common.ports import CreationStore  # noqa: E402
 
 USER = "poller"
+GCS_BUCKET = "phoenix-bench-media"
 
 
 class CountingStore(CreationStore):
@@ -198,17 +206,36 @@ def part_a(duration: int) -> dict[str, Any]:
     return results
 
 
-def part_b(duration: int) -> dict[str, Any]:
+def _media_env(media: str, data_dir: Path, gcs_url: str | None) -> dict[str, str]:
+    """Settings for the media adapter under test: local, or GCS on the emulator with a local
+    signing key (what the emulator profile uses)."""
+    if media == "local":
+        return {}
+    from tools.emulator_profile import write_signing_key
+
+    assert gcs_url
+    return {
+        "PHOENIX_MEDIA": "gcs",
+        "PHOENIX_MEDIA_BUCKET": GCS_BUCKET,
+        "PHOENIX_GCP_PROJECT": "phoenix-bench",
+        "STORAGE_EMULATOR_HOST": gcs_url,
+        "PHOENIX_MEDIA_SIGNING_KEY_FILE": write_signing_key(data_dir / "signing-key.json"),
+    }
+
+
+def part_b(duration: int, media: str = "local", gcs_url: str | None = None) -> dict[str, Any]:
     from common.adapters.sqlite_store import SqliteCreationStore
 
     with c.temp_dir("phoenix-bench-poll-gunicorn-") as d:
         store = SqliteCreationStore(Path(d) / "creations.sqlite3")
         cid = make_completed(store)
         store.close()
-        with c.api_server({"PHOENIX_DISPATCH": "record"}, data_dir=Path(d)) as base:
+        env = {"PHOENIX_DISPATCH": "record", **_media_env(media, Path(d), gcs_url)}
+        with c.api_server(env, data_dir=Path(d)) as base:
             url = f"{base}/api/creations/{cid}"
-            code, _, headers = c.http_json("GET", url, headers={"X-Phoenix-User": USER})
+            code, body, headers = c.http_json("GET", url, headers={"X-Phoenix-User": USER})
             assert code == 200, code
+            _check_media_url(media, body)
             loads = _loads(url, headers["ETag"], duration, 16)
     return {
         k: {kk: v["wrk"][kk] for kk in ("rps", "p50_ms", "p99_ms", "statuses")}
@@ -216,7 +243,15 @@ def part_b(duration: int) -> dict[str, Any]:
     }
 
 
-def part_c(n: int = 3000) -> dict[str, Any]:
+def _check_media_url(media: str, view: Any) -> None:
+    url = view["media"][0]["url"]
+    if media == "gcs":
+        assert "X-Goog-Signature=" in url, url  # really the signed-URL path
+    else:
+        assert url.startswith("/media/"), url
+
+
+def part_c(n: int = 3000, media: str = "local", gcs_url: str | None = None) -> dict[str, Any]:
     """Server CPU per poll without network or server: the WSGI app called directly with a
     minimal environ, one thread, ``n`` requests per answer, best of 3 rounds (us per request).
     Includes everything the app does (routing, tracing span, store read, view/JSON or 304)."""
@@ -228,10 +263,21 @@ def part_c(n: int = 3000) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     with c.temp_dir("phoenix-bench-poll-cpu-") as d:
-        settings = Settings.from_env({"PHOENIX_DATA_DIR": str(d), "PHOENIX_DISPATCH": "record"})
+        env = {
+            "PHOENIX_DATA_DIR": str(d),
+            "PHOENIX_DISPATCH": "record",
+            **_media_env(media, Path(d), gcs_url),
+        }
+        if gcs_url:
+            os.environ["STORAGE_EMULATOR_HOST"] = gcs_url  # read by the storage client
+        settings = Settings.from_env(env)
         store = SqliteCreationStore(settings.sqlite_path)
         cid = make_completed(store)
         app = create_app(settings, store=store)
+        _check_media_url(
+            media,
+            app.test_client().get(f"/api/creations/{cid}", headers={"X-Phoenix-User": USER}).json,
+        )
         base = {
             "REQUEST_METHOD": "GET",
             "PATH_INFO": f"/api/creations/{cid}",
@@ -290,12 +336,20 @@ def main(argv: Iterable[str] | None = None) -> int:
         flush=True,
     )
     a = part_a(args.duration)
-    print(
-        f"[B] gunicorn (python -m api.main, 1 x 8 threads), {args.duration} s per load", flush=True
-    )
-    b = part_b(args.duration)
-    print("[C] CPU per poll, WSGI app called directly (no network)", flush=True)
-    cpu = part_c()
+    from tools.servers import gcs_emulator
+
+    b: dict[str, Any] = {}
+    cpu: dict[str, Any] = {}
+    with gcs_emulator(default_bucket=GCS_BUCKET) as gcs:
+        for media in ("local", "gcs"):
+            print(
+                f"[B] gunicorn (python -m api.main, 1 x 8 threads), media {media}, "
+                f"{args.duration} s per load",
+                flush=True,
+            )
+            b[media] = part_b(args.duration, media, gcs.url)
+            print(f"[C] CPU per poll, WSGI app called directly, media {media}", flush=True)
+            cpu[media] = part_c(media=media, gcs_url=gcs.url)
 
     c.table(
         "Poll GET /api/creations/<id>: counted in-process (werkzeug threaded server, 8 connections)",
@@ -323,13 +377,21 @@ def main(argv: Iterable[str] | None = None) -> int:
     )
     c.table(
         "Poll under gunicorn (1 worker x 8 threads, 16 connections)",
-        ["answer", "req/s", "p50 ms", "p99 ms", "statuses"],
-        [[k, v["rps"], v["p50_ms"], v["p99_ms"], v["statuses"]] for k, v in b.items()],
+        ["media", "answer", "req/s", "p50 ms", "p99 ms", "statuses"],
+        [
+            [m, k, v["rps"], v["p50_ms"], v["p99_ms"], v["statuses"]]
+            for m, loads in b.items()
+            for k, v in loads.items()
+        ],
     )
     c.table(
         "Server CPU per poll (WSGI app called directly, 1 thread, best of 3 x 3000)",
-        ["answer", "us / request", "body bytes"],
-        [[k, v["us_per_request"], v["bytes"]] for k, v in cpu.items()],
+        ["media", "answer", "us / request", "body bytes"],
+        [
+            [m, k, v["us_per_request"], v["bytes"]]
+            for m, answers in cpu.items()
+            for k, v in answers.items()
+        ],
     )
     ok_304 = a["304"]["view_builds_per_poll"] == 0 and set(a["304"]["statuses"]) == {"304"}
     ok_reads = all(
