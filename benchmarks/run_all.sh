@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every benchmark in sequence (about 15 minutes on a 2-core machine; run it on an otherwise idle machine) and collects the
-# BENCH_JSON lines at the end (what the README's performance table is filled from).
+# Runs every benchmark in sequence (about 20 minutes on a 2-core machine; run it on an otherwise idle machine) and collects the
+# BENCH_JSON lines at the end (what the README's performance table is filled from); each
+# benchmark also writes dist/benchmarks/NAME.json.
 #
 #   benchmarks/run_all.sh            # from anywhere; output also saved to dist/benchmarks/results.txt
 #
@@ -13,7 +14,7 @@ mkdir -p dist/benchmarks
 out=dist/benchmarks/results.txt
 : > "$out"
 failed=()
-for b in artifacts cold_start enqueue poll dispatch_latency load_mixed crash_recovery admission auth_flood; do
+for b in artifacts cold_start enqueue poll dispatch_latency load_mixed crash_recovery admission auth_flood render sdk_imports provision; do
   echo "=== benchmarks.$b ===" | tee -a "$out"
   # artifacts builds the three PEXes; cold_start also builds its eager PEX (image-job: no-op).
   extra=()

@@ -27,6 +27,7 @@ input is a bug that also leaks into error budgets and alerts. Nothing runs behin
 from __future__ import annotations
 
 import copy
+import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,6 +42,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -71,6 +73,8 @@ SUPPRESSED_HEALTH_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large]
 EXAMPLES = 150
 CHECKS = [
     not_a_server_error,
+    # Negative mode: a request the document calls invalid must not be accepted (2xx).
+    negative_data_rejection,
     response_schema_conformance,
     status_code_conformance,
     content_type_conformance,
@@ -224,6 +228,11 @@ def test_fuzzed_requests_never_5xx_and_always_match_the_document(fuzz_app: Any) 
     # No bad data: every accepted creation reads back exactly as sent, and was dispatched once.
     assert len(accepted) >= MIN_ACCEPTED, len(accepted)
     client = fuzz_app.test_client()
+    document = client.get("/api/openapi.json").get_json()
+    request_schemas = {
+        kind: document["components"]["schemas"][f"{kind.title()}Request"]
+        for kind in ("video", "image")
+    }
     dispatched = Counter(p.creation_id for p in fuzz_app.recorder.dispatched)
     for a in accepted:
         cid = a.response["id"]
@@ -240,8 +249,43 @@ def test_fuzzed_requests_never_5xx_and_always_match_the_document(fuzz_app: Any) 
         assert view["params"] == expected, (a.body, view["params"])
         for name, value in view["params"].items():
             assert type(value) is type(expected[name]), (name, value)
+        # And what is stored is a valid request by the document's own schema (not only by the
+        # validator that let it in).
+        stored = {"prompt": view["prompt"], **view["params"]}
+        problems = _violations(stored, request_schemas[a.kind])
+        assert not problems, (a.body, stored, problems)
         assert dispatched[cid] == 1, (cid, dispatched[cid])
     assert len({a.response["id"] for a in accepted}) == len(accepted)
+
+
+def _violations(value: Any, schema: dict[str, Any], where: str = "body") -> list[str]:
+    """The keywords the request schemas use, checked here independently of the app's validator
+    (type, enum, bounds, lengths, pattern, required, additionalProperties)."""
+    kinds = {"string": str, "integer": int, "object": dict, "number": (int, float)}
+    want = schema.get("type")
+    if want and (not isinstance(value, kinds[want]) or isinstance(value, bool)):
+        return [f"{where}: not a {want}: {value!r}"]
+    out = []
+    if "enum" in schema and value not in schema["enum"]:
+        out.append(f"{where}: {value!r} not in {schema['enum']}")
+    if "minimum" in schema and value < schema["minimum"]:
+        out.append(f"{where}: {value!r} < {schema['minimum']}")
+    if "maximum" in schema and value > schema["maximum"]:
+        out.append(f"{where}: {value!r} > {schema['maximum']}")
+    if isinstance(value, str):
+        if not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value)):
+            out.append(f"{where}: length {len(value)} out of bounds")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            out.append(f"{where}: does not match {schema['pattern']!r}")
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        out += [f"{where}.{k}: required" for k in schema.get("required", []) if k not in value]
+        if schema.get("additionalProperties") is False:
+            out += [f"{where}.{k}: not allowed" for k in value if k not in props]
+        for k, v in value.items():
+            if k in props:
+                out += _violations(v, props[k], f"{where}.{k}")
+    return out
 
 
 def _has_inputs(op: Any) -> bool:
