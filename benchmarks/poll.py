@@ -329,6 +329,7 @@ def part_c(n: int = 3000, media: str = "local", gcs_url: str | None = None) -> d
 def main(argv: Iterable[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--cpu-calls", type=int, default=3000, help="part C calls per round")
     args = ap.parse_args(list(argv) if argv is not None else None)
     c.ensure_apt("wrk")
     print(
@@ -349,7 +350,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             )
             b[media] = part_b(args.duration, media, gcs.url)
             print(f"[C] CPU per poll, WSGI app called directly, media {media}", flush=True)
-            cpu[media] = part_c(media=media, gcs_url=gcs.url)
+            cpu[media] = part_c(args.cpu_calls, media=media, gcs_url=gcs.url)
 
     c.table(
         "Poll GET /api/creations/<id>: counted in-process (werkzeug threaded server, 8 connections)",
@@ -385,7 +386,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         ],
     )
     c.table(
-        "Server CPU per poll (WSGI app called directly, 1 thread, best of 3 x 3000)",
+        f"Server CPU per poll (WSGI app called directly, 1 thread, best of 3 x {args.cpu_calls})",
         ["media", "answer", "us / request", "body bytes"],
         [
             [m, k, v["us_per_request"], v["bytes"]]

@@ -4,12 +4,13 @@ card named), and the other cloud SDKs a job or the API may import.
 Run (repo root):  benchmarks/run sdk_imports [--runs 7]
 
 Why: a Cloud Run Job pays its imports on every cold execution, and the choice of Vertex SDK was
-made partly on import time. google-cloud-aiplatform is not in the lockfile (nothing ships it),
-so this benchmark makes its own throw-away venv, ``$PHOENIX_TOOLS_DIR/bench-sdk-imports``
-(``.tools/``, git-ignored), with pip, pinned: google-cloud-aiplatform==AIPLATFORM_VERSION and
-the lockfile's own versions of google-genai and the other SDKs, so both Vertex SDKs are
-measured side by side in one environment. Created on first use (a few hundred MB of wheels
-from PyPI), reused afterwards.
+made partly on import time. The project's SDKs (google-genai, Firestore, Cloud Storage, Cloud
+Tasks) are measured in the locked resolve benchmarks/run runs this with (what the images ship).
+google-cloud-aiplatform is not in the lockfile (nothing ships it, and its pins conflict with
+the locked google-genai), so it gets its own throw-away venv from the same CPython,
+``$PHOENIX_TOOLS_DIR/bench-sdk-imports`` (``.tools/``, git-ignored), pip-installed and pinned
+(google-cloud-aiplatform==AIPLATFORM_VERSION). Created on first use (wheels from PyPI),
+reused afterwards; the JSON records every measured package's version.
 
 What is measured: for each module, ``--runs`` fresh interpreters (``python -c "import time;
 t=...; import M; print(...)"``), median and min ms of the import alone (interpreter start-up
@@ -31,16 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # self-locating
 from benchmarks import _common as c  # noqa: E402
 
 AIPLATFORM_VERSION = "2.7.0"
-# Same as 3rdparty/python/python-default.lock (checked at run time against the project venv).
 LOCKED = ("google-genai", "google-cloud-firestore", "google-cloud-storage", "google-cloud-tasks")
-MODULES = [
-    "google.genai",
-    "google.cloud.aiplatform",
-    "vertexai",
-    "google.cloud.firestore",
-    "google.cloud.storage",
-    "google.cloud.tasks_v2",
-]
+# module -> which environment: the project's locked resolve, or the aiplatform venv.
+MODULES = {
+    "google.genai": "locked",
+    "google.cloud.aiplatform": "aiplatform",
+    "vertexai": "aiplatform",
+    "google.cloud.firestore": "locked",
+    "google.cloud.storage": "locked",
+    "google.cloud.tasks_v2": "locked",
+}
 _TIMED = (
     "import sys, time\n"
     "t = time.perf_counter()\n"
@@ -49,30 +50,19 @@ _TIMED = (
 )
 
 
-def _locked_versions() -> dict[str, str]:
-    """The lockfile's versions, read from the venv benchmarks/run gave us (it is the resolve)."""
-    import importlib.metadata as md
-
-    return {name: md.version(name) for name in LOCKED}
-
-
-def ensure_venv(locked: dict[str, str]) -> Path:
+def ensure_venv() -> Path:
     from tools.servers import tools_dir
 
     venv = tools_dir() / "bench-sdk-imports"
-    want = sorted([f"google-cloud-aiplatform=={AIPLATFORM_VERSION}"] + [
-        f"{k}=={v}" for k, v in locked.items()
-    ])
+    want = f"google-cloud-aiplatform=={AIPLATFORM_VERSION}"
     marker = venv / ".complete"
-    if marker.exists() and marker.read_text() == "\n".join(want):
+    if marker.exists() and marker.read_text() == want:
         return venv
-    print(f"[setup] creating {venv} with {' '.join(want)} (pip, PyPI)", flush=True)
+    print(f"[setup] creating {venv} with {want} (pip, PyPI)", flush=True)
     subprocess.run([c.plain_python311(), "-m", "venv", "--clear", str(venv)], check=True)
     env = dict(os.environ, PIP_CONFIG_FILE="/dev/null", PIP_DISABLE_PIP_VERSION_CHECK="1")
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", *want], check=True, env=env
-    )
-    marker.write_text("\n".join(want))
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", want], check=True, env=env)
+    marker.write_text(want)
     return venv
 
 
@@ -93,16 +83,13 @@ def time_import(python: Path, module: str, runs: int, *, pyc: bool) -> dict[str,
     return {"median_ms": c.r1(c.percentile(times, 50)), "min_ms": c.r1(min(times))}
 
 
-def _versions(python: Path) -> dict[str, str]:
+def _versions(python: Path, names: tuple[str, ...]) -> dict[str, str]:
     code = (
         "import importlib.metadata as m, json, sys\n"
         "print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))\n"
     )
     out = subprocess.run(
-        [str(python), "-c", code, "google-cloud-aiplatform", *LOCKED],
-        capture_output=True,
-        text=True,
-        check=True,
+        [str(python), "-c", code, *names], capture_output=True, text=True, check=True
     )
     import json
 
@@ -114,11 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--no-pyc", action="store_true", help="also measure without bytecode caches")
     args = ap.parse_args(argv)
-    venv = ensure_venv(_locked_versions())
-    python = venv / "bin" / "python"
+    venv = ensure_venv()
+    pythons = {"locked": Path(sys.executable), "aiplatform": venv / "bin" / "python"}
     results: dict[str, Any] = {}
-    for module in MODULES:
-        print(f"[import] {module} ...", flush=True)
+    for module, where in MODULES.items():
+        python = pythons[where]
+        print(f"[import] {module} ({where}) ...", flush=True)
         entry = {"with_pyc": time_import(python, module, args.runs, pyc=True)}
         if args.no_pyc:
             entry["without_pyc"] = time_import(python, module, max(3, args.runs // 2), pyc=False)
@@ -140,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         {
             **c.machine(),
             "runs": args.runs,
-            "versions": _versions(python),
+            "versions": {
+                "locked": _versions(pythons["locked"], LOCKED),
+                "aiplatform": _versions(pythons["aiplatform"], ("google-cloud-aiplatform",)),
+            },
             "results": results,
             "aiplatform_over_genai": round(aip / genai, 2),
         },
