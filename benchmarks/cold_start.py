@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 _build_venv(py, c.pex_path(name), venv, pex_root), 2
             )
             venvs[label] = venv
+            print(f"[setup] {label} venv built in {setup[f'{label}_venv_build_s']} s", flush=True)
         for label in ("real", "eager"):
             variants[f"production {label}/venv"] = ([str(venvs[label] / "pex")], prod_env, prod_store)
         for name in ("image-job", "eager-image-job"):
@@ -317,10 +318,12 @@ def main(argv: list[str] | None = None) -> int:
             setup[f"{key.replace('/', '_').replace(' ', '_')}_first_run_s"] = round(
                 time.monotonic() - t, 2
             )
+            print(f"[warm-up] {key}: {time.monotonic() - t:.1f} s", flush=True)
 
         claim: dict[str, list[float]] = {k: [] for k in variants}
         total: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(args.runs):
+        for n in range(args.runs):
+            print(f"[run] {n + 1}/{args.runs}", flush=True)
             for key, (cmd, e, st) in variants.items():
                 cl, tot = _run_once(cmd, e, st, tmp)
                 claim[key].append(cl)

@@ -15,9 +15,10 @@ the documented normalisation, every sent parameter with its type, defaults for t
 caller as owner), equal to the 202 body, and dispatched exactly once.
 
 Hypothesis health checks stay on except the two that only say "this input space is large or
-slow to generate" (``too_slow``, ``data_too_large``); ``Unsatisfiable`` is allowed only for the
-operations listed in ``NO_INVALID_INPUT`` (those whose every input is an unconstrained string,
-so no invalid request exists), and the test asserts it happens for exactly those.
+slow to generate" (``too_slow``, ``data_too_large``). "No invalid input can be generated"
+(``Unsatisfiable``, or ``filter_too_much`` with zero inputs) is allowed only for the
+operations listed in ``NO_INVALID_INPUT`` (those whose every input is an unconstrained string),
+and the test asserts it happens for exactly those.
 
 Why it matters: clients (the page, scripts, generated SDKs) rely on the document; a 500 on bad
 input is a bug that also leaks into error budgets and alerts. Nothing runs behind the API
@@ -62,10 +63,21 @@ MIN_REQUESTS = 1000
 MIN_ACCEPTED = 100
 # Operations whose every input is an unconstrained string (``/media/{key}``): schemathesis
 # cannot build an invalid request for them, so their negative mode is Unsatisfiable.
-NO_INVALID_INPUT: set[str] = set()
-# Share of positive (schema-valid) cases that must be answered 2xx, per operation.
+NO_INVALID_INPUT = {"GET /media/{key}"}
+# Share of positive (schema-valid) cases that must be answered 2xx, per operation. With the
+# limits off, a valid generation request is refused only for a prompt that normalises to
+# nothing, which the generator rarely produces. Three operations answer 4xx to random valid
+# input by design and have no floor: random ids/keys are unknown (404; the seeded pass covers
+# known ids) and random users are not admins (403).
 DEFAULT_2XX_FLOOR = 0.5
-POSITIVE_2XX_FLOOR: dict[str, float] = {}
+POSITIVE_2XX_FLOOR: dict[str, float] = {
+    "POST /api/generate/image": 0.8,
+    "POST /api/generate/video": 0.8,
+    "GET /api/creations/{creation_id}": 0.0,
+    "GET /media/{key}": 0.0,
+    "GET /admin/migration": 0.0,
+    "GET /api/admin/migration": 0.0,
+}
 # Only "the input space is big/slow to generate" checks; never filter_too_much / too_large etc.
 SUPPRESSED_HEALTH_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large]
 # Per operation and mode. Operations without parameters exhaust their (tiny) input space
@@ -182,7 +194,14 @@ def test_fuzzed_requests_never_5xx_and_always_match_the_document(fuzz_app: Any) 
 
         try:
             run()
-        except hypothesis.errors.Unsatisfiable:
+        except (hypothesis.errors.Unsatisfiable, hypothesis.errors.FailedHealthCheck) as exc:
+            # "No invalid request exists": hypothesis says so as Unsatisfiable or as a
+            # filter_too_much health check with zero inputs generated. Any other health check
+            # failure is real. Which operations may do this is asserted below.
+            if isinstance(exc, hypothesis.errors.FailedHealthCheck) and (
+                "0 inputs were generated successfully" not in str(exc)
+            ):
+                raise
             unsatisfiable.add(label)
 
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
