@@ -59,19 +59,28 @@ def test_forged_signature_is_rejected(verifier):
         verifier.verify(forger.sign(firebase_claims(PROJECT, "mallory")))
 
 
-def test_unknown_key_id_triggers_one_refetch_then_fails(verifier, key):
-    # Warm the cache first, so the refetch counted below is the one the unknown kid caused.
-    verifier.verify(key.sign(firebase_claims(PROJECT, "a")))
-    assert len(verifier.fetches) == 1
-    with pytest.raises(AuthError, match="signature"):
-        verifier.verify(key.sign(firebase_claims(PROJECT, "a"), kid="rotated"))
-    assert len(verifier.fetches) == 2
+def test_unknown_key_id_triggers_one_refetch_then_fails(key):
+    """A warm cache meets a kid it does not hold: exactly one refetch (the cache is not empty, so
+    this is not the first fetch), then a 401 reason; the same kid again costs no fetch."""
+    clock = FakeClock()
+    v, fetches = _counting_verifier(key, clock=clock, min_fetch_interval=30)
+    v.verify(key.sign(firebase_claims(PROJECT, "a")))
+    assert len(fetches) == 1
+    clock.t += 31  # past the minimum interval between fetches
+    with pytest.raises(AuthError, match="unknown signing key"):
+        v.verify(key.sign(firebase_claims(PROJECT, "a"), kid="rotated"))
+    assert len(fetches) == 2
+    with pytest.raises(AuthError):
+        v.verify(key.sign(firebase_claims(PROJECT, "a"), kid="rotated"))
+    assert len(fetches) == 2
 
 
 def test_certificate_rotation_with_a_warm_cache_costs_exactly_one_refetch(key):
     """Google rotates the securetoken keys: tokens signed with a new ``kid`` start arriving while
     our cache (valid for hours) still holds only the old certificates. The first such token must
-    trigger exactly one refetch and verify; later tokens of either key use the new cache."""
+    trigger exactly one refetch and verify; later tokens of either key use the new cache. (Google
+    publishes a key well before signing with it, so the refetch is past the verifier's minimum
+    interval between fetches, which bounds what forged kids can cost.)"""
     new_key = make_key("k2")
     published = [{key.kid: key.cert_pem}]
     fetches: list[int] = []
@@ -80,12 +89,17 @@ def test_certificate_rotation_with_a_warm_cache_costs_exactly_one_refetch(key):
         fetches.append(1)
         return dict(published[-1]), 3600.0
 
-    verifier = FirebaseTokenVerifier(PROJECT, fetch_certs=fetch)
+    clock = FakeClock()
+    verifier = FirebaseTokenVerifier(
+        PROJECT, fetch_certs=fetch, clock=clock, min_fetch_interval=30
+    )
     assert verifier.verify(key.sign(firebase_claims(PROJECT, "old"))).user_id == "old"
+    clock.t += 600
     assert verifier.verify(key.sign(firebase_claims(PROJECT, "old"))).user_id == "old"
     assert len(fetches) == 1  # warm, long-lived cache
 
     published.append({key.kid: key.cert_pem, new_key.kid: new_key.cert_pem})  # rotation
+    clock.t += 600
     assert verifier.verify(new_key.sign(firebase_claims(PROJECT, "new"))).user_id == "new"
     assert len(fetches) == 2  # exactly one refetch for the new kid
     for _ in range(3):
