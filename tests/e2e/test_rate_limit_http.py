@@ -1,10 +1,10 @@
-"""The per-user token bucket (``PHOENIX_RATE_LIMIT_PER_MINUTE``) over real HTTP, on the real
-server process: the burst is accepted, the next request is ``429`` with ``Retry-After`` and the
-JSON error, nothing is stored for it, another user is unaffected, and after waiting the
-advertised ``Retry-After`` the same user is accepted again.
+"""The per-user request rate limit (``PHOENIX_RATE_LIMIT_PER_MINUTE``) over real HTTP, on the
+real server process: the allowance is accepted, the next request is ``429`` with
+``Retry-After`` and the JSON error, nothing is stored for it, another user is unaffected, and
+after waiting the advertised ``Retry-After`` the same user is accepted again.
 
-Where the bucket lives (in the API process or in the store) is the implementation's business;
-this test only speaks HTTP, so it holds for either. The unfinished-creation cap is switched off
+How the limit is kept (a token bucket in the API process, a sliding window in the store) is
+the implementation's business; this test only speaks HTTP, so it holds for either. The unfinished-creation cap is switched off
 here so that every 429 is the bucket's.
 """
 
@@ -19,7 +19,7 @@ import requests
 
 from tests.support.local_server import LocalServer, start_local_server, stop_server
 
-PER_MINUTE = 6  # one token every 10 s, burst of 6
+PER_MINUTE = 6
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def _listed(server: LocalServer, user: str) -> int:
     return len(resp.json()["creations"])
 
 
-def test_the_token_bucket_answers_429_over_http_then_refills(server: LocalServer) -> None:
+def test_the_rate_limit_answers_429_over_http_then_admits_again(server: LocalServer) -> None:
     burst = [_post(server, "bucket-a", n).status_code for n in range(PER_MINUTE)]
     assert burst == [202] * PER_MINUTE
 
@@ -67,15 +67,14 @@ def test_the_token_bucket_answers_429_over_http_then_refills(server: LocalServer
     body = refused.json()
     assert body["error"]["code"] == "rate_limited" and body["error"]["message"]
     retry_after = int(refused.headers["Retry-After"])
-    assert 1 <= retry_after <= 60 // PER_MINUTE, retry_after
+    assert 1 <= retry_after <= 60, retry_after
     assert _listed(server, "bucket-a") == PER_MINUTE  # the refused request stored nothing
 
     # Buckets are per user.
     assert _post(server, "bucket-b", 0).status_code == 202
 
-    # The advertised wait is enough: one token has refilled by then.
+    # The advertised wait is enough: by then the user may send again.
     time.sleep(retry_after + 0.2)
     again = _post(server, "bucket-a", PER_MINUTE + 1)
     assert again.status_code == 202, again.text
-    assert _post(server, "bucket-a", PER_MINUTE + 2).status_code == 429
     assert _listed(server, "bucket-a") == PER_MINUTE + 1
