@@ -139,7 +139,7 @@ def _run_once(argv: list[str], env: dict[str, str], store: Any, cwd: Path) -> tu
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        timeout=120,
+        timeout=600,  # generous: a busy shared machine can take minutes for a first run
     )
     t_exit = time.time()
     rec = store.get(cid)

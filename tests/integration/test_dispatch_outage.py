@@ -155,6 +155,8 @@ def _assert_refused_and_kept(
 
 
 def test_outage_submissions_get_503_then_all_complete_exactly_once(tmp_path: Path) -> None:
+    """Shown to fail when the sweeper skips refused dispatches (scratch branch
+    scratch/promises-break-sweep-refused, 2026-12-01): the one sweep re-dispatched 0 of 100."""
     settings = Settings(
         data_dir=tmp_path, dispatch="local", rate_limit_per_minute=0, max_active_per_user=0
     )

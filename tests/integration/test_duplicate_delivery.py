@@ -17,9 +17,10 @@ one ``job_claimed`` log event (``run_job`` logs it right before calling the gene
 JSON log lines of all 500 processes give the number of generations; the records must show
 ``attempts == 1``; and the media directory must hold exactly one PNG per creation.
 
-Shown to fail when the mechanism breaks (scratch branch, 2026-12-01): with ``lifecycle.claim``
-changed to take over a live lease, every group had 10 claims and the test failed on
-``counts["job_claimed"] == 1``.
+Shown to fail when the mechanism breaks (scratch branch scratch/promises-break-claim,
+2026-12-01, run with CREATIONS = 3 to fit a busy shared machine): with ``lifecycle.claim``
+letting a second owner past a live lease, the first creation was claimed 3 times and the test
+failed on ``counts["job_claimed"] == 1``.
 
 Scheduling: 500 interpreters at once would thrash a 2-core machine, so launches go through a
 pool of at most ``MAX_PROCESSES`` concurrent processes, but the 10 deliveries of one creation are

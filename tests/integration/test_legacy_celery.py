@@ -57,6 +57,8 @@ def test_video_and_image_complete_through_celery(legacy, tmp_path):
 
 
 def test_retryable_failure_is_retried_by_celery_then_fails_with_the_reason(legacy, tmp_path):
+    """Shown to fail when every generation error is treated as permanent (scratch branch
+    scratch/promises-break-retryable, 2026-12-01)."""
     env, settings, store = legacy
     dispatcher = CeleryDispatcher.from_settings(settings)
     with legacy_worker(env, tmp_path / "worker.log", concurrency=1):

@@ -164,6 +164,8 @@ def _assert_isolated(client: Any, alice: dict[str, str], bob: dict[str, str]) ->
 
 
 def test_local_mode_users_cannot_see_each_others_creations(tmp_path: Path) -> None:
+    """Shown to fail when the service stops checking the owner (scratch branch
+    scratch/promises-break-ownership, 2026-12-01)."""
     client = _app(tmp_path, auth="local").test_client()
     _assert_isolated(client, {"X-Phoenix-User": "alice"}, {"X-Phoenix-User": "bob"})
 

@@ -15,6 +15,8 @@ from common.domain.creation import Kind, Status
 
 
 def test_sweep_command_recovers_a_creation_whose_dispatch_failed(tmp_path):
+    """Shown to fail when the sweeper skips refused dispatches (scratch branch
+    scratch/promises-break-sweep-refused, 2026-12-01)."""
     store = SqliteCreationStore(tmp_path / "creations.sqlite3")
     long_ago = lc.utcnow() - timedelta(minutes=2)
     c = lc.new(

@@ -186,6 +186,8 @@ def test_invalid_argument_fails_permanently(env, kind):
 
 @pytest.mark.parametrize("kind", [Kind.IMAGE, Kind.VIDEO])
 def test_quota_exhausted_is_retried_and_the_next_attempt_completes(env, kind):
+    """Shown to fail when every generation error is treated as permanent (scratch branch
+    scratch/promises-break-retryable, 2026-12-01)."""
     cid = env.add(kind, "[quota:1] a lighthouse")
     first = env.run(cid, kind)
     assert (first.exit_code, first.status) == (EXIT_RETRY, "retry")
@@ -213,6 +215,8 @@ class Crash(BaseException):
 
 
 def test_a_crash_after_the_veo_call_resumes_the_operation_without_paying_twice(env, fake):
+    """Shown to fail when resuming is broken (scratch branch scratch/promises-break-veo-resume,
+    2026-12-01: the generator ignores the recorded operation): 2 predictLongRunning calls."""
     cid = env.add(Kind.VIDEO, "[polls:3] a crash-tested sunrise")
 
     class CrashAfterRecording:

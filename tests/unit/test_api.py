@@ -181,6 +181,8 @@ def test_route_seam_decides_and_records_the_path(tmp_path):
     ],
 )
 def test_invalid_bodies_are_400_naming_the_field(env, kind, body, field):
+    """Shown to fail when the upper bound on ``count`` is dropped (scratch branch
+    scratch/promises-break-bad-data, 2026-12-01): count 5 was accepted."""
     client, store, rec, _ = env
     resp = post(client, kind, body)
     err = assert_error(resp, 400, "invalid_request")
@@ -326,6 +328,8 @@ def test_get_returns_the_view_and_unknown_is_404(env):
 
 
 def test_other_users_cannot_read_or_list_a_creation(env):
+    """Shown to fail when the service stops checking the owner (scratch branch
+    scratch/promises-break-ownership, 2026-12-01)."""
     client, *_ = env
     mine = post(client, "image", {"prompt": "alice's"}, user="alice").get_json()
     foreign = client.get(f"/api/creations/{mine['id']}", headers={"X-Phoenix-User": "mallory"})

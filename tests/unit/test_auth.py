@@ -49,6 +49,8 @@ def test_valid_token_yields_the_user(verifier, key):
     ],
 )
 def test_bad_claims_are_rejected(verifier, key, claims, reason):
+    """Shown to fail when the issuer check is removed (scratch branch
+    scratch/promises-break-issuer, 2026-12-01)."""
     with pytest.raises(AuthError, match=reason):
         verifier.verify(key.sign(claims))
 

@@ -78,6 +78,8 @@ def test_permanent_failure_is_recorded_and_not_retried(store, tmp_path):
 
 
 def test_retryable_failure_exits_nonzero_then_fails_after_max_attempts(store, tmp_path):
+    """Shown to fail when every generation error is treated as permanent (scratch branch
+    scratch/promises-break-retryable, 2026-12-01)."""
     cid = add(store)
     quota = GenerationError("quota_exhausted", "429", retryable=True)
     gen = ScriptedGenerator(quota, quota)

@@ -39,6 +39,8 @@ def test_defaults_apply_to_everything_but_the_prompt():
     ],
 )
 def test_bad_requests_name_the_field(kind, body, field):
+    """Shown to fail when the upper bound on ``count`` is dropped (scratch branch
+    scratch/promises-break-bad-data, 2026-12-01)."""
     with pytest.raises(ValidationError) as err:
         parse_generation_request(kind, body)
     assert err.value.field == field

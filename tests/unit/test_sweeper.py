@@ -35,6 +35,8 @@ def setup(**changes):
 
 
 def test_failed_dispatch_is_redispatched_after_the_grace_period():
+    """Shown to fail when the sweeper skips refused dispatches (scratch branch
+    scratch/promises-break-sweep-refused, 2026-12-01)."""
     store, cid = setup(steps=[lambda c: lc.mark_dispatch_failed(c, now=T0, reason="down")])
     rec = RecordingDispatcher()
     paths = []
@@ -76,6 +78,8 @@ def test_dispatched_but_never_claimed_is_sent_again_then_given_up():
 
 
 def test_expired_lease_is_redispatched_but_a_live_one_is_left_alone():
+    """Shown to fail when the sweeper ignores expired leases (scratch branch
+    scratch/promises-break-sweep-leases, 2026-12-01)."""
     lease = timedelta(minutes=2)
     store, cid = setup(
         steps=[
