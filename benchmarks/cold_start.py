@@ -305,7 +305,11 @@ def main(argv: list[str] | None = None) -> int:
             venvs[label] = venv
             print(f"[setup] {label} venv built in {setup[f'{label}_venv_build_s']} s", flush=True)
         for label in ("real", "eager"):
-            variants[f"production {label}/venv"] = ([str(venvs[label] / "pex")], prod_env, prod_store)
+            variants[f"production {label}/venv"] = (
+                [str(venvs[label] / "pex")],
+                prod_env,
+                prod_store,
+            )
         for name in ("image-job", "eager-image-job"):
             label = "real" if name == "image-job" else "eager"
             variants[f"embedded {label}/pex"] = ([py, str(c.pex_path(name))], env, store)

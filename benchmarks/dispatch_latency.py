@@ -60,9 +60,7 @@ def _one(base: str, store: Any, timeout: float = 60.0) -> Any:
         time.sleep(0.01)
 
 
-def _series(
-    base: str, data_dir: Path, n: int, warmup: int, store: Any = None
-) -> dict[str, Any]:
+def _series(base: str, data_dir: Path, n: int, warmup: int, store: Any = None) -> dict[str, Any]:
     from common.adapters.sqlite_store import SqliteCreationStore
 
     own = store is None

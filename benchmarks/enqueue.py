@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for path, r in results.items():
-        m, p, q = r["max"], r["paced"], r["sequential"]
+        m, p = r["max"], r["paced"]
         rows.append(
             [
                 path,

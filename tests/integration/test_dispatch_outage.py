@@ -260,9 +260,12 @@ def _start_redis(port: int, data_dir: str) -> subprocess.Popen[bytes]:
 def test_real_celery_broker_outage_then_sweeper_enqueues_each_creation_once(
     tmp_path: Path,
 ) -> None:
-    from common.adapters.celery_dispatch import LEGACY_QUEUE, CeleryDispatcher, sender_app
-
-    from common.adapters.celery_dispatch import CONNECT_TIMEOUT_S
+    from common.adapters.celery_dispatch import (
+        CONNECT_TIMEOUT_S,
+        LEGACY_QUEUE,
+        CeleryDispatcher,
+        sender_app,
+    )
 
     # A refusal must not wait out even one connect timeout.
     FAIL_FAST_S = min(1.0, CONNECT_TIMEOUT_S)  # noqa: N806

@@ -143,7 +143,9 @@ def _deliver_group(
             exited = sum(1 for proc, _ in procs if proc.poll() is not None)
             if exited >= DELIVERIES - 1:
                 break
-            claims = sum(_events(p.read_text(errors="replace")).count("job_claimed") for _, p in procs)
+            claims = sum(
+                _events(p.read_text(errors="replace")).count("job_claimed") for _, p in procs
+            )
             if claims > 1:
                 break
             time.sleep(0.05)

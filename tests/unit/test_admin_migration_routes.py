@@ -160,7 +160,5 @@ def test_the_live_rollout_split_is_reported_from_the_real_route_seam(tmp_path):
         "video": {"cloud-tasks": 25, "celery": 75},
         "image": {settings.dispatch: 100},
     }
-    page = client.get("/admin/migration", headers={"X-Phoenix-User": "boss"}).get_data(
-        as_text=True
-    )
+    page = client.get("/admin/migration", headers={"X-Phoenix-User": "boss"}).get_data(as_text=True)
     assert "Live rollout" in page and "cloud-tasks" in page

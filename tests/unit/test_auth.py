@@ -92,9 +92,7 @@ def test_certificate_rotation_with_a_warm_cache_costs_exactly_one_refetch(key):
         return dict(published[-1]), 3600.0
 
     clock = FakeClock()
-    verifier = FirebaseTokenVerifier(
-        PROJECT, fetch_certs=fetch, clock=clock, min_fetch_interval=30
-    )
+    verifier = FirebaseTokenVerifier(PROJECT, fetch_certs=fetch, clock=clock, min_fetch_interval=30)
     assert verifier.verify(key.sign(firebase_claims(PROJECT, "old"))).user_id == "old"
     clock.t += 600
     assert verifier.verify(key.sign(firebase_claims(PROJECT, "old"))).user_id == "old"
