@@ -56,6 +56,8 @@ def guard_and_clock(request, tmp_path, monkeypatch):
 
 
 def test_limit_is_enforced_and_release_frees_a_slot(guard_and_clock):
+    """Shown to fail when the SQLite guard stops counting slots (scratch branch
+    scratch/promises-break-slot-guard, 2026-12-01)."""
     guard, _ = guard_and_clock
     assert guard.acquire("veo", "a", limit=2, ttl=TTL)
     assert guard.acquire("veo", "b", limit=2, ttl=TTL)

@@ -222,6 +222,8 @@ def test_twenty_concurrent_image_requests_all_complete(server: LocalServer) -> N
 
 
 def test_a_user_over_the_unfinished_cap_gets_429_with_retry_after(server: LocalServer) -> None:
+    """Shown to fail when the unfinished-creation cap is removed (scratch branch
+    scratch/promises-break-quota-cap, 2026-12-01)."""
     user = "e2e-greedy"
     codes = []
     for i in range(12):

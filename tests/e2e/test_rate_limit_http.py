@@ -58,6 +58,8 @@ def _listed(server: LocalServer, user: str) -> int:
 
 
 def test_the_rate_limit_answers_429_over_http_then_admits_again(server: LocalServer) -> None:
+    """Shown to fail when the per-minute check is removed (scratch branch
+    scratch/promises-break-quota-rate, 2026-12-01): the 7th request got 202."""
     burst = [_post(server, "bucket-a", n).status_code for n in range(PER_MINUTE)]
     assert burst == [202] * PER_MINUTE
 

@@ -281,7 +281,11 @@ class CountingGuard:
 def test_veo_concurrency_never_exceeds_the_limit(env, fake, tmp_path):
     """3x the limit of video jobs start at once (threads, each with its own generator and
     SQLite connections, i.e. as separate processes would): the fake never sees more than
-    ``limit`` operations in flight, and every creation completes."""
+    ``limit`` operations in flight, and every creation completes.
+
+    Shown to fail when the SQLite guard stops counting slots (scratch branch
+    scratch/promises-break-slot-guard, 2026-12-01): 6 Veo calls in flight, limit 2.
+    """
     limit, jobs = 2, 6
     ids = [env.add(Kind.VIDEO, f"[polls:4] clip {i}") for i in range(jobs)]
     outcomes: dict[str, str] = {}

@@ -22,6 +22,8 @@ def _admit_many(policy: QuotaPolicy, n: int, *, at: datetime = T0, user=None, gl
 
 
 def test_the_cap_counts_unfinished_creations_and_release_frees_a_slot():
+    """Shown to fail when the unfinished-creation cap is removed (scratch branch
+    scratch/promises-break-quota-cap, 2026-12-01)."""
     policy = QuotaPolicy(max_active=3, per_minute=0)
     user, _, results = _admit_many(policy, 5)
     refused = [r for r in results if isinstance(r, Refusal)]
@@ -41,6 +43,8 @@ def test_admitting_an_active_id_again_takes_no_second_slot():
 
 
 def test_per_minute_is_a_sliding_window_with_an_exact_retry_after():
+    """Shown to fail when the per-minute check is removed (scratch branch
+    scratch/promises-break-quota-rate, 2026-12-01)."""
     policy = QuotaPolicy(max_active=0, per_minute=5)
     user, _, results = _admit_many(policy, 7)
     refusals = [r for r in results if isinstance(r, Refusal)]
