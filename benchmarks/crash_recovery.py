@@ -367,7 +367,7 @@ def _classify(record: Any, media_dir: Path) -> str:
     if record.status.value == "pending" and record.attempts == 0:
         return "before_claim"
     if record.operation:
-        stored = (media_dir / record.id / "0.mp4").exists()
+        stored = any((media_dir / record.id).rglob("0.mp4"))
         return "after_store" if stored else "while_veo_runs"
     return "after_claim_before_operation_recorded"
 

@@ -152,3 +152,19 @@ def test_sqlite_guard_never_overcommits_under_a_cross_process_race(tmp_path):
         winners = list(results)
     assert len(winners) == 5
     assert set(SqliteConcurrencyGuard(path).holders("veo")) == set(winners)
+
+
+def test_renewing_a_lapsed_slot_never_pushes_the_count_past_the_cap(guard_and_clock):
+    """Before (issue 12, case 4): ``renew`` re-inserted a lapsed holder unconditionally, so a
+    slow holder whose slot expired while another job took the free slot made 2 holders of a
+    cap of 1. Now a lapsed slot is taken again only below the cap."""
+    guard, clock = guard_and_clock
+    assert guard.acquire("veo", "slow", limit=1, ttl=TTL)
+    clock.now += TTL.total_seconds() + 1  # "slow" missed its renewals; its slot lapsed
+    assert guard.acquire("veo", "next", limit=1, ttl=TTL)
+    assert guard.renew("veo", "slow", ttl=TTL, limit=1) is False
+    assert list(guard.holders("veo")) == ["next"]
+    guard.release("veo", "next")
+    assert guard.renew("veo", "slow", ttl=TTL, limit=1) is False  # lapsed, but room: re-taken
+    assert list(guard.holders("veo")) == ["slow"]
+    assert guard.renew("veo", "slow", ttl=TTL, limit=1) is True

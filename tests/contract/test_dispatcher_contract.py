@@ -11,6 +11,7 @@ task we build, not at the receiving end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import textwrap
@@ -37,7 +38,11 @@ JOBS = {Kind.VIDEO: "phoenix-video-job", Kind.IMAGE: "phoenix-image-job"}
 # A stand-in job: records what a job execution would see, then exits 0.
 JOB_SCRIPT = textwrap.dedent(
     """
-    import json, os, sys, uuid
+    import json, os, sys, time, uuid
+    hold = os.path.join(os.environ["CONTRACT_GATE_DIR"], os.environ["CREATION_ID"] + ".hold")
+    deadline = time.monotonic() + 30
+    while os.path.exists(hold) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the test holds this creation's job until it removes the file
     out = os.environ["CONTRACT_OUT_DIR"]
     seen = {k: os.environ.get(k) for k in (
         "CREATION_ID", "TRACEPARENT", "CLOUD_RUN_EXECUTION", "CLOUD_RUN_TASK_ATTEMPT")}
@@ -87,7 +92,7 @@ def target(request, tmp_path, job_command, monkeypatch):
         dispatcher = LocalProcessDispatcher(
             max_parallel=2,
             command_for={"video": command, "image": command},
-            extra_env={"CONTRACT_OUT_DIR": str(out)},
+            extra_env={"CONTRACT_OUT_DIR": str(out), "CONTRACT_GATE_DIR": str(tmp_path)},
         )
         yield dispatcher, out, request.param
         dispatcher.wait_idle(20)
@@ -102,7 +107,7 @@ def target(request, tmp_path, job_command, monkeypatch):
     )
     with RunApiStandin(
         {JOBS[Kind.VIDEO]: command, JOBS[Kind.IMAGE]: command},
-        env={"CONTRACT_OUT_DIR": str(out)},
+        env={"CONTRACT_OUT_DIR": str(out), "CONTRACT_GATE_DIR": str(tmp_path)},
         max_retries=0,
     ) as run_api:
         settings = Settings(
@@ -181,12 +186,78 @@ def test_dispatching_the_same_creation_twice_is_not_an_error(target):
     assert len({s["CLOUD_RUN_EXECUTION"] for s in seen}) == 2, seen
 
 
+@contextlib.contextmanager
+def _held(dispatcher, backend, request, hold: Path):
+    """Keep a dispatched task from reaching its job until the block ends. Local: the pool's job
+    waits at a gate (a local task exists while queued or running). Cloud Tasks: the queue is
+    paused, so the task stays in it (a Cloud Tasks task is gone once ``:run`` answered)."""
+    hold.touch()
+    if backend == "cloud-tasks":
+        from common.adapters.cloud_tasks_dispatch import tasks_client
+
+        client = tasks_client(request.getfixturevalue("tasks").url)
+        client.pause_queue(name=dispatcher.queue)
+        try:
+            yield
+        finally:
+            client.resume_queue(name=dispatcher.queue)
+            hold.unlink()
+    else:
+        try:
+            yield
+        finally:
+            hold.unlink()
+
+
+def _until(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_task_exists_while_the_task_waits_and_not_once_the_job_has_it(target, request, tmp_path):
+    """The sweeper's question (issue 12): is this dispatch of this creation still waiting?
+    True while queued, False once the job got it, False for a dispatch never made."""
+    dispatcher, out, backend = target
+    cid = uuid.uuid4().hex
+    payload = TaskPayload(creation_id=cid, kind=Kind.IMAGE)
+    with _held(dispatcher, backend, request, tmp_path / f"{cid}.hold"):
+        dispatcher.dispatch(payload)
+        assert dispatcher.task_exists(payload) is True
+        assert (
+            dispatcher.task_exists(TaskPayload(creation_id=cid, kind=Kind.IMAGE, dispatch=1))
+            is False
+        )
+        assert (
+            dispatcher.task_exists(TaskPayload(creation_id=uuid.uuid4().hex, kind=Kind.IMAGE))
+            is False
+        )
+    _wait_for(out, cid)
+    assert _until(lambda: dispatcher.task_exists(payload) is False)
+
+
+def test_a_redispatch_is_its_own_task(target, request, tmp_path):
+    """A sweeper re-dispatch (dispatch number n) is asked about separately from the first."""
+    dispatcher, out, backend = target
+    cid = uuid.uuid4().hex
+    again = TaskPayload(creation_id=cid, kind=Kind.VIDEO, dispatch=3)
+    with _held(dispatcher, backend, request, tmp_path / f"{cid}.hold"):
+        dispatcher.dispatch(again)
+        assert dispatcher.task_exists(again) is True
+        assert dispatcher.task_exists(TaskPayload(creation_id=cid, kind=Kind.VIDEO)) is False
+    _wait_for(out, cid)
+
+
 def test_recording_dispatcher_accepts_and_remembers():
     d = RecordingDispatcher()
     p = TaskPayload(creation_id="abc", kind=Kind.IMAGE)
     d.dispatch(p)
     d.dispatch(p)
     assert d.dispatched == [p, p] and d.name == "record"
+    assert d.task_exists(p) is None  # it runs nothing, so it cannot say: time-based sweeping
 
 
 # --- Cloud Tasks specifics ------------------------------------------------------------------
@@ -312,3 +383,77 @@ def test_a_sweeper_redispatch_gets_a_new_task_name():
     re-dispatch must not reuse it (it would be swallowed as ALREADY_EXISTS)."""
     first, again = task_id_for("abc"), task_id_for("abc", 1)
     assert first != again and again == task_id_for("abc", 1)
+
+
+# --- task_exists: Cloud Tasks at the client boundary, Celery on a real Redis ---------------------
+
+
+class FakeGetTaskClient(FakeTasksClient):
+    def get_task(self, request, **kwargs):
+        self.requests.append(request)
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+def test_task_exists_asks_get_task_for_the_deterministic_name():
+    """Real Cloud Tasks answers GetTask (the emulator does not, see the contract above): the
+    name asked for is the one ``dispatch`` created for that dispatch number."""
+    client = FakeGetTaskClient(object(), gexc.NotFound("gone"))
+    d = _dispatcher(client)
+    assert d.task_exists(TaskPayload("c1", Kind.VIDEO, dispatch=2)) is True
+    assert d.task_exists(TaskPayload("c1", Kind.VIDEO, dispatch=2)) is False
+    assert [r["name"] for r in client.requests] == [f"{QUEUE}/tasks/{task_id_for('c1', 2)}"] * 2
+
+
+@pytest.mark.parametrize(
+    "error", [gexc.ServiceUnavailable("down"), gexc.PermissionDenied("no get"), OSError("reset")]
+)
+def test_task_exists_raises_dispatch_error_when_the_queue_cannot_be_asked(error):
+    """ "Could not ask" must never read as "gone": the sweeper would re-send a waiting task."""
+    with pytest.raises(DispatchError):
+        _dispatcher(FakeGetTaskClient(error)).task_exists(TaskPayload("c1", Kind.IMAGE))
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    from tools.servers import redis_server
+
+    with redis_server() as server:
+        yield server.url
+
+
+def test_celery_task_exists_while_the_message_waits_in_redis(redis_url):
+    """The legacy path answers from Redis: the queue list (and kombu's unacked hash, i.e. a
+    worker holds it). Here no worker runs; taking the message off the list stands for one."""
+    import redis
+
+    from common.adapters import celery_dispatch
+    from common.adapters.celery_dispatch import CeleryDispatcher, sender_app
+
+    url = redis_url
+    d = CeleryDispatcher(sender_app(url))
+    cid = uuid.uuid4().hex
+    first, again = TaskPayload(cid, Kind.VIDEO), TaskPayload(cid, Kind.VIDEO, dispatch=1)
+    d.dispatch(first)
+    assert d.task_exists(first) is True
+    celery_dispatch.SNAPSHOT_TTL_S, ttl = 0.0, celery_dispatch.SNAPSHOT_TTL_S
+    try:
+        assert d.task_exists(again) is False
+        r = redis.Redis.from_url(url)
+        raw = r.lpop(celery_dispatch.LEGACY_QUEUE)
+        assert raw is not None and d.task_exists(first) is False
+        r.hset(celery_dispatch.UNACKED_KEY, "tag", json.dumps([json.loads(raw), "", "celery"]))
+        assert d.task_exists(first) is True  # delivered, not acknowledged: it will still run
+        r.delete(celery_dispatch.UNACKED_KEY)
+    finally:
+        celery_dispatch.SNAPSHOT_TTL_S = ttl
+
+
+def test_celery_task_exists_raises_when_redis_is_down():
+    from common.adapters.celery_dispatch import CeleryDispatcher, sender_app
+
+    d = CeleryDispatcher(sender_app(f"redis://127.0.0.1:{free_port()}/0"))
+    with pytest.raises(DispatchError):
+        d.task_exists(TaskPayload("c1", Kind.IMAGE))

@@ -245,12 +245,13 @@ def test_fifty_creations_delivered_ten_times_each_are_generated_exactly_once(
     for r in records:
         assert r is not None
         assert r.status is Status.COMPLETED and r.attempts == 1 and r.error is None, r
-        assert [m.key for m in r.media] == [f"{r.id}/0.png"]
+        (ref,) = r.media  # keyed per claim: <id>/<claim token>/0.png
+        assert ref.key.startswith(f"{r.id}/1-") and ref.key.endswith("/0.png")
     # One artefact per creation on disk and no half-written temp files.
     files = sorted(
         p.relative_to(settings.media_dir).as_posix()
         for p in settings.media_dir.rglob("*")
         if p.is_file()
     )
-    assert files == sorted(f"{cid}/0.png" for cid in ids)
+    assert files == sorted(r.media[0].key for r in records if r)
     store.close()

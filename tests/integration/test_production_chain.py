@@ -91,7 +91,11 @@ def test_a_video_and_an_image_complete_through_the_production_adapters(chain):
         credentials=AnonymousCredentials(),
     )
     names = {b.name for b in client.list_blobs(chain.bucket, prefix="creations/")}
-    assert {f"creations/{iid}/0.png", f"creations/{iid}/1.png"} <= names
+    # Imagen wrote them under the start's marker (storageUri); names end in sample_<n>.png.
+    assert {n.rsplit("/", 1)[1] for n in names if n.startswith(f"creations/{iid}/")} >= {
+        "sample_0.png",
+        "sample_1.png",
+    }
     assert any(n.startswith(f"creations/{vid}/") and n.endswith(".mp4") for n in names)
 
     # The jobs:run stand-in received exactly the documented RunJobRequest, once per creation.

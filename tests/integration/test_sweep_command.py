@@ -43,7 +43,9 @@ def test_sweep_command_recovers_a_creation_whose_dispatch_failed(tmp_path):
     }
     done = store.get(c.id)
     assert done.status is Status.COMPLETED and done.dispatches == 1
-    assert (tmp_path / "media" / c.id / "0.png").is_file()
+    (ref,) = done.media  # keyed per claim: <id>/<claim token>/0.png
+    assert ref.key.startswith(f"{c.id}/") and ref.key.endswith("/0.png")
+    assert (tmp_path / "media" / ref.key).is_file()
 
 
 def test_sweep_command_rejects_bad_configuration(tmp_path):

@@ -138,10 +138,16 @@ def test_image_success_stores_every_sample_in_cloud_storage(env, fake):
     out = env.run(cid, Kind.IMAGE)
     assert (out.exit_code, out.status) == (EXIT_DONE, "completed")
     c = env.store.get(cid)
-    assert [m.key for m in c.media] == [f"{cid}/0.png", f"{cid}/1.png"]
+    # Imagen wrote them straight into our bucket under the start's marker (storageUri), where a
+    # retry that lost the answer would find them instead of paying again.
+    (call,) = fake.calls("predict")
+    storage_uri = call["body"]["parameters"]["storageUri"]
+    assert storage_uri.startswith(f"gs://{BUCKET}/creations/{cid}/")
+    prefix = storage_uri[len(f"gs://{BUCKET}/creations/") :]
+    assert [m.key.rsplit("/", 1)[1] for m in c.media] == ["sample_0.png", "sample_1.png"]
+    assert all(m.key.startswith(prefix) for m in c.media)
     for ref in c.media:
         assert env.media.read(ref.key).startswith(b"\x89PNG")
-    (call,) = fake.calls("predict")
     assert call["model"] == IMAGEN and call["authorized"]
     assert call["body"]["parameters"]["sampleCount"] == 2
     assert call["body"]["parameters"]["includeRaiReason"] is True
@@ -159,7 +165,10 @@ def test_video_success_adopts_the_gcs_uri_veo_wrote(env, fake):
     assert c.operation and "/operations/" in c.operation and c.progress == 100
     (start,) = fake.calls("predictLongRunning")
     params = start["body"]["parameters"]
-    assert params["storageUri"] == f"gs://{BUCKET}/creations/{cid}/"
+    # Under the creation, in a folder named by the start's marker (how a retry that never got
+    # the answer finds this start's output instead of paying again).
+    assert params["storageUri"].startswith(f"gs://{BUCKET}/creations/{cid}/")
+    assert params["storageUri"].rstrip("/").rsplit("/", 1)[1] in ref.key
     assert params["durationSeconds"] == 8 and params["aspectRatio"] == "16:9"
     assert len(fake.calls("fetchPredictOperation")) == 3  # 2 "not done" + the done one
 
@@ -251,7 +260,8 @@ def test_a_crash_after_the_veo_call_resumes_the_operation_without_paying_twice(e
     polled = {c["body"]["operationName"] for c in calls if c["action"] == "fetchPredictOperation"}
     assert polled == {dead.operation}
     c = env.store.get(cid)
-    assert c.attempts == 2 and env.media.read(c.media[0].key)[4:8] == b"ftyp"
+    # Resuming a recorded (paid) operation uses no attempt (issue 12): still the first one.
+    assert (c.attempts, c.resumes) == (1, 1) and env.media.read(c.media[0].key)[4:8] == b"ftyp"
 
 
 class CountingGuard:
@@ -332,6 +342,23 @@ def test_an_unreachable_vertex_endpoint_is_a_retryable_provider_outage(env, tmp_
 
     class Ctx:
         creation_id, existing_operation, output_prefix = "c1", None, None
+        lease_owner, start_marker = "exec/1", None
+        cleared = 0
+
+        def mark_start(self):
+            return "m1"
+
+        def clear_start(self):
+            Ctx.cleared += 1  # a refused connection: definitely nothing was started
+
+        def start_marker_age(self):
+            return 0.0
+
+        def output_prefix_for(self, marker):
+            return None
+
+        def find_outputs(self, marker):
+            return []
 
         def report_progress(self, p):
             ...
@@ -349,7 +376,8 @@ def test_an_unreachable_vertex_endpoint_is_a_retryable_provider_outage(env, tmp_
     assert time.monotonic() - started < 10
     with pytest.raises(GenerationError) as info:
         gen.generate(Kind.VIDEO, "a cat", {"duration_seconds": 8}, Ctx())
-    assert info.value.code == "provider_unavailable"
+    assert info.value.code == "provider_unavailable" and not info.value.outcome_unknown
+    assert Ctx.cleared == 2
     # The failed start released the Veo slot.
     assert SqliteConcurrencyGuard(tmp_path / "g.sqlite3").holders(f"veo/{VEO}") == {}
 
@@ -363,3 +391,21 @@ def test_from_settings_picks_the_guard_of_the_configured_store(tmp_path):
     assert isinstance(gen, VertexGenerator)
     assert isinstance(gen._guard, SqliteConcurrencyGuard)
     assert gen.veo_resource == f"veo/us-central1/{Settings().veo_model}"
+
+
+@pytest.mark.parametrize("kind", [Kind.IMAGE, Kind.VIDEO])
+def test_a_start_whose_answer_was_lost_is_adopted_not_paid_for_twice(env, fake, kind):
+    """Before (issue 12, case 6): the provider did the work, the connection dropped before the
+    answer (google-genai raises a transport error), the attempt was classed retryable and the
+    retry made a second billed call. Now the marker written before the call makes the retry
+    look under that call's storage prefix and adopt what it finds: one call in all."""
+    cid = env.add(kind, "an answer lost on the way back [drop:1]")
+    first = env.run(cid, kind)
+    assert first.exit_code == EXIT_RETRY
+    assert env.store.get(cid).error.code == "start_outcome_unknown"
+    second = env.run(cid, kind)
+    assert (second.exit_code, second.status) == (EXIT_DONE, "completed")
+    action = "predict" if kind is Kind.IMAGE else "predictLongRunning"
+    assert [c.get("dropped", False) for c in fake.calls(action)] == [True]
+    done = env.store.get(cid)
+    assert done.media and all(env.media.read(m.key) for m in done.media)

@@ -11,7 +11,7 @@ from common.adapters.memory_store import InMemoryCreationStore
 from common.domain import creation as lc
 from common.domain.creation import Kind, Status
 from common.domain.errors import GenerationError
-from common.job_runner import EXIT_DONE, EXIT_RETRY, JobDeps, run_job
+from common.job_runner import EXIT_DONE, EXIT_RETRY, JobDeps, media_token, run_job
 from common.ports import GeneratedMedia, Generator
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -64,8 +64,9 @@ def test_success_stores_media_and_completes(store, tmp_path):
     assert out.exit_code == EXIT_DONE and out.status == "completed"
     c = store.get(cid)
     assert c.status is Status.COMPLETED and c.progress == 100
-    assert [m.key for m in c.media] == [f"{cid}/0.png"]
-    assert (tmp_path / cid / "0.png").read_bytes() == b"\x89PNG fake"
+    token = media_token(c.claims, "a")
+    assert [m.key for m in c.media] == [f"{cid}/{token}/0.png"]
+    assert (tmp_path / cid / token / "0.png").read_bytes() == b"\x89PNG fake"
 
 
 def test_permanent_failure_is_recorded_and_not_retried(store, tmp_path):

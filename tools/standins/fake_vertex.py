@@ -16,6 +16,10 @@ with imageio-ffmpeg's ffmpeg) and lets tests script provider behaviour from the 
 * ``[polls:N]``   — this Veo operation is not done for the first N polls (overrides the server
   default ``polls_before_done``).
 * ``[operror]``   — the Veo operation finishes ``done`` with an ``error`` (code 13, INTERNAL).
+* ``[drop:N]``    — the first N start calls (``:predict`` / ``:predictLongRunning``) carrying
+  this prompt are carried out (images written, the operation started and run to its end, as
+  Veo would without anyone polling) and then the connection is closed without an answer: the
+  caller cannot know whether its request was accepted ("unknown outcome").
 
 Admin endpoints: ``GET /_fake/calls`` (every model call: method, path, action, model, prompt,
 body, status), ``POST /_fake/reset``, ``GET /_fake/health``.
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import copy
 import hashlib
 import io
@@ -41,6 +46,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -60,6 +66,7 @@ MODEL_PATH = re.compile(
     r"/publishers/google/models/(?P<model>[^/:]+):(?P<action>predict|predictLongRunning|fetchPredictOperation)$"
 )
 QUOTA_MARK = re.compile(r"\[quota:(\d+)\]")
+DROP_MARK = re.compile(r"\[drop:(\d+)\]")
 POLLS_MARK = re.compile(r"\[polls:(\d+)\]")
 GENERATE_VIDEO_RESPONSE_TYPE = (
     "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse"
@@ -224,6 +231,7 @@ class FakeVertexServer:
         self._lock = threading.Lock()
         self._calls: list[dict[str, Any]] = []
         self._quota_hits: dict[str, int] = {}
+        self._drops: dict[str, int] = {}
         self._operations: dict[str, dict[str, Any]] = {}
         self._httpd: BackgroundHttpServer | None = None
 
@@ -288,6 +296,7 @@ class FakeVertexServer:
         with self._lock:
             self._calls.clear()
             self._quota_hits.clear()
+            self._drops.clear()
             self._operations.clear()
 
     # request handling -----------------------------------------------------------------------
@@ -327,9 +336,31 @@ class FakeVertexServer:
         except ApiError as err:
             status, payload = err.code, err.body()
         record["status"] = status
+        if status == 200 and action != "fetchPredictOperation" and self._should_drop(prompt):
+            if action == "predictLongRunning":
+                self._fetch_until_done(m, payload["name"])
+            record["dropped"] = True
+            status, payload = 0, {}  # 0: close the connection without an answer
         with self._lock:
             self._calls.append(record)
         return status, payload
+
+    def _should_drop(self, prompt: str | None) -> bool:
+        d = DROP_MARK.search(prompt or "")
+        if not d:
+            return False
+        with self._lock:
+            used = self._drops.get(prompt or "", 0)
+            if used >= int(d.group(1)):
+                return False
+            self._drops[prompt or ""] = used + 1
+            return True
+
+    def _fetch_until_done(self, m: re.Match[str], name: str) -> None:
+        """Run an orphaned operation to its end, as Veo does whether or not anyone polls."""
+        with self._lock:
+            self._operations[name]["polls_left"] = 0
+        self._fetch_operation(m, {"operationName": name})
 
     def _scenario_checks(self, prompt: str | None) -> None:
         """Apply [invalid] / [quota:N] before any work, like the real frontend would."""
@@ -592,6 +623,11 @@ def _make_handler(server: FakeVertexServer) -> type[BaseHTTPRequestHandler]:
                     500,
                     ApiError(500, "INTERNAL", f"fake_vertex crashed: {exc!r}").body(),
                 )
+            if status == 0:  # [drop:N]: the work is done, the answer is lost
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
             self._send(status, payload)
 
     return Handler

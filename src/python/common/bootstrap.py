@@ -67,3 +67,6 @@ class LazyMediaStore(MediaStore):
 
     def output_prefix(self, creation_id: str) -> str | None:
         return self._get().output_prefix(creation_id)
+
+    def find_outputs(self, prefix_uri: str) -> list[str]:
+        return self._get().find_outputs(prefix_uri)

@@ -164,6 +164,11 @@ class Settings:
     veo_poll_max_seconds: float = 15.0
     # How long a video job waits for a free Veo slot before handing the creation back (retry).
     veo_slot_wait_seconds: int = 1800
+    # After a Veo start call of unknown outcome, how long its output may still appear in the
+    # bucket (Veo's longest run); the retry looks for it that long before starting again.
+    veo_unknown_window_seconds: int = 900
+    # The same for an Imagen call (synchronous): the longest a call can still run (120 s + 30).
+    imagen_unknown_window_seconds: int = 150
     celery_broker_url: str = "redis://127.0.0.1:6379/0"
     rollout: str = ""
     admins: tuple[str, ...] = ()
@@ -240,6 +245,12 @@ class Settings:
             veo_poll_initial_seconds=_float(env, "PHOENIX_VEO_POLL_INITIAL_SECONDS", 2.0),
             veo_poll_max_seconds=_float(env, "PHOENIX_VEO_POLL_MAX_SECONDS", 15.0),
             veo_slot_wait_seconds=_int(env, "PHOENIX_VEO_SLOT_WAIT_SECONDS", 1800, minimum=0),
+            veo_unknown_window_seconds=_int(
+                env, "PHOENIX_VEO_UNKNOWN_WINDOW_SECONDS", 900, minimum=0
+            ),
+            imagen_unknown_window_seconds=_int(
+                env, "PHOENIX_IMAGEN_UNKNOWN_WINDOW_SECONDS", 150, minimum=0
+            ),
             celery_broker_url=env.get("PHOENIX_CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"),
             rollout=env.get("PHOENIX_ROLLOUT", ""),
             admins=tuple(a.strip() for a in env.get("PHOENIX_ADMINS", "").split(",") if a.strip()),

@@ -53,6 +53,11 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise Terminated(signum)
 
 
+def _attempt_from_env() -> int | None:
+    raw = os.environ.get("CLOUD_RUN_TASK_ATTEMPT", "")
+    return int(raw) if raw.isdigit() else None
+
+
 def main(kind: Kind, argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"phoenix-{kind.value}-job")
     parser.add_argument("--creation-id", help="overrides the CREATION_ID environment variable")
@@ -110,7 +115,14 @@ def main(kind: Kind, argv: Sequence[str] | None = None) -> int:
         try:
             signal.signal(signal.SIGTERM, _stop_on_sigterm)
             deps = build_job_deps(settings)
-            outcome = run_job(payload.creation_id, kind, deps, owner=owner)
+            outcome = run_job(
+                payload.creation_id,
+                kind,
+                deps,
+                owner=owner,
+                execution=execution,
+                attempt=_attempt_from_env(),
+            )
         except Terminated:
             log.warning("job_terminated", execution=execution)
             outcome = (

@@ -8,11 +8,12 @@ contract: 0 when there is nothing left to do (done, failed for good, or a duplic
 
 from __future__ import annotations
 
-import time
+import hashlib
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Any, Callable
 
 import structlog
 
@@ -22,9 +23,10 @@ from common.domain.creation import Creation, CreationError, Kind, MediaRef, Stat
 from common.domain.errors import (
     AlreadyClaimed,
     AlreadyFinished,
+    DomainError,
     GenerationError,
-    LeaseLost,
     NotFound,
+    StopWork,
 )
 from common.ports import CreationStore, GeneratedMedia, Generator, MediaStore
 from common.tracing import tracer
@@ -50,6 +52,8 @@ class JobDeps:
     clock: Callable[[], datetime] = lifecycle.utcnow
     # Called at phase boundaries: lets tests (crash injection) and tracing observe the run.
     on_phase: Callable[[str, Creation], None] = field(default=lambda phase, c: None)
+    # Seconds between the heartbeat thread's lease renewals (default: a quarter of the lease).
+    heartbeat_every: float | None = None
 
 
 @dataclass
@@ -59,54 +63,168 @@ class JobOutcome:
     creation: Creation | None = None
 
 
-class _Context:
-    """What the generator sees. Every call also renews the lease, so a job waiting minutes on
-    Veo keeps its claim; heartbeats are throttled to a fraction of the lease."""
+class _Heartbeat:
+    """Renews the lease on its own thread, every quarter lease, whatever the job is doing.
 
-    def __init__(self, deps: JobDeps, creation: Creation, owner: str) -> None:
+    A provider call can block for minutes (one Veo or Imagen HTTP call may take 120 s, as long
+    as the default lease), so renewing only between calls would let the lease lapse under a
+    live job and invite a second execution to generate again. This thread keeps renewing while
+    the main thread is blocked.
+
+    It is also the one place a running job learns it must stop: a renewal is an ordinary
+    lifecycle change (``lifecycle.renew``), and when that change raises ``StopWork`` (today
+    ``LeaseLost``: someone else holds the lease; tomorrow e.g. a cancel request) or finds the
+    record finished, the reason is kept and every later context call raises it, so the job
+    stops at its next step instead of finishing work nobody will keep. Store outages are not
+    a reason to stop: nobody else can take the lease over while the store is down either.
+    """
+
+    def __init__(self, deps: JobDeps, creation_id: str, owner: str) -> None:
+        self._deps = deps
+        self._creation_id = creation_id
+        self._owner = owner
+        self._every = deps.heartbeat_every or max(0.05, deps.lease.total_seconds() / 4)
+        self._done = threading.Event()
+        self.stop_reason: DomainError | None = None
+        self.renewals = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"lease-heartbeat-{creation_id[:8]}", daemon=True
+        )
+
+    def start(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._done.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._done.wait(self._every):
+            self.beat()
+
+    def beat(self) -> None:
+        now = self._deps.clock()
+        try:
+            self._deps.store.update(
+                self._creation_id,
+                lambda c: lifecycle.renew(c, owner=self._owner, now=now, lease=self._deps.lease),
+            )
+            self.renewals += 1
+        except (StopWork, AlreadyFinished) as exc:
+            self.stop_reason = exc
+            self._done.set()
+            log.warning(
+                "job_lease_renewal_says_stop",
+                creation_id=self._creation_id,
+                reason=getattr(exc, "reason", "finished"),
+            )
+        except Exception as exc:  # store outage: keep the job going, try again next beat
+            log.warning(
+                "job_lease_renewal_failed", creation_id=self._creation_id, error=repr(exc)[:300]
+            )
+
+    def check(self) -> None:
+        """Raise the reason to stop, if a renewal reported one."""
+        if self.stop_reason is not None:
+            raise self.stop_reason
+
+
+class _Context:
+    """What the generator sees. The lease is kept alive by the heartbeat thread; every call
+    here also checks whether a renewal said to stop, and raises that reason if so."""
+
+    def __init__(self, deps: JobDeps, creation: Creation, owner: str, beat: _Heartbeat) -> None:
         self._deps = deps
         self._owner = owner
+        self._beat = beat
+        self.lease_owner = owner
         self.creation_id = creation.id
         self.existing_operation = creation.operation
+        self.start_marker = creation.start_marker
+        self._start_marker_at = creation.start_marker_at
         self.output_prefix = deps.media.output_prefix(creation.id)
-        self._last_beat = time.monotonic()
-        self._beat_every = max(1.0, deps.lease.total_seconds() / 4)
         self._last_percent = creation.progress
+        self._unrecorded_operation: str | None = None
+
+    def _update(self, change: Callable[[Creation], Creation]) -> Creation:
+        self._beat.check()
+        return self._deps.store.update(self.creation_id, change)
 
     def report_progress(self, percent: int) -> None:
+        self._beat.check()
+        if self._unrecorded_operation is not None:
+            self._try_record(self._unrecorded_operation)
         if percent <= self._last_percent:
-            # Nothing new to show: only keep the lease alive (throttled), no store write.
-            self.heartbeat()
-            return
+            return  # nothing new to show; the heartbeat thread keeps the lease
         self._last_percent = percent
         now = self._deps.clock()
-        self._deps.store.update(
-            self.creation_id,
+        self._update(
             lambda c: lifecycle.report_progress(
                 c, owner=self._owner, now=now, progress=percent, lease=self._deps.lease
-            ),
+            )
         )
-        self._last_beat = time.monotonic()
 
     def record_operation(self, operation: str) -> None:
-        now = self._deps.clock()
-        self._deps.store.update(
-            self.creation_id,
-            lambda c: lifecycle.record_operation(
-                c, owner=self._owner, now=now, operation=operation
-            ),
-        )
+        """Store the operation name. A store blip must not throw away a generation that is
+        already paid for: the name stays in memory, polling goes on, and the write is retried
+        at every progress report (the start marker, written before the call, covers a crash
+        in between: the retry finds the output instead of starting again)."""
         self.existing_operation = operation
+        if not self._try_record(operation):
+            self._unrecorded_operation = operation
+
+    def _try_record(self, operation: str) -> bool:
+        now = self._deps.clock()
+        try:
+            self._update(
+                lambda c: lifecycle.record_operation(
+                    c, owner=self._owner, now=now, operation=operation
+                )
+            )
+        except (StopWork, AlreadyFinished):
+            raise
+        except Exception as exc:
+            log.warning(
+                "job_record_operation_failed", creation_id=self.creation_id, error=repr(exc)[:300]
+            )
+            return False
+        self._unrecorded_operation = None
+        if operation:
+            self.start_marker = None
+        return True
+
+    def mark_start(self) -> str:
+        """Record "a billed start call is about to be made" (needs the lease: a job that lost
+        it fails here and never calls the provider). Returns the marker, unique per call."""
+        marker = uuid.uuid4().hex[:16]
+        now = self._deps.clock()
+        self._update(lambda c: lifecycle.mark_start(c, owner=self._owner, now=now, marker=marker))
+        self.start_marker, self._start_marker_at = marker, now
+        return marker
+
+    def clear_start(self) -> None:
+        now = self._deps.clock()
+        self._update(lambda c: lifecycle.clear_start(c, owner=self._owner, now=now))
+        self.start_marker, self._start_marker_at = None, None
+
+    def start_marker_age(self) -> float:
+        if self._start_marker_at is None:
+            return 0.0
+        return max(0.0, (self._deps.clock() - self._start_marker_at).total_seconds())
+
+    def output_prefix_for(self, marker: str) -> str | None:
+        """Where the start call carrying ``marker`` writes its output (None: nowhere we can
+        look, e.g. local media: the output comes back only in the response)."""
+        return f"{self.output_prefix}{marker}/" if self.output_prefix else None
+
+    def find_outputs(self, marker: str) -> list[str]:
+        prefix = self.output_prefix_for(marker)
+        return self._deps.media.find_outputs(prefix) if prefix else []
 
     def heartbeat(self) -> None:
-        if time.monotonic() - self._last_beat < self._beat_every:
-            return
-        now = self._deps.clock()
-        self._deps.store.update(
-            self.creation_id,
-            lambda c: lifecycle.renew(c, owner=self._owner, now=now, lease=self._deps.lease),
-        )
-        self._last_beat = time.monotonic()
+        self._beat.check()
 
 
 def new_owner_id(execution: str | None = None) -> str:
@@ -114,7 +232,17 @@ def new_owner_id(execution: str | None = None) -> str:
     return f"{execution or 'job'}/{uuid.uuid4().hex[:12]}"
 
 
-def run_job(creation_id: str, kind: Kind, deps: JobDeps, *, owner: str) -> JobOutcome:
+def run_job(
+    creation_id: str,
+    kind: Kind,
+    deps: JobDeps,
+    *,
+    owner: str,
+    execution: str | None = None,
+    attempt: int | None = None,
+) -> JobOutcome:
+    """``execution``/``attempt`` (Cloud Run's CLOUD_RUN_EXECUTION / CLOUD_RUN_TASK_ATTEMPT) let a
+    retry of a crashed attempt take its lease over at once (see ``lifecycle.claim``)."""
     bound = log.bind(creation_id=creation_id, kind=kind.value, owner=owner)
     now = deps.clock()
     spans = tracer("phoenix.job")
@@ -125,7 +253,13 @@ def run_job(creation_id: str, kind: Kind, deps: JobDeps, *, owner: str) -> JobOu
             claimed = deps.store.update(
                 creation_id,
                 lambda c: lifecycle.claim(
-                    c, owner=owner, now=now, lease=deps.lease, max_attempts=deps.max_attempts
+                    c,
+                    owner=owner,
+                    now=now,
+                    lease=deps.lease,
+                    max_attempts=deps.max_attempts,
+                    execution=execution,
+                    attempt=attempt,
                 ),
             )
     except NotFound:
@@ -154,15 +288,17 @@ def run_job(creation_id: str, kind: Kind, deps: JobDeps, *, owner: str) -> JobOu
         )
 
     bound = bound.bind(attempt=claimed.attempts, path=claimed.path)
-    bound.info("job_claimed", resumed_operation=claimed.operation)
+    bound.info("job_claimed", resumed_operation=claimed.operation, claims=claimed.claims)
     deps.on_phase("claimed", claimed)
+    beat = _Heartbeat(deps, creation_id, owner).start()
     try:
-        ctx = _Context(deps, claimed, owner)
+        ctx = _Context(deps, claimed, owner, beat)
         with spans.start_as_current_span("job.generate"):
             produced = deps.generator.generate(kind, claimed.prompt, dict(claimed.params), ctx)
         deps.on_phase("generated", claimed)
+        beat.check()  # lost the lease while the provider worked: store nothing
         with spans.start_as_current_span("job.store_media"):
-            refs = _store_media(deps, claimed, produced)
+            refs = _store_media(deps, claimed, owner, produced)
         deps.on_phase("stored", claimed)
         done_at = deps.clock()
         with spans.start_as_current_span("job.complete"):
@@ -173,16 +309,26 @@ def run_job(creation_id: str, kind: Kind, deps: JobDeps, *, owner: str) -> JobOu
         metrics.record_completed(completed.kind.value, completed.path, *_durations(completed))
         return JobOutcome(EXIT_DONE, "completed", completed)
     except GenerationError as exc:
+        if beat.stop_reason is not None:
+            return _stopped(bound, beat.stop_reason)
         error = CreationError(exc.code, exc.message)
         if exc.retryable:
             return _release(deps, claimed, owner, error)
         return _fail(deps, claimed, owner, error)
-    except (LeaseLost, AlreadyFinished):
-        bound.warning("job_lease_lost")
-        return JobOutcome(EXIT_DONE, "lost")
+    except (StopWork, AlreadyFinished) as exc:
+        return _stopped(bound, exc)
     except Exception as exc:  # unknown faults are treated as transient: retry, bounded
+        if beat.stop_reason is not None:
+            return _stopped(bound, beat.stop_reason)
         bound.exception("job_internal_error")
         return _release(deps, claimed, owner, CreationError("internal_error", _describe(exc)))
+    finally:
+        beat.close()
+
+
+def _stopped(bound: Any, reason: Exception) -> JobOutcome:
+    bound.warning("job_stopped", reason=getattr(reason, "reason", "finished"))
+    return JobOutcome(EXIT_DONE, "lost")
 
 
 def _durations(c: Creation) -> tuple[float, float]:
@@ -200,16 +346,26 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
 
 
+def media_token(claims: int, owner: str) -> str:
+    """A path segment unique to one claim of a creation: media keys carry it, so two executions
+    that both got as far as storing (one of them after losing its lease) never write the same
+    object, and the loser can never overwrite what the winner's completed record points to."""
+    return f"{claims}-{hashlib.sha256(owner.encode()).hexdigest()[:8]}"
+
+
 def _store_media(
-    deps: JobDeps, creation: Creation, produced: list[GeneratedMedia]
+    deps: JobDeps, creation: Creation, owner: str, produced: list[GeneratedMedia]
 ) -> tuple[MediaRef, ...]:
     if not produced:
         raise GenerationError("no_output", "the generator returned no media", retryable=False)
+    token = media_token(creation.claims, owner)
     refs = []
     for index, item in enumerate(produced):
         if item.data is not None:
             ext = _EXTENSIONS.get(item.mime_type, "bin")
-            refs.append(deps.media.put(f"{creation.id}/{index}.{ext}", item.data, item.mime_type))
+            refs.append(
+                deps.media.put(f"{creation.id}/{token}/{index}.{ext}", item.data, item.mime_type)
+            )
         elif item.uri is not None:
             refs.append(deps.media.ref_from_uri(item.uri, item.mime_type))
         else:
@@ -225,7 +381,7 @@ def _fail(deps: JobDeps, creation: Creation, owner: str, error: CreationError) -
         failed = deps.store.update(
             creation.id, lambda c: lifecycle.fail(c, owner=owner, now=now, error=error)
         )
-    except (LeaseLost, AlreadyFinished):
+    except (StopWork, AlreadyFinished):
         return JobOutcome(EXIT_DONE, "lost")
     log.warning("job_failed", creation_id=creation.id, code=error.code, message=error.message)
     _record_failure(failed)
@@ -241,7 +397,7 @@ def _release(deps: JobDeps, creation: Creation, owner: str, error: CreationError
                 c, owner=owner, now=now, error=error, max_attempts=deps.max_attempts
             ),
         )
-    except (LeaseLost, AlreadyFinished):
+    except (StopWork, AlreadyFinished):
         return JobOutcome(EXIT_DONE, "lost")
     if released.status is Status.FAILED:
         log.warning("job_failed_after_retries", creation_id=creation.id, code=error.code)

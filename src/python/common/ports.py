@@ -99,6 +99,14 @@ class Dispatcher(abc.ABC):
     def dispatch(self, payload: TaskPayload) -> None:
         """Enqueue; raise DispatchError when the queue cannot take it (the record survives)."""
 
+    def task_exists(self, payload: TaskPayload) -> bool | None:
+        """Is the task this ``payload`` (same creation, same dispatch number) created still
+        waiting in the queue, not yet handed to a job? True: leave it, it will run; False: it
+        is gone (ran, or was lost); None: this queue cannot tell. The sweeper re-sends only on
+        False (or, on None, by its time-based rules). Raise DispatchError if the queue cannot
+        be asked right now."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -126,6 +134,11 @@ class MediaStore(abc.ABC):
         """Where a provider may write output directly (gs:// URI), or None if unsupported."""
         return None
 
+    def find_outputs(self, prefix_uri: str) -> list[str]:
+        """URIs of the objects a provider wrote under ``prefix_uri`` (one of ``output_prefix``'s
+        sub-prefixes). How a job finds the output of a start call whose answer it never got."""
+        return []
+
 
 @dataclass(frozen=True)
 class GeneratedMedia:
@@ -137,11 +150,33 @@ class GeneratedMedia:
 
 
 class GenerationContext(Protocol):
-    """What a generator may do while it works. Calls renew the job's lease as a side effect."""
+    """What a generator may do while it works. A heartbeat thread keeps the job's lease; every
+    call raises ``StopWork`` once a renewal reported the lease lost (or another reason to stop).
+    """
 
     creation_id: str
+    # The job's lease owner: per-execution-attempt resources (the Veo slot) are held under it.
+    lease_owner: str
     existing_operation: str | None
     output_prefix: str | None
+    # Set when a previous attempt made a start call whose outcome it never learnt.
+    start_marker: str | None
+
+    def mark_start(self) -> str:
+        """Record, before a billed start call, that it is about to happen; returns a marker."""
+        ...
+
+    def clear_start(self) -> None:
+        ...
+
+    def start_marker_age(self) -> float:
+        ...
+
+    def output_prefix_for(self, marker: str) -> str | None:
+        ...
+
+    def find_outputs(self, marker: str) -> list[str]:
+        ...
 
     def report_progress(self, percent: int) -> None:
         ...
@@ -173,7 +208,8 @@ class ConcurrencyGuard(abc.ABC):
     so the queue sees each dispatch finish in milliseconds); the jobs themselves must take a
     slot. Slots are leases with an expiry, so a job killed while holding one frees it after
     ``ttl`` without anyone cleaning up. Acquiring as an existing holder renews instead of
-    taking a second slot (a retried execution of the same creation reuses its slot).
+    taking a second slot. Holders are lease owners (one execution attempt), never creation
+    ids: two overlapping executions of one creation must not share, free or renew one slot.
     """
 
     @abc.abstractmethod
@@ -181,9 +217,12 @@ class ConcurrencyGuard(abc.ABC):
         """Take (or renew) ``holder``'s slot if fewer than ``limit`` live holders exist."""
 
     @abc.abstractmethod
-    def renew(self, resource: str, holder: str, *, ttl: timedelta) -> bool:
-        """Extend the slot; re-inserts it even past ``limit`` (the work it guards is already
-        running at the provider, so it must be counted). Returns False if it had lapsed."""
+    def renew(
+        self, resource: str, holder: str, *, ttl: timedelta, limit: int | None = None
+    ) -> bool:
+        """Extend the slot. Returns False if it had lapsed; a lapsed slot is taken again only
+        while fewer than ``limit`` live holders exist, so a renewal never pushes the count past
+        the cap (``limit=None``: re-take unconditionally)."""
 
     @abc.abstractmethod
     def release(self, resource: str, holder: str) -> None:

@@ -6,6 +6,13 @@ a job killed mid-run whose lease ran out. The sweeper finds those records and ei
 to their dispatcher again or, past the limits, fails them with a clear code. It runs every
 minute in the local runtime and, in production, as a scheduled command (`python -m api.sweep`).
 
+Before re-sending, the sweeper asks the creation's queue whether its last task still exists
+(``Dispatcher.task_exists``): a creation waiting in a backlog is left alone however long the
+backlog (re-sending would only start extra executions later, and failing it would fail work
+that was merely waiting). It re-sends when the task is known gone (or the lease expired) and
+fails only for a real reason: ``max_age``, attempts, or, for a queue that cannot answer, the
+old dispatch limit.
+
 Re-dispatching is always safe because jobs are idempotent (lease claim, resumable operations).
 We chose "record + sweep" over a transactional outbox: the creation record already is the
 outbox (pending + ``dispatched_at``/``dispatch_error``), so a second table would duplicate it.
@@ -36,7 +43,8 @@ class SweepPolicy:
     dispatch_grace: timedelta = timedelta(seconds=10)
     # A dispatched record nobody claimed within this time was lost by its queue: send again.
     pending_timeout: timedelta = timedelta(minutes=5)
-    # After this many dispatches without a claim, give up with a clear reason.
+    # After this many dispatches without a claim, give up with a clear reason. Applies only
+    # when the queue cannot say whether the last task still exists (``task_exists`` is None).
     max_dispatches: int = 5
     # Creations older than this that are still not finished are failed, whatever their state
     # (a bound on how long a user can be kept waiting).
@@ -50,6 +58,8 @@ class SweepReport:
     errors: list[str] = field(default_factory=list)
     # Admission slots freed because their creation had finished or vanished (reconcile_quotas).
     slots_released: list[str] = field(default_factory=list)
+    # Due by time, but their task is still in the queue: left alone (a backlog, not a loss).
+    queued: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -155,6 +165,17 @@ def _fail(store: CreationStore, c: Creation, now: datetime, code: str, message: 
     return True
 
 
+def _last_task_exists(dispatcher_for: Callable[[str], Dispatcher], c: Creation) -> bool | None:
+    """Whether the creation's last accepted task is still queued, asked of the path it was sent
+    on. A queue error propagates (the record is left alone this pass and reported)."""
+    if c.dispatches <= 0:
+        return False  # no dispatcher ever accepted it
+    last = TaskPayload(
+        creation_id=c.id, kind=c.kind, traceparent=c.traceparent, dispatch=c.dispatches - 1
+    )
+    return dispatcher_for(c.path).task_exists(last)
+
+
 def _sweep_one(
     store: CreationStore,
     dispatcher_for: Callable[[str], Dispatcher],
@@ -170,7 +191,11 @@ def _sweep_one(
         return
     if not _needs_dispatch(c, now, policy):
         return
-    if c.dispatches >= policy.max_dispatches and c.status is Status.PENDING:
+    exists = _last_task_exists(dispatcher_for, c)
+    if exists:
+        report.queued.append(c.id)
+        return
+    if exists is None and c.dispatches >= policy.max_dispatches and c.status is Status.PENDING:
         reason = c.dispatch_error or "no job picked it up"
         if _fail(
             store, c, now, "dispatch_failed", f"gave up after {c.dispatches} dispatches: {reason}"

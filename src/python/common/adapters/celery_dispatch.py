@@ -14,6 +14,10 @@ are bounded to a couple of seconds, after which ``DispatchError`` is raised; the
 
 from __future__ import annotations
 
+import base64
+import json
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -74,11 +78,38 @@ def sender_app(broker_url: str) -> Celery:
     return app
 
 
+# kombu's Redis transport keeps priority sub-queues as "<queue>\x06\x16<step>" and messages
+# delivered to a worker but not yet acknowledged in the hash "unacked".
+_PRIORITY_SEP, _PRIORITY_STEPS = "\x06\x16", (3, 6, 9)
+UNACKED_KEY = "unacked"
+# The sweeper asks about hundreds of creations per pass; one snapshot of the queue serves them.
+SNAPSHOT_TTL_S = 2.0
+
+
+def _payload_key(raw: bytes | str, unacked: bool) -> tuple[str, int] | None:
+    """(creation id, dispatch number) of one queued kombu message (Celery protocol 2 body:
+    base64 JSON [args, kwargs, embed]); unacked entries wrap it as [message, exchange, key]."""
+    try:
+        message = json.loads(raw)
+        if unacked:
+            message = message[0]
+        body = message.get("body")
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        payload = args[0]
+        return str(payload["creation_id"]), int(payload.get("dispatch") or 0)
+    except Exception:
+        return None
+
+
 class CeleryDispatcher(Dispatcher):
     name = "celery"
 
     def __init__(self, app: Celery) -> None:
         self._app = app
+        self._snapshot: tuple[float, set[tuple[str, int]]] | None = None
+        self._snapshot_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "CeleryDispatcher":
@@ -99,6 +130,42 @@ class CeleryDispatcher(Dispatcher):
             )
         except Exception as exc:  # kombu OperationalError, redis ConnectionError, OSError, ...
             raise DispatchError(f"celery broker unavailable: {type(exc).__name__}: {exc}") from exc
+
+    def task_exists(self, payload: TaskPayload) -> bool | None:
+        """Whether the message is still in Redis: in the queue list (or a priority sub-list),
+        or delivered to a worker and not yet acknowledged (kombu re-queues those if the worker
+        dies, so the task will still run)."""
+        return (payload.creation_id, payload.dispatch) in self._queued()
+
+    def _queued(self) -> set[tuple[str, int]]:
+        with self._snapshot_lock:
+            now = time.monotonic()
+            if self._snapshot is not None and now - self._snapshot[0] < SNAPSHOT_TTL_S:
+                return self._snapshot[1]
+            try:
+                with self._app.connection_for_read() as conn:
+                    conn.ensure_connection(max_retries=1)
+                    channel = conn.default_channel
+                    pipe = channel.client.pipeline()
+                    keys = [LEGACY_QUEUE] + [
+                        f"{LEGACY_QUEUE}{getattr(channel, 'sep', _PRIORITY_SEP)}{step}"
+                        for step in getattr(channel, "priority_steps", _PRIORITY_STEPS)
+                        if step
+                    ]
+                    for key in keys:
+                        pipe.lrange(key, 0, -1)
+                    pipe.hvals(getattr(channel, "unacked_key", UNACKED_KEY))
+                    *lists, unacked = pipe.execute()
+            except Exception as exc:
+                raise DispatchError(
+                    f"celery broker could not be asked: {type(exc).__name__}: {exc}"
+                ) from exc
+            found = {
+                k for raw in (m for lst in lists for m in lst) if (k := _payload_key(raw, False))
+            }
+            found |= {k for raw in unacked if (k := _payload_key(raw, True))}
+            self._snapshot = (now, found)
+            return found
 
     def close(self) -> None:
         # The app (and its pool) is shared process-wide; nothing per-dispatcher to release.

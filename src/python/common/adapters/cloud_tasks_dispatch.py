@@ -20,6 +20,8 @@ import hashlib
 import itertools
 import json
 import re
+import threading
+import time
 from typing import Any
 
 import grpc
@@ -49,6 +51,7 @@ CREATE_ATTEMPTS = 2
 # :run answers in about a second; waiting Cloud Tasks' default 10 min for a hung call would only
 # delay the retry.
 DISPATCH_DEADLINE_S = 60
+LISTING_TTL_S = 2.0  # emulator only: how long one ListTasks answer stands in for GetTask
 
 
 @process_wide
@@ -111,6 +114,8 @@ class CloudTasksDispatcher(Dispatcher):
         self._jobs = dict(jobs)
         self._client = client
         self._timeout_s = timeout_s
+        self._listing: tuple[float, set[str]] | None = None
+        self._listing_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "CloudTasksDispatcher":
@@ -184,6 +189,43 @@ class CloudTasksDispatcher(Dispatcher):
             raise DispatchError(f"cloud tasks refused the task: {_describe(exc)}") from exc
         except Exception as exc:  # transport/auth errors outside GoogleAPICallError
             raise DispatchError(f"cloud tasks unavailable: {_describe(exc)}") from exc
+
+    def task_exists(self, payload: TaskPayload) -> bool | None:
+        """``GetTask`` on the deterministic name: a task exists until ``:run`` answered 2xx
+        (Cloud Tasks deletes it then), so "exists" means "queued or being retried", however
+        long the backlog. NotFound means it ran or never was. The local emulator does not
+        implement GetTask; only there (UNIMPLEMENTED) the queue is listed instead."""
+        name = self.task_name(payload.creation_id, payload.dispatch)
+        try:
+            self._client.get_task(request={"name": name}, retry=None, timeout=self._timeout_s)
+            return True
+        except gexc.NotFound:
+            return False
+        except gexc.MethodNotImplemented:
+            return self._listed(name)
+        except gexc.GoogleAPICallError as exc:
+            raise DispatchError(f"cloud tasks could not be asked: {_describe(exc)}") from exc
+        except Exception as exc:
+            raise DispatchError(f"cloud tasks unavailable: {_describe(exc)}") from exc
+
+    def _listed(self, name: str) -> bool:
+        # One listing serves a whole sweeper pass (it asks about hundreds of creations).
+        with self._listing_lock:
+            now = time.monotonic()
+            if self._listing is None or now - self._listing[0] > LISTING_TTL_S:
+                try:
+                    names = {
+                        t.name
+                        for t in self._client.list_tasks(
+                            request={"parent": self._queue}, retry=None, timeout=self._timeout_s
+                        )
+                    }
+                except Exception as exc:
+                    raise DispatchError(
+                        f"cloud tasks could not be listed: {_describe(exc)}"
+                    ) from exc
+                self._listing = (now, names)
+            return name in self._listing[1]
 
     def close(self) -> None:
         # The client (and its channel) is shared process-wide; nothing per-dispatcher to free.

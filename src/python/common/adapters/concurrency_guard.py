@@ -54,12 +54,15 @@ class InMemoryConcurrencyGuard(ConcurrencyGuard):
             slots[holder] = now + ttl.total_seconds()
             return True
 
-    def renew(self, resource: str, holder: str, *, ttl: timedelta) -> bool:
+    def renew(
+        self, resource: str, holder: str, *, ttl: timedelta, limit: int | None = None
+    ) -> bool:
         with self._lock:
             now = self._clock()
             slots = self._live(resource, now)
             held = holder in slots
-            slots[holder] = now + ttl.total_seconds()
+            if held or limit is None or len(slots) < limit:
+                slots[holder] = now + ttl.total_seconds()
             return held
 
     def release(self, resource: str, holder: str) -> None:
@@ -145,13 +148,21 @@ class SqliteConcurrencyGuard(ConcurrencyGuard):
 
         return bool(self._transaction(body))
 
-    def renew(self, resource: str, holder: str, *, ttl: timedelta) -> bool:
+    def renew(
+        self, resource: str, holder: str, *, ttl: timedelta, limit: int | None = None
+    ) -> bool:
         def body(conn: sqlite3.Connection, now: float) -> bool:
             self._expire(conn, resource, now)
             held = conn.execute(
                 "SELECT 1 FROM concurrency_slots WHERE resource = ? AND holder = ?",
                 (resource, holder),
             ).fetchone()
+            if not held and limit is not None:
+                (count,) = conn.execute(
+                    "SELECT COUNT(*) FROM concurrency_slots WHERE resource = ?", (resource,)
+                ).fetchone()
+                if count >= limit:
+                    return False
             conn.execute(
                 "INSERT OR REPLACE INTO concurrency_slots (resource, holder, expires_at)"
                 " VALUES (?, ?, ?)",

@@ -90,9 +90,14 @@ class FirestoreConcurrencyGuard(ConcurrencyGuard):
 
         return bool(self._run(resource, body))
 
-    def renew(self, resource: str, holder: str, *, ttl: timedelta) -> bool:
+    def renew(
+        self, resource: str, holder: str, *, ttl: timedelta, limit: int | None = None
+    ) -> bool:
         def body(holders: dict[str, datetime], now: datetime) -> tuple[bool, Any]:
-            return holder in holders, {**holders, holder: now + ttl}
+            held = holder in holders
+            if not held and limit is not None and len(holders) >= limit:
+                return False, None
+            return held, {**holders, holder: now + ttl}
 
         return bool(self._run(resource, body))
 

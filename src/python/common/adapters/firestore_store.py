@@ -54,6 +54,7 @@ _TIMESTAMP_FIELDS = (
     "claimed_at",
     "finished_at",
     "dispatched_at",
+    "start_marker_at",
 )
 
 

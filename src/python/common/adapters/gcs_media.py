@@ -129,6 +129,13 @@ class GcsMediaStore(MediaStore):
     def output_prefix(self, creation_id: str) -> str | None:
         return f"gs://{self._bucket_name}/{PREFIX}{creation_id}/"
 
+    def find_outputs(self, prefix_uri: str) -> list[str]:
+        head = f"gs://{self._bucket_name}/"
+        if not prefix_uri.startswith(head + PREFIX):
+            raise ValueError(f"{prefix_uri} is not under {head}{PREFIX}")
+        blobs = self._bucket.client.list_blobs(self._bucket_name, prefix=prefix_uri[len(head) :])
+        return sorted(f"{head}{b.name}" for b in blobs)
+
     def ref_from_uri(self, uri: str, mime_type: str) -> MediaRef:
         """Adopt an object a provider wrote into our bucket; anything else is refused (we would
         otherwise sign URLs for, or depend on, storage we do not own)."""

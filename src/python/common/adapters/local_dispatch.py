@@ -69,6 +69,9 @@ class LocalProcessDispatcher(Dispatcher):
             for i in range(max_parallel)
         ]
         self._running: set[subprocess.Popen[bytes]] = set()
+        # (creation id, dispatch number) -> payloads queued or whose job (or a retry of it)
+        # is still running: what ``task_exists`` answers from.
+        self._live: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
@@ -81,7 +84,16 @@ class LocalProcessDispatcher(Dispatcher):
     def dispatch(self, payload: TaskPayload) -> None:
         with self._lock:
             self._in_flight += 1
+            key = (payload.creation_id, payload.dispatch)
+            self._live[key] = self._live.get(key, 0) + 1
         self._queue.put(payload)
+
+    def task_exists(self, payload: TaskPayload) -> bool | None:
+        """Queued here or its job process still running: this process's pool is the queue, so
+        it knows exactly (a pool of another process, e.g. a restarted server, knows nothing of
+        it and answers False: the sweeper then re-sends, which the claim makes harmless)."""
+        with self._lock:
+            return self._live.get((payload.creation_id, payload.dispatch), 0) > 0
 
     def _command(self, kind: str) -> list[str]:
         return list(self._command_for.get(kind) or default_job_command(kind))
@@ -98,6 +110,12 @@ class LocalProcessDispatcher(Dispatcher):
             finally:
                 with self._lock:
                     self._in_flight -= 1
+                    key = (payload.creation_id, payload.dispatch)
+                    left = self._live.get(key, 0) - 1
+                    if left > 0:
+                        self._live[key] = left
+                    else:
+                        self._live.pop(key, None)
                     self._idle.notify_all()
 
     def _run(self, payload: TaskPayload) -> None:
@@ -166,3 +184,8 @@ class RecordingDispatcher(Dispatcher):
     def dispatch(self, payload: TaskPayload) -> None:
         with self._lock:
             self.dispatched.append(payload)
+
+    def task_exists(self, payload: TaskPayload) -> bool | None:
+        """Nothing ever runs what it records, so whether the work is still pending is not its
+        to say: None keeps the sweeper's time-based rules."""
+        return None

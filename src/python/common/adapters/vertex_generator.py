@@ -46,7 +46,13 @@ log = structlog.get_logger(__name__)
 
 REQUEST_TIMEOUT_MS = 120_000  # one HTTP call (Imagen can take tens of seconds)
 EXPECTED_VIDEO_SECONDS = 90.0  # typical Veo run: drives the progress estimate only
-MAX_POLL_ERRORS = 5  # consecutive transient poll failures tolerated before giving the job back
+MAX_POLL_ERRORS = 5
+_MIME_BY_EXT = {
+    "mp4": "video/mp4",
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+}  # consecutive transient poll failures tolerated before giving the job back
 
 
 @process_wide
@@ -95,6 +101,10 @@ class Polling:
     slot_initial: float = 1.0
     slot_maximum: float = 10.0
     slot_wait: float = 30 * 60
+    # How long after an unknown-outcome start its output may still appear: Veo's longest run,
+    # and for Imagen (synchronous) the longest a call can still be running at the provider.
+    unknown_window: float = 15 * 60
+    image_unknown_window: float = REQUEST_TIMEOUT_MS / 1000 + 30
 
 
 class VertexGenerator(Generator):
@@ -146,6 +156,8 @@ class VertexGenerator(Generator):
                 initial=settings.veo_poll_initial_seconds,
                 maximum=settings.veo_poll_max_seconds,
                 slot_wait=float(settings.veo_slot_wait_seconds),
+                unknown_window=float(settings.veo_unknown_window_seconds),
+                image_unknown_window=float(settings.imagen_unknown_window_seconds),
             ),
         )
 
@@ -164,30 +176,44 @@ class VertexGenerator(Generator):
         self, kind: Kind, prompt: str, params: dict, ctx: GenerationContext
     ) -> list[GeneratedMedia]:
         if kind is Kind.IMAGE:
-            return self._images(prompt, params)
+            return self._images(prompt, params, ctx)
         return self._video(prompt, params, ctx)
 
     # --- Imagen ----------------------------------------------------------------------------
 
-    def _images(self, prompt: str, params: dict) -> list[GeneratedMedia]:
+    def _images(self, prompt: str, params: dict, ctx: GenerationContext) -> list[GeneratedMedia]:
+        # Imagen bills per call and has no operation to resume, so the same marker rule as
+        # Veo's start applies: written before the call; with our bucket as ``storageUri`` the
+        # images land under the marker's prefix, so a retry after a lost answer (or a crash
+        # before completion) adopts them instead of paying again.
+        found = self._recover_unknown_start(ctx, window=self._polling.image_unknown_window)
+        if found:
+            return found
+        marker = ctx.mark_start()
         count = int(params.get("count") or 1)
         config = types.GenerateImagesConfig(
             number_of_images=count,
             aspect_ratio=params.get("aspect_ratio") or "1:1",
             include_rai_reason=True,
             output_mime_type="image/png",
+            output_gcs_uri=ctx.output_prefix_for(marker),
         )
-        response = _call(
+        response = self._start(
             "vertex.generate_images",
             lambda: self.client.models.generate_images(
                 model=self._imagen_model, prompt=prompt, config=config
             ),
+            ctx,
         )
         generated = response.generated_images or []
         out = [
-            GeneratedMedia(mime_type=g.image.mime_type or "image/png", data=g.image.image_bytes)
+            GeneratedMedia(
+                mime_type=g.image.mime_type or "image/png",
+                data=None if g.image.gcs_uri else g.image.image_bytes,
+                uri=g.image.gcs_uri or None,
+            )
             for g in generated
-            if g.image is not None and g.image.image_bytes
+            if g.image is not None and (g.image.image_bytes or g.image.gcs_uri)
         ]
         if out:
             return out  # fewer than requested means some were filtered: keep the rest
@@ -201,24 +227,81 @@ class VertexGenerator(Generator):
     # --- Veo -------------------------------------------------------------------------------
 
     def _video(self, prompt: str, params: dict, ctx: GenerationContext) -> list[GeneratedMedia]:
-        holder = ctx.creation_id
-        self._wait_for_slot(holder, ctx)
+        # The slot belongs to this execution attempt (the lease owner), not to the creation:
+        # when two executions of one creation overlap, neither can free or renew the other's.
+        holder = ctx.lease_owner
+        held = False
         try:
             resumed = bool(ctx.existing_operation)
             if resumed:
-                # Resume: never start a second (billed) generation for this creation.
+                # Resume: never start a second (billed) generation, and never wait for a slot to
+                # look at work already running (and paid for). Count it if a slot is free.
+                held = self._try_slot(holder)
                 operation = types.GenerateVideosOperation(  # type: ignore[call-arg]
                     name=ctx.existing_operation  # ``name`` comes from the Operation mixin
                 )
             else:
+                found = self._recover_unknown_start(ctx)
+                if found:
+                    return found
+                self._wait_for_slot(holder, ctx)
+                held = True
                 operation = self._start_video(prompt, params, ctx)
-            operation = self._poll(operation, ctx, holder, resumed=resumed)
+            operation = self._poll(operation, ctx, holder, resumed=resumed, held=held)
             return self._video_result(operation, ctx)
         finally:
-            try:
-                self._guard.release(self._veo_resource, holder)
-            except Exception:  # the slot expires by itself; never mask the real outcome
-                pass
+            if held:
+                try:
+                    self._guard.release(self._veo_resource, holder)
+                except Exception:  # the slot expires by itself; never mask the real outcome
+                    pass
+
+    def _try_slot(self, holder: str) -> bool:
+        try:
+            return self._guard.acquire(
+                self._veo_resource, holder, limit=self._veo_limit, ttl=self._slot_ttl
+            )
+        except Exception as exc:  # counting is best effort; the operation runs regardless
+            log.warning("veo_slot_acquire_failed", holder=holder, error=repr(exc)[:300])
+            return False
+
+    def _recover_unknown_start(
+        self, ctx: GenerationContext, *, window: float | None = None
+    ) -> list[GeneratedMedia] | None:
+        """A previous attempt made a start call and never learnt its outcome (killed, timed
+        out, connection lost after sending). Veo gives no idempotency key and no way to list
+        operations, but each start writes its output under a prefix carrying its marker: look
+        there until the start could no longer be running (``unknown_window``), then start anew.
+        Without such a prefix (inline output) the first result is unrecoverable: start anew."""
+        marker = ctx.start_marker
+        if not marker:
+            return None
+        if ctx.output_prefix_for(marker) is None:
+            log.warning("unknown_start_unrecoverable", creation_id=ctx.creation_id)
+            ctx.clear_start()
+            return None
+        p = self._polling
+        window = p.unknown_window if window is None else window
+        while True:
+            found = [
+                GeneratedMedia(mime_type=_MIME_BY_EXT[ext], uri=u)
+                for u in ctx.find_outputs(marker)
+                if (ext := u.rsplit(".", 1)[-1].lower()) in _MIME_BY_EXT
+            ]
+            if found:
+                log.info(
+                    "unknown_start_found",
+                    creation_id=ctx.creation_id,
+                    outputs=len(found),
+                    marker_age_s=round(ctx.start_marker_age(), 3),
+                )
+                return found
+            if ctx.start_marker_age() >= window:
+                log.warning("unknown_start_not_found", creation_id=ctx.creation_id, window_s=window)
+                ctx.clear_start()
+                return None
+            ctx.heartbeat()
+            self._sleep(min(p.maximum, max(0.05, window - ctx.start_marker_age())))
 
     def _wait_for_slot(self, holder: str, ctx: GenerationContext) -> None:
         p = self._polling
@@ -240,19 +323,24 @@ class VertexGenerator(Generator):
     def _start_video(
         self, prompt: str, params: dict, ctx: GenerationContext
     ) -> types.GenerateVideosOperation:
+        # Written before the call and needing the lease: a job that lost its lease cannot start
+        # a second generation, and a crash or timeout from here on leaves a trace the retry
+        # follows (``_recover_unknown_start``) instead of paying again.
+        marker = ctx.mark_start()
         config = types.GenerateVideosConfig(
             number_of_videos=1,
             duration_seconds=params.get("duration_seconds"),
             aspect_ratio=params.get("aspect_ratio"),
-            output_gcs_uri=ctx.output_prefix,
+            output_gcs_uri=ctx.output_prefix_for(marker),
         )
-        operation = _call(
+        operation = self._start(
             "vertex.generate_videos",
             lambda: self.client.models.generate_videos(
                 model=self._veo_model,
                 source=types.GenerateVideosSource(prompt=prompt),
                 config=config,
             ),
+            ctx,
         )
         if not operation.name:
             raise GenerationError(
@@ -261,6 +349,23 @@ class VertexGenerator(Generator):
         ctx.record_operation(operation.name)  # before anything else can fail
         return operation
 
+    @staticmethod
+    def _start(span: str, call: Callable[[], T], ctx: GenerationContext) -> T:
+        """One billed start call after ``mark_start``: a definite refusal clears the marker
+        (nothing was started); an unknown outcome keeps it for the retry to follow."""
+        try:
+            return _call(span, call)
+        except GenerationError as exc:
+            if exc.outcome_unknown:
+                raise GenerationError(
+                    "start_outcome_unknown",
+                    f"{span}: the provider may have accepted the request: {exc.message}",
+                    retryable=True,
+                    outcome_unknown=True,
+                ) from exc
+            ctx.clear_start()
+            raise
+
     def _poll(
         self,
         operation: types.GenerateVideosOperation,
@@ -268,6 +373,7 @@ class VertexGenerator(Generator):
         holder: str,
         *,
         resumed: bool,
+        held: bool = True,
     ) -> types.GenerateVideosOperation:
         p = self._polling
         started = self._clock()
@@ -298,10 +404,15 @@ class VertexGenerator(Generator):
                 errors += 1
                 if not exc.retryable or errors >= MAX_POLL_ERRORS:
                     raise
-            try:
-                self._guard.renew(self._veo_resource, holder, ttl=self._slot_ttl)
-            except Exception as exc:  # best effort: a missed renewal only risks the slot's TTL
-                log.warning("veo_slot_renew_failed", creation_id=holder, error=repr(exc)[:300])
+            if held:
+                try:
+                    # A lapsed slot is re-taken only below the cap (never past it); if the cap
+                    # is full the operation goes on uncounted and the slot is not ours to free.
+                    self._guard.renew(
+                        self._veo_resource, holder, ttl=self._slot_ttl, limit=self._veo_limit
+                    )
+                except Exception as exc:  # best effort: a missed renewal only risks the TTL
+                    log.warning("veo_slot_renew_failed", holder=holder, error=repr(exc)[:300])
             elapsed = self._clock() - started
             ctx.report_progress(min(95, 5 + int(90 * elapsed / EXPECTED_VIDEO_SECONDS)))
             ctx.heartbeat()
@@ -392,19 +503,38 @@ def _call(span: str, fn: Callable[[], T]) -> T:
 
 
 def _translated(fn: Callable[[], T]) -> T:
+    """``outcome_unknown`` marks failures after which the request may have been accepted: a
+    timeout or a connection lost after sending, or a gateway timeout (504). An HTTP error the
+    service itself answered (429, 400, 503...) means it did not start anything."""
     try:
         return fn()
     except genai_errors.APIError as exc:
         message = str(exc.message or exc)[:500]
-        raise classify(exc.code, exc.status, message) from exc
+        err = classify(exc.code, exc.status, message)
+        err.outcome_unknown = exc.code == 504
+        raise err from exc
     except GenerationError:
         raise
     except Exception as exc:
         if _is_transport_error(exc):
             raise GenerationError(
-                "provider_unavailable", f"{type(exc).__name__}: {exc}"[:500], retryable=True
+                "provider_unavailable",
+                f"{type(exc).__name__}: {exc}"[:500],
+                retryable=True,
+                outcome_unknown=not _is_connect_error(exc),
             ) from exc
         raise
+
+
+def _is_connect_error(exc: Exception) -> bool:
+    """The connection was never established, so the request was never sent."""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    for cls in type(exc).__mro__:
+        if cls.__name__ in ("ConnectError", "ConnectTimeout", "NewConnectionError"):
+            return True
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and cause is not exc and _is_connect_error(cause)  # type: ignore[arg-type]
 
 
 def _is_transport_error(exc: Exception) -> bool:

@@ -105,6 +105,20 @@ class Creation:
     dispatches: int = 0
     traceparent: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Which Cloud Run execution and task attempt hold the lease. Attempts of one execution run
+    # one after another, so a later attempt of the SAME execution knows the holder is dead and
+    # takes over at once; any other execution still waits for the lease to expire.
+    lease_execution: str | None = None
+    lease_attempt: int | None = None
+    # Every claim (first, takeover, resume) increments this: a fencing number for the holder.
+    claims: int = 0
+    # Claims that only resumed a recorded provider operation (they use no attempt).
+    resumes: int = 0
+    # "A provider start call may have been accepted": written BEFORE the call, cleared when its
+    # outcome is known (operation recorded, or a definite refusal). A retry that finds it looks
+    # for that call's output instead of paying for a second generation.
+    start_marker: str | None = None
+    start_marker_at: datetime | None = None
 
     def lease_live(self, now: datetime) -> bool:
         return (
@@ -139,22 +153,49 @@ def new(
     )
 
 
+# A creation whose job keeps dying while only polling its recorded operation (which uses no
+# attempt) still ends: after this many resumes it fails like one out of attempts.
+MAX_RESUMES = 10
+
+
 def claim(
-    c: Creation, *, owner: str, now: datetime, lease: timedelta, max_attempts: int
+    c: Creation,
+    *,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    max_attempts: int,
+    execution: str | None = None,
+    attempt: int | None = None,
 ) -> Creation:
     """Take the lease: ``pending`` or an expired ``processing`` lease -> ``processing``.
 
-    Raises AlreadyFinished for terminal records and AlreadyClaimed while another lease is live.
-    A takeover past ``max_attempts`` fails the creation instead of starting another attempt,
-    so a creation whose job keeps crashing cannot loop forever.
+    Raises AlreadyFinished for terminal records and AlreadyClaimed while another lease is live,
+    except for a later attempt of the execution holding it: Cloud Run runs an execution's
+    attempts one after another, so the earlier one is dead and waiting for its lease would only
+    waste the retry. A claim that finds a recorded provider operation resumes it without using
+    an attempt (the work is paid for; polling it is free), even at the attempt limit. A takeover
+    past ``max_attempts`` fails the creation instead, so a crash loop cannot run forever.
     """
     if c.status.terminal:
         raise AlreadyFinished(c.id)
     if c.lease_live(now):
         if c.lease_owner == owner:
             return c  # the same execution asking again (e.g. a retried store call)
-        raise AlreadyClaimed(c.id)
-    if c.attempts >= max_attempts:
+        if not _later_attempt_of_holder(c, execution, attempt):
+            raise AlreadyClaimed(c.id)
+    resuming = bool(c.operation)
+    if resuming and c.resumes >= MAX_RESUMES:
+        return _finish(
+            c,
+            now=now,
+            status=Status.FAILED,
+            error=CreationError(
+                "max_attempts_exceeded",
+                f"gave up after resuming operation {c.operation} {c.resumes} times",
+            ),
+        )
+    if not resuming and c.attempts >= max_attempts:
         last = (c.error.detail or c.error.message) if c.error else "the job did not finish"
         return _finish(
             c,
@@ -167,11 +208,25 @@ def claim(
     return dataclasses.replace(
         c,
         status=Status.PROCESSING,
-        attempts=c.attempts + 1,
+        attempts=c.attempts if resuming else c.attempts + 1,
+        resumes=c.resumes + 1 if resuming else c.resumes,
+        claims=c.claims + 1,
         lease_owner=owner,
+        lease_execution=execution,
+        lease_attempt=attempt,
         lease_expires_at=now + lease,
         claimed_at=c.claimed_at or now,
         updated_at=now,
+    )
+
+
+def _later_attempt_of_holder(c: Creation, execution: str | None, attempt: int | None) -> bool:
+    return (
+        execution is not None
+        and attempt is not None
+        and c.lease_execution == execution
+        and c.lease_attempt is not None
+        and attempt > c.lease_attempt
     )
 
 
@@ -201,15 +256,32 @@ def report_progress(
 
 
 def record_operation(c: Creation, *, owner: str, now: datetime, operation: str) -> Creation:
+    """Store the provider's operation; its start is no longer of unknown outcome."""
     _require_lease(c, owner, now)
-    return dataclasses.replace(c, operation=operation, updated_at=now)
+    return dataclasses.replace(
+        c, operation=operation, start_marker=None, start_marker_at=None, updated_at=now
+    )
+
+
+def mark_start(c: Creation, *, owner: str, now: datetime, marker: str) -> Creation:
+    """Written before a billed provider start call. Needs the lease, so a job that lost it can
+    never start a second generation: the write fails first."""
+    _require_lease(c, owner, now)
+    return dataclasses.replace(c, start_marker=marker, start_marker_at=now, updated_at=now)
+
+
+def clear_start(c: Creation, *, owner: str, now: datetime) -> Creation:
+    """The start call's outcome is known (the provider refused it, or its output was found)."""
+    _require_lease(c, owner, now)
+    return dataclasses.replace(c, start_marker=None, start_marker_at=None, updated_at=now)
 
 
 def complete(c: Creation, *, owner: str, now: datetime, media: tuple[MediaRef, ...]) -> Creation:
     _require_lease(c, owner, now)
     if not media:
         raise InvalidTransition("a completed creation needs at least one media item")
-    return _finish(c, now=now, status=Status.COMPLETED, media=media, error=None, progress=100)
+    done = _finish(c, now=now, status=Status.COMPLETED, media=media, error=None, progress=100)
+    return dataclasses.replace(done, start_marker=None, start_marker_at=None)
 
 
 def fail(c: Creation, *, owner: str | None, now: datetime, error: CreationError) -> Creation:
@@ -231,7 +303,9 @@ def release_for_retry(
     Out of attempts, it fails for good with the last reason instead.
     """
     _require_lease(c, owner, now)
-    if c.attempts >= max_attempts:
+    if c.attempts >= max_attempts and not c.operation:
+        # With a recorded operation the generation is paid for: hand it back to be resumed
+        # (bounded by MAX_RESUMES in ``claim``) instead of throwing it away.
         return _finish(
             c,
             now=now,
@@ -246,6 +320,8 @@ def release_for_retry(
         c,
         status=Status.PENDING,
         lease_owner=None,
+        lease_execution=None,
+        lease_attempt=None,
         lease_expires_at=None,
         error=user_safe(error),
         updated_at=now,
@@ -286,6 +362,8 @@ def _finish(
         media=media or c.media,
         progress=c.progress if progress is None else progress,
         lease_owner=None,
+        lease_execution=None,
+        lease_attempt=None,
         lease_expires_at=None,
         finished_at=now,
         updated_at=now,
@@ -337,6 +415,12 @@ def to_dict(c: Creation) -> dict[str, Any]:
         "dispatches": c.dispatches,
         "traceparent": c.traceparent,
         "extra": dict(c.extra),
+        "lease_execution": c.lease_execution,
+        "lease_attempt": c.lease_attempt,
+        "claims": c.claims,
+        "resumes": c.resumes,
+        "start_marker": c.start_marker,
+        "start_marker_at": _ts(c.start_marker_at),
     }
 
 
@@ -369,4 +453,10 @@ def from_dict(d: Mapping[str, Any]) -> Creation:
         dispatches=int(d.get("dispatches") or 0),
         traceparent=d.get("traceparent"),
         extra=dict(d.get("extra") or {}),
+        lease_execution=d.get("lease_execution"),
+        lease_attempt=None if d.get("lease_attempt") is None else int(d["lease_attempt"]),
+        claims=int(d.get("claims") or 0),
+        resumes=int(d.get("resumes") or 0),
+        start_marker=d.get("start_marker"),
+        start_marker_at=_parse_ts(d.get("start_marker_at")),
     )

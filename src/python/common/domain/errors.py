@@ -32,8 +32,18 @@ class AlreadyFinished(DomainError):
     """The creation is terminal: any further delivery is a no-op."""
 
 
-class LeaseLost(DomainError):
+class StopWork(DomainError):
+    """The one way a lease renewal tells a running job to stop: raised by the lifecycle inside
+    ``renew`` (and every other lease-checked change) and reported by the job's heartbeat.
+    Subclasses say why (``LeaseLost``; a cancel request can be another)."""
+
+    reason = "stop"
+
+
+class LeaseLost(StopWork):
     """This execution's lease expired and someone else took the creation over: stop writing."""
+
+    reason = "lease_lost"
 
 
 class GenerationError(Exception):
@@ -42,11 +52,16 @@ class GenerationError(Exception):
     ``code`` is machine-readable and ends up in the creation's ``error.code``.
     """
 
-    def __init__(self, code: str, message: str, *, retryable: bool) -> None:
+    def __init__(
+        self, code: str, message: str, *, retryable: bool, outcome_unknown: bool = False
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.retryable = retryable
+        # The request may have reached the provider and been accepted (timeout or connection
+        # lost after sending): the caller must not assume nothing was started.
+        self.outcome_unknown = outcome_unknown
 
 
 class DispatchError(Exception):

@@ -28,6 +28,8 @@ USER_MESSAGES: dict[str, str] = {
     "provider_busy": _TRY_AGAIN_LATER,
     "provider_unavailable": _TRY_AGAIN_LATER,
     "provider_timeout": "The generation took too long and was stopped. Please try again.",
+    # A start whose answer was lost (issue 12): retried without paying twice, then final
+    "start_outcome_unknown": _TRY_AGAIN_LATER,
     "provider_error": "The generation service could not complete this request.",
     "no_output": "The generation finished without producing any media. Please try again.",
     "render_failed": "The media could not be rendered. Please try again.",
