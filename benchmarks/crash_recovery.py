@@ -216,15 +216,22 @@ class ProcessDispatcher(Dispatcher):
         self.in_flight = 0
         self.executions = 0
         self.exit_codes: Counter[int] = Counter()
+        self._live: Counter[tuple[str, int]] = Counter()
 
     def dispatch(self, payload: Any) -> None:
         with self._lock:
             self.in_flight += 1
             self.executions += 1
             n = self.executions
-        self._pool.submit(self._run, payload.creation_id, payload.kind.value, n)
+            self._live[(payload.creation_id, payload.dispatch)] += 1
+        self._pool.submit(self._run, payload.creation_id, payload.kind.value, n, payload.dispatch)
 
-    def _run(self, creation_id: str, kind: str, n: int) -> None:
+    def task_exists(self, payload: Any) -> bool:
+        """Queued in the pool or running: the sweeper leaves such a creation alone."""
+        with self._lock:
+            return self._live[(payload.creation_id, payload.dispatch)] > 0
+
+    def _run(self, creation_id: str, kind: str, n: int, dispatch: int = 0) -> None:
         try:
             log = self._logs / f"{creation_id}.redelivery-{n}.log"
             with open(log, "wb") as out:
@@ -248,6 +255,7 @@ class ProcessDispatcher(Dispatcher):
         finally:
             with self._lock:
                 self.in_flight -= 1
+                self._live[(creation_id, dispatch)] -= 1
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -187,3 +187,24 @@ def test_gcs_without_a_key_file_signs_through_iam_with_the_runtime_account(
     assert query["X-Goog-Credential"][0].startswith("phoenix-api@")
     assert query["X-Goog-Signature"] == ["7369676e6174757265"]  # hex of the IAM signature
     assert url2 != url
+
+
+def test_find_outputs_lists_what_a_provider_wrote_under_a_start_prefix(media):
+    """How a retry finds the output of a start call whose answer it never got (issue 12):
+    everything under ``output_prefix(id) + marker/``, nothing of another marker. A store with
+    no prefix a provider can write to (local) has nothing to find."""
+    cid = uuid.uuid4().hex
+    prefix = media.output_prefix(cid)
+    if prefix is None:
+        assert media.find_outputs(f"gs://{BUCKET}/creations/{cid}/m1/") == []
+        return
+    media.put(f"{cid}/m1/1700/sample_0.mp4", b"video", "video/mp4")
+    media.put(f"{cid}/m1/1700/sample_1.png", b"image", "image/png")
+    media.put(f"{cid}/m2/1800/sample_0.mp4", b"other start", "video/mp4")
+    assert media.find_outputs(f"{prefix}m1/") == [
+        f"{prefix}m1/1700/sample_0.mp4",
+        f"{prefix}m1/1700/sample_1.png",
+    ]
+    assert media.find_outputs(f"{prefix}m3/") == []
+    with pytest.raises(ValueError):
+        media.find_outputs("gs://someone-elses-bucket/creations/x/")
