@@ -325,3 +325,14 @@ class _Raises(Generator):
 
     def generate(self, kind, prompt, params, ctx):
         raise self.exc
+
+
+def test_a_claim_that_finds_an_unknown_outcome_start_uses_no_attempt():
+    """Guard (the marker is new): a retry that only looks for the output of a start whose
+    answer was lost resumes paid-for work, like polling a recorded operation."""
+    store = InMemoryCreationStore()
+    cid = _new(store, kind=Kind.VIDEO, steps=[_claim("a0")])
+    store.update(cid, lambda c: lc.mark_start(c, owner="a0", now=T0, marker="m"))
+    later = T0 + LEASE + timedelta(seconds=1)  # a0 died mid-call; its lease ran out
+    c = store.update(cid, _claim("a1", now=later, max_attempts=1))
+    assert (c.status, c.attempts, c.resumes, c.start_marker) == (Status.PROCESSING, 1, 1, "m")

@@ -154,15 +154,19 @@ def test_a_start_of_unknown_outcome_is_found_not_paid_for_again():
 
 def test_an_unknown_start_whose_output_never_appears_is_started_again_after_the_window():
     """Guard naming the remaining window: if the accepted start's output does not appear within
-    ``unknown_window`` (Veo's longest run), the retry starts again; a second payment is then
+    ``unknown_window`` (Veo's longest run), the attempt that looked hands the creation back
+    without having used an attempt, and the next one starts again; a second payment is then
     possible only for a start Veo accepted and ran longer than that window."""
     window = dataclasses.replace(FAST, unknown_window=0.3)
     store, cid, deps, fake, _, _ = _setup("accept-silently-then-timeout", polling=window)
     assert run_job(cid, Kind.VIDEO, deps, owner="a0").exit_code == EXIT_RETRY
     started = time.monotonic()
-    assert run_job(cid, Kind.VIDEO, deps, owner="a1").status == "completed"
-    assert time.monotonic() - started >= 0.2  # it looked for the first output before paying
-    assert fake.starts == 2
+    looked = run_job(cid, Kind.VIDEO, deps, owner="a1")
+    assert looked.exit_code == EXIT_RETRY and time.monotonic() - started >= 0.2
+    c = store.get(cid)
+    assert (c.attempts, c.resumes, c.start_marker) == (1, 1, None)  # looking used no attempt
+    assert run_job(cid, Kind.VIDEO, deps, owner="a2").status == "completed"
+    assert fake.starts == 2 and store.get(cid).attempts == 2
 
 
 def test_a_definite_refusal_clears_the_marker_and_the_retry_starts_at_once():

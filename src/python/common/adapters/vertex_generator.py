@@ -271,8 +271,11 @@ class VertexGenerator(Generator):
         """A previous attempt made a start call and never learnt its outcome (killed, timed
         out, connection lost after sending). Veo gives no idempotency key and no way to list
         operations, but each start writes its output under a prefix carrying its marker: look
-        there until the start could no longer be running (``unknown_window``), then start anew.
-        Without such a prefix (inline output) the first result is unrecoverable: start anew."""
+        there until the start could no longer be running (``unknown_window``). If nothing came,
+        the creation is handed back (retryable) and the next attempt starts anew: an attempt
+        never both waits out the window and runs a generation, so the job's timeout budget
+        (slot wait + polling) is unchanged. Without such a prefix (inline output) the first
+        result is unrecoverable: start anew at once."""
         marker = ctx.start_marker
         if not marker:
             return None
@@ -299,7 +302,11 @@ class VertexGenerator(Generator):
             if ctx.start_marker_age() >= window:
                 log.warning("unknown_start_not_found", creation_id=ctx.creation_id, window_s=window)
                 ctx.clear_start()
-                return None
+                raise GenerationError(
+                    "start_outcome_unknown",
+                    f"the earlier start left no output within {window:.0f}s: starting again",
+                    retryable=True,
+                )
             ctx.heartbeat()
             self._sleep(min(p.maximum, max(0.05, window - ctx.start_marker_age())))
 

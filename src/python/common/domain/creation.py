@@ -173,8 +173,9 @@ def claim(
     Raises AlreadyFinished for terminal records and AlreadyClaimed while another lease is live,
     except for a later attempt of the execution holding it: Cloud Run runs an execution's
     attempts one after another, so the earlier one is dead and waiting for its lease would only
-    waste the retry. A claim that finds a recorded provider operation resumes it without using
-    an attempt (the work is paid for; polling it is free), even at the attempt limit. A takeover
+    waste the retry. A claim that finds a recorded provider operation (or a start of unknown
+    outcome, whose output may exist) resumes it without using an attempt (the work is paid
+    for; looking at it is free), even at the attempt limit. A takeover
     past ``max_attempts`` fails the creation instead, so a crash loop cannot run forever.
     """
     if c.status.terminal:
@@ -184,7 +185,9 @@ def claim(
             return c  # the same execution asking again (e.g. a retried store call)
         if not _later_attempt_of_holder(c, execution, attempt):
             raise AlreadyClaimed(c.id)
-    resuming = bool(c.operation)
+    # A recorded operation, or a start of unknown outcome (its output may exist): the claim
+    # resumes paid-for work instead of starting a new attempt.
+    resuming = bool(c.operation) or bool(c.start_marker)
     if resuming and c.resumes >= MAX_RESUMES:
         return _finish(
             c,
@@ -192,7 +195,8 @@ def claim(
             status=Status.FAILED,
             error=CreationError(
                 "max_attempts_exceeded",
-                f"gave up after resuming operation {c.operation} {c.resumes} times",
+                f"gave up after resuming {c.operation or 'an unknown-outcome start'} "
+                f"{c.resumes} times",
             ),
         )
     if not resuming and c.attempts >= max_attempts:
