@@ -194,7 +194,8 @@ def test_a_terminated_video_job_keeps_its_veo_operation_and_the_retry_resumes_it
                 second.wait()
         done = store.get(cid)
         assert done is not None and done.status is Status.COMPLETED, done
-        assert done.attempts == 2
+        # Resuming the recorded operation used no attempt (issue 12): still the first one.
+        assert (done.attempts, done.resumes) == (1, 1)
         # One Veo operation for the creation: the retry resumed it rather than starting over.
         assert len(vertex.calls("predictLongRunning")) == 1
         assert len(vertex.calls("fetchPredictOperation")) > polls_before

@@ -336,3 +336,40 @@ def test_a_claim_that_finds_an_unknown_outcome_start_uses_no_attempt():
     later = T0 + LEASE + timedelta(seconds=1)  # a0 died mid-call; its lease ran out
     c = store.update(cid, _claim("a1", now=later, max_attempts=1))
     assert (c.status, c.attempts, c.resumes, c.start_marker) == (Status.PROCESSING, 1, 1, "m")
+
+
+class _Interrupt(BaseException):
+    """Stands for the job's ``Terminated``, raised by its SIGTERM handler wherever it lands."""
+
+
+class _RaiseAfterCommit:
+    def __init__(self, real):
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def execute(self, sql, *args):
+        result = self._real.execute(sql, *args)
+        if sql == "COMMIT":
+            raise _Interrupt()
+        return result
+
+
+def test_a_signal_landing_right_after_a_commit_is_not_masked(tmp_path):
+    """Before: the SQLite store and guard answered any exception with ROLLBACK, which after a
+    finished COMMIT fails with "cannot rollback - no transaction is active"; that
+    OperationalError replaced the job's Terminated and a best-effort ``except Exception``
+    (the Veo slot renewal) swallowed it: the job ignored SIGTERM (seen in test_job_sigterm)."""
+    from common.adapters.concurrency_guard import SqliteConcurrencyGuard
+    from common.adapters.sqlite_store import SqliteCreationStore
+
+    store = SqliteCreationStore(tmp_path / "s.sqlite3")
+    cid = _new(store)
+    store._local.conn = _RaiseAfterCommit(store._connect())
+    with pytest.raises(_Interrupt):
+        store.update(cid, lambda c: dataclasses.replace(c, progress=5))
+    guard = SqliteConcurrencyGuard(tmp_path / "s.sqlite3")
+    guard._local.conn = _RaiseAfterCommit(guard._connect())
+    with pytest.raises(_Interrupt):
+        guard.renew("veo", "me", ttl=LEASE)

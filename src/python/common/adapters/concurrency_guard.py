@@ -117,7 +117,10 @@ class SqliteConcurrencyGuard(ConcurrencyGuard):
             conn.execute("COMMIT")
             return result
         except BaseException:
-            conn.execute("ROLLBACK")
+            # Only if still open: an exception landing after COMMIT (e.g. the job's SIGTERM
+            # handler raising) must propagate, not be replaced by "no transaction is active".
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     @staticmethod

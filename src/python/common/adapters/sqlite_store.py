@@ -133,7 +133,10 @@ class SqliteCreationStore(CreationStore):
             conn.execute("COMMIT")
             return updated
         except BaseException:
-            conn.execute("ROLLBACK")
+            # Only if still open: an exception landing after COMMIT (e.g. the job's SIGTERM
+            # handler raising) must propagate, not be replaced by "no transaction is active".
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     def _begin_immediate(self, conn: sqlite3.Connection) -> None:
@@ -262,7 +265,10 @@ class SqliteCreationStore(CreationStore):
             conn.execute("COMMIT")
             return None
         except BaseException:
-            conn.execute("ROLLBACK")
+            # Only if still open: an exception landing after COMMIT (e.g. the job's SIGTERM
+            # handler raising) must propagate, not be replaced by "no transaction is active".
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     def release_quota(self, user_id: str, creation_id: str) -> None:
@@ -272,7 +278,10 @@ class SqliteCreationStore(CreationStore):
             self._release_in_tx(conn, user_id, creation_id)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # Only if still open: an exception landing after COMMIT (e.g. the job's SIGTERM
+            # handler raising) must propagate, not be replaced by "no transaction is active".
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     def quota(self, user_id: str) -> UserQuota:
