@@ -373,3 +373,34 @@ def test_a_signal_landing_right_after_a_commit_is_not_masked(tmp_path):
     guard._local.conn = _RaiseAfterCommit(guard._connect())
     with pytest.raises(_Interrupt):
         guard.renew("veo", "me", ttl=LEASE)
+
+
+class _RaiseAfterBegin(_RaiseAfterCommit):
+    def execute(self, sql, *args):
+        result = self._real.execute(sql, *args)
+        if sql == "BEGIN IMMEDIATE":
+            raise _Interrupt()
+        return result
+
+
+def test_a_signal_landing_right_after_begin_releases_the_write_lock(tmp_path):
+    """Written after the fix, for a failure seen first in test_job_sigterm: BEGIN IMMEDIATE ran
+    outside the try, so an exception landing right after it left the transaction open; the
+    job's hand-back (another connection) then waited on SQLite's lock for its whole busy
+    timeout, and the job ignored SIGTERM. The heartbeat thread's renewals made it likelier."""
+    from common.adapters.concurrency_guard import SqliteConcurrencyGuard
+    from common.adapters.sqlite_store import SqliteCreationStore
+
+    store = SqliteCreationStore(tmp_path / "s.sqlite3")
+    cid = _new(store)
+    guard = SqliteConcurrencyGuard(tmp_path / "s.sqlite3")
+    real_guard_conn = guard._connect()
+    guard._local.conn = _RaiseAfterBegin(real_guard_conn)
+    with pytest.raises(_Interrupt):
+        guard.renew("veo", "me", ttl=LEASE)
+    assert not real_guard_conn.in_transaction
+    real_store_conn = store._connect()
+    store._local.conn = _RaiseAfterBegin(real_store_conn)
+    with pytest.raises(_Interrupt):
+        store.update(cid, lambda c: dataclasses.replace(c, progress=5))
+    assert not real_store_conn.in_transaction

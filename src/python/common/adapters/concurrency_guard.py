@@ -102,17 +102,19 @@ class SqliteConcurrencyGuard(ConcurrencyGuard):
     def _transaction(self, body: Callable[[sqlite3.Connection, float], object]) -> object:
         conn = self._connect()
         deadline = time.monotonic() + self._busy_timeout_s
-        while True:  # WAL can answer SQLITE_BUSY at once (checkpoint); retry until the timeout
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or (
-                    time.monotonic() > deadline
-                ):
-                    raise
-                time.sleep(0.01)
         try:
+            # BEGIN inside the try: an exception landing right after it (the job's SIGTERM
+            # handler) must roll back, or this connection keeps the write lock.
+            while True:  # WAL can answer SQLITE_BUSY at once (checkpoint); retry until timeout
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if ("locked" not in str(exc) and "busy" not in str(exc)) or (
+                        time.monotonic() > deadline
+                    ):
+                        raise
+                    time.sleep(0.01)
             result = body(conn, self._clock())
             conn.execute("COMMIT")
             return result

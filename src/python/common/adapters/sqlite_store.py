@@ -115,8 +115,10 @@ class SqliteCreationStore(CreationStore):
 
     def update(self, creation_id: str, change: Callable[[Creation], Creation]) -> Creation:
         conn = self._connect()
-        self._begin_immediate(conn)
         try:
+            # Inside the try: an exception landing right after BEGIN (the job's SIGTERM
+            # handler) must roll back, or this connection keeps the write lock.
+            self._begin_immediate(conn)
             row = conn.execute("SELECT doc FROM creations WHERE id = ?", (creation_id,)).fetchone()
             if row is None:
                 raise NotFound(creation_id)
@@ -234,8 +236,10 @@ class SqliteCreationStore(CreationStore):
         insert: Creation | None = None,
     ) -> Refusal | None:
         conn = self._connect()
-        self._begin_immediate(conn)
         try:
+            # Inside the try: an exception landing right after BEGIN (the job's SIGTERM
+            # handler) must roll back, or this connection keeps the write lock.
+            self._begin_immediate(conn)
             user = quotas.user_from_dict(user_id, self._read_quota(conn, _user_key(user_id)))
             glob = (
                 quotas.global_from_dict(self._read_quota(conn, _GLOBAL_KEY))
@@ -273,8 +277,10 @@ class SqliteCreationStore(CreationStore):
 
     def release_quota(self, user_id: str, creation_id: str) -> None:
         conn = self._connect()
-        self._begin_immediate(conn)
         try:
+            # Inside the try: an exception landing right after BEGIN (the job's SIGTERM
+            # handler) must roll back, or this connection keeps the write lock.
+            self._begin_immediate(conn)
             self._release_in_tx(conn, user_id, creation_id)
             conn.execute("COMMIT")
         except BaseException:
