@@ -14,7 +14,7 @@ mkdir -p dist/benchmarks
 out=dist/benchmarks/results.txt
 : > "$out"
 failed=()
-for b in artifacts cold_start enqueue poll dispatch_latency load_mixed crash_recovery admission auth_flood render sdk_imports provision; do
+for b in artifacts cold_start enqueue poll dispatch_latency load_mixed crash_recovery admission auth_flood render sdk_imports provision chaos; do
   echo "=== benchmarks.$b ===" | tee -a "$out"
   # artifacts builds the three PEXes; cold_start also builds its eager PEX (image-job: no-op).
   extra=()
