@@ -95,7 +95,6 @@ def test_add_get_roundtrips_every_field(store):
         dispatch_error="once failed",
         dispatches=3,
         traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01",
-        extra={"k": "v"},
     )
     store.add(full)
     got = store.get(full.id)

@@ -41,16 +41,6 @@ LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
 
 
-def constant_route(path: str) -> Route:
-    """Every creation takes ``path``: the default until a rollout is configured."""
-
-    def route(kind: Kind, user_id: str) -> str:
-        return path
-
-    route.path = path  # type: ignore[attr-defined]  # shown by diagnostics
-    return route
-
-
 class DispatcherPool:
     """Builds each path's dispatcher on first use and keeps it (they hold connections, thread
     pools or child processes): a path that is never routed to never imports its SDK."""

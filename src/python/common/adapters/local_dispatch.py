@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 
 import structlog
 
+from common.config import Settings
 from common.domain.payload import TaskPayload
 from common.ports import Dispatcher
 
@@ -28,12 +29,15 @@ log = structlog.get_logger(__name__)
 
 
 def default_job_command(kind: str) -> list[str]:
-    """``PHOENIX_LOCAL_JOB_CMD_<KIND>`` (e.g. a built PEX) or this interpreter running the
-    job module from the same sources/venv the API runs from."""
-    override = os.environ.get(f"PHOENIX_LOCAL_JOB_CMD_{kind.upper()}")
-    if override:
-        return shlex.split(override)
+    """This interpreter running the job module from the same sources/venv the API runs from
+    (``Settings.local_job_cmd_<kind>`` replaces it, e.g. with a built PEX)."""
     return [sys.executable, "-m", f"jobs.{kind}.main"]
+
+
+def job_commands(settings: Settings) -> dict[str, list[str]]:
+    """The configured job commands (``PHOENIX_LOCAL_JOB_CMD_VIDEO`` / ``_IMAGE``)."""
+    configured = {"video": settings.local_job_cmd_video, "image": settings.local_job_cmd_image}
+    return {kind: shlex.split(cmd) for kind, cmd in configured.items() if cmd}
 
 
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:

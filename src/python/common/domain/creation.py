@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
@@ -104,7 +104,6 @@ class Creation:
     # How many times a dispatcher accepted it: >1 means the sweeper re-dispatched it.
     dispatches: int = 0
     traceparent: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def lease_live(self, now: datetime) -> bool:
         return (
@@ -336,7 +335,6 @@ def to_dict(c: Creation) -> dict[str, Any]:
         "dispatch_error": c.dispatch_error,
         "dispatches": c.dispatches,
         "traceparent": c.traceparent,
-        "extra": dict(c.extra),
     }
 
 
@@ -368,5 +366,4 @@ def from_dict(d: Mapping[str, Any]) -> Creation:
         dispatch_error=d.get("dispatch_error"),
         dispatches=int(d.get("dispatches") or 0),
         traceparent=d.get("traceparent"),
-        extra=dict(d.get("extra") or {}),
     )
