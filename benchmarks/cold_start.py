@@ -115,6 +115,9 @@ def _production_env(
         "PHOENIX_MEDIA_BUCKET": PROD_BUCKET,
         "STORAGE_EMULATOR_HOST": gcs,
         "PHOENIX_MEDIA_SIGNING_KEY_FILE": key_file,
+        # A local stand-in of production: the production-safety check would refuse header
+        # identity on a Firestore store otherwise (the job never reads identity).
+        "PHOENIX_ALLOW_HEADER_IDENTITY": "yes",
     }
 
 
