@@ -19,11 +19,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 from google.api_core import exceptions as gexc
 
 from common.adapters.cloud_tasks_dispatch import CloudTasksDispatcher, task_id_for
 from common.adapters.local_dispatch import LocalProcessDispatcher, RecordingDispatcher
 from common.config import ConfigError, Settings
+from common.domain import creation as lc
 from common.domain.creation import Kind
 from common.domain.errors import DispatchError
 from common.domain.payload import TaskPayload
@@ -181,6 +183,78 @@ def test_dispatching_the_same_creation_twice_is_not_an_error(target):
     assert len({s["CLOUD_RUN_EXECUTION"] for s in seen}) == 2, seen
 
 
+def _cancelled(cid: str | None = None, **fields) -> lc.Creation:
+    import dataclasses
+
+    c = lc.new(
+        user_id="u", kind=Kind.VIDEO, prompt="p", params={}, path="x", now=lc.utcnow(),
+        creation_id=cid,
+    )
+    return dataclasses.replace(lc.cancel(c, now=lc.utcnow()), **fields)
+
+
+def test_cancel_of_a_creation_the_path_holds_nothing_for_is_not_an_error(target):
+    dispatcher, out, _ = target
+    assert dispatcher.cancel(_cancelled()) == []
+
+
+def test_cancel_of_a_running_execution_stops_it(target):
+    """Local: a running job process is left to stop at its own next renewal (nothing to
+    withdraw); Cloud Tasks: the execution recorded at claim is cancelled through the Admin API
+    (here the jobs:run stand-in), which SIGTERMs it and starts no retry."""
+    dispatcher, out, backend = target
+    if backend == "local":
+        assert dispatcher.cancel(_cancelled(execution="local-video-1234")) == []
+        return
+    job = JOBS[Kind.VIDEO]
+    blocker = RunApiStandin({job: [sys.executable, "-c", "import time; time.sleep(60)"]})
+    with blocker:
+        op = requests.post(blocker.run_url(job, "phoenix-test"), json={}, timeout=10).json()
+        name = op["metadata"]["name"]  # projects/P/locations/L/jobs/J/executions/E
+        cancelling = CloudTasksDispatcher(
+            FakeTasksClient(),
+            queue=QUEUE,
+            run_api_url=blocker.url,
+            jobs=JOBS,
+        )
+        execution = name.split("/", 4)[4]
+        assert execution.startswith(f"jobs/{job}/executions/")
+        done = cancelling.cancel(_cancelled(execution=execution))
+        (finished,) = blocker.wait_for_executions(1, timeout=20)
+    assert f"cancelled execution {execution}" in done
+    assert finished["status"] == "cancelled"
+    assert len(finished["tasks"][0]["attempts"]) == 1
+
+
+def test_local_cancel_drops_a_queued_payload_before_its_process_starts(tmp_path):
+    gate = tmp_path / "gate"
+    out = tmp_path / "out"
+    out.mkdir()
+    script = tmp_path / "gated.py"
+    script.write_text(
+        "import os, pathlib, sys, time\n"
+        "while not os.path.exists(os.environ['GATE']): time.sleep(0.02)\n"
+        "pathlib.Path(os.environ['OUT'], os.environ['CREATION_ID']).touch()\n"
+    )
+    command = [sys.executable, str(script)]
+    dispatcher = LocalProcessDispatcher(
+        max_parallel=1,
+        command_for={"video": command, "image": command},
+        extra_env={"GATE": str(gate), "OUT": str(out)},
+    )
+    try:
+        first, queued = uuid.uuid4().hex, uuid.uuid4().hex
+        dispatcher.dispatch(TaskPayload(creation_id=first, kind=Kind.VIDEO))
+        dispatcher.dispatch(TaskPayload(creation_id=queued, kind=Kind.VIDEO))
+        time.sleep(0.3)  # the one worker is busy with `first`; `queued` waits in memory
+        assert dispatcher.cancel(_cancelled(queued)) == ["1 queued local job(s)"]
+        gate.touch()
+        assert dispatcher.wait_idle(20)
+    finally:
+        dispatcher.close()
+    assert sorted(p.name for p in out.iterdir()) == [first]  # the cancelled one never ran
+
+
 def test_recording_dispatcher_accepts_and_remembers():
     d = RecordingDispatcher()
     p = TaskPayload(creation_id="abc", kind=Kind.IMAGE)
@@ -225,6 +299,12 @@ class FakeTasksClient:
         self.outcomes = list(outcomes)
         self.requests: list[dict] = []
         self.kwargs: list[dict] = []
+        self.deleted: list[str] = []
+
+    def delete_task(self, name, **kwargs):
+        self.deleted.append(name)
+        if name.endswith("-d1"):
+            raise gexc.NotFound("already delivered")
 
     def create_task(self, request, **kwargs):
         self.requests.append(request)
@@ -312,3 +392,28 @@ def test_a_sweeper_redispatch_gets_a_new_task_name():
     re-dispatch must not reuse it (it would be swallowed as ALREADY_EXISTS)."""
     first, again = task_id_for("abc"), task_id_for("abc", 1)
     assert first != again and again == task_id_for("abc", 1)
+
+
+def test_cloud_tasks_cancel_deletes_every_dispatch_of_the_creation_and_cancels_its_execution(
+    monkeypatch,
+):
+    client = FakeTasksClient()
+    dispatcher = _dispatcher(client)
+    posted: list[str] = []
+    monkeypatch.setattr(dispatcher, "_post", lambda url: posted.append(url) or 200)
+    execution = "jobs/phoenix-video-job/executions/phoenix-video-job-ab1cd"
+    done = dispatcher.cancel(_cancelled("c1", dispatches=2, execution=execution))
+    assert client.deleted == [f"{QUEUE}/tasks/{task_id_for('c1', n)}" for n in range(3)]
+    assert posted == [
+        "https://run.googleapis.com/v2/projects/phoenix-test/locations/us-central1/"
+        f"{execution}:cancel"
+    ]
+    assert done == [
+        f"deleted task {QUEUE}/tasks/{task_id_for('c1', 0)}",
+        f"deleted task {QUEUE}/tasks/{task_id_for('c1', 2)}",
+        f"cancelled execution {execution}",
+    ]
+    # A recorded id that is not a Cloud Run execution (local, Celery) is never sent anywhere.
+    posted.clear()
+    dispatcher.cancel(_cancelled("c2", execution="celery/abc"))
+    assert posted == []

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from datetime import timedelta
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from common.domain.creation import Kind
 
@@ -34,6 +34,16 @@ def build_job_deps(settings: Settings) -> JobDeps:
         lease=timedelta(seconds=settings.lease_seconds),
         max_attempts=settings.max_attempts,
     )
+
+
+def execution_name(env: Mapping[str, str]) -> str | None:
+    """What the claim records as this execution: Cloud Run's relative name
+    ``jobs/JOB/executions/EXECUTION`` (the API cancels it with the Admin API), else whatever
+    id the launcher gave (the local dispatcher's)."""
+    job, execution = env.get("CLOUD_RUN_JOB"), env.get("CLOUD_RUN_EXECUTION")
+    if job and execution:
+        return f"jobs/{job}/executions/{execution}"
+    return execution or None
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -110,7 +120,13 @@ def main(kind: Kind, argv: Sequence[str] | None = None) -> int:
         try:
             signal.signal(signal.SIGTERM, _stop_on_sigterm)
             deps = build_job_deps(settings)
-            outcome = run_job(payload.creation_id, kind, deps, owner=owner)
+            outcome = run_job(
+                payload.creation_id,
+                kind,
+                deps,
+                owner=owner,
+                execution=execution_name(os.environ),
+            )
         except Terminated:
             log.warning("job_terminated", execution=execution)
             outcome = (

@@ -22,7 +22,9 @@ from common.domain.creation import Creation, CreationError, Kind, MediaRef, Stat
 from common.domain.errors import (
     AlreadyClaimed,
     AlreadyFinished,
+    CancelRequested,
     GenerationError,
+    InvalidTransition,
     LeaseLost,
     NotFound,
 )
@@ -55,7 +57,7 @@ class JobDeps:
 @dataclass
 class JobOutcome:
     exit_code: int
-    status: str  # completed | failed | retry | duplicate | finished | missing | lost
+    status: str  # completed | failed | retry | duplicate | finished | missing | lost | cancelled
     creation: Creation | None = None
 
 
@@ -114,7 +116,11 @@ def new_owner_id(execution: str | None = None) -> str:
     return f"{execution or 'job'}/{uuid.uuid4().hex[:12]}"
 
 
-def run_job(creation_id: str, kind: Kind, deps: JobDeps, *, owner: str) -> JobOutcome:
+def run_job(
+    creation_id: str, kind: Kind, deps: JobDeps, *, owner: str, execution: str | None = None
+) -> JobOutcome:
+    """``execution`` is recorded at claim so the API can cancel it (Cloud Run's
+    ``jobs/JOB/executions/EXECUTION``)."""
     bound = log.bind(creation_id=creation_id, kind=kind.value, owner=owner)
     now = deps.clock()
     spans = tracer("phoenix.job")
@@ -125,7 +131,12 @@ def run_job(creation_id: str, kind: Kind, deps: JobDeps, *, owner: str) -> JobOu
             claimed = deps.store.update(
                 creation_id,
                 lambda c: lifecycle.claim(
-                    c, owner=owner, now=now, lease=deps.lease, max_attempts=deps.max_attempts
+                    c,
+                    owner=owner,
+                    now=now,
+                    lease=deps.lease,
+                    max_attempts=deps.max_attempts,
+                    execution=execution,
                 ),
             )
     except NotFound:
@@ -138,6 +149,9 @@ def run_job(creation_id: str, kind: Kind, deps: JobDeps, *, owner: str) -> JobOu
         bound.info("job_duplicate_delivery_lease_live")
         return JobOutcome(EXIT_DONE, "duplicate")
 
+    if claimed.status is Status.CANCELLED:  # its job died after a cancel request: ended here
+        bound.info("job_cancelled_at_claim")
+        return JobOutcome(EXIT_DONE, "cancelled", claimed)
     if claimed.status is Status.FAILED:  # out of attempts: claim turned it into a failure
         bound.warning("job_out_of_attempts", error=claimed.error and claimed.error.code)
         _record_failure(claimed)
@@ -156,11 +170,18 @@ def run_job(creation_id: str, kind: Kind, deps: JobDeps, *, owner: str) -> JobOu
     bound = bound.bind(attempt=claimed.attempts, path=claimed.path)
     bound.info("job_claimed", resumed_operation=claimed.operation)
     deps.on_phase("claimed", claimed)
+    generated = False
     try:
         ctx = _Context(deps, claimed, owner)
         with spans.start_as_current_span("job.generate"):
             produced = deps.generator.generate(kind, claimed.prompt, dict(claimed.params), ctx)
+        generated = True
         deps.on_phase("generated", claimed)
+        # A cancel requested while the provider worked: store nothing. A read suffices: a
+        # cancel landing after it makes ``complete`` refuse, and the media are removed then.
+        current = deps.store.get(creation_id)
+        if current is not None:
+            lifecycle.ensure_active(current, owner=owner, now=deps.clock())
         with spans.start_as_current_span("job.store_media"):
             refs = _store_media(deps, claimed, produced)
         deps.on_phase("stored", claimed)
@@ -175,14 +196,27 @@ def run_job(creation_id: str, kind: Kind, deps: JobDeps, *, owner: str) -> JobOu
     except GenerationError as exc:
         error = CreationError(exc.code, exc.message)
         if exc.retryable:
-            return _release(deps, claimed, owner, error)
-        return _fail(deps, claimed, owner, error)
+            return _release(deps, claimed, owner, error, generated)
+        return _fail(deps, claimed, owner, error, generated)
+    except CancelRequested:
+        return _cancel(deps, claimed, owner, generated)
     except (LeaseLost, AlreadyFinished):
+        # A heartbeat elsewhere may report a cancel as a plain lost lease: check the record.
+        cancelled = _cancel_if_requested(deps, claimed, owner, generated)
+        if cancelled is not None:
+            return cancelled
         bound.warning("job_lease_lost")
         return JobOutcome(EXIT_DONE, "lost")
+    except (SystemExit, KeyboardInterrupt):
+        # SIGTERM (e.g. the API cancelled this Cloud Run execution): if that was a cancel,
+        # record the outcome now instead of leaving it to the sweeper after the lease.
+        _cancel_if_requested(deps, claimed, owner, generated)
+        raise
     except Exception as exc:  # unknown faults are treated as transient: retry, bounded
         bound.exception("job_internal_error")
-        return _release(deps, claimed, owner, CreationError("internal_error", _describe(exc)))
+        return _release(
+            deps, claimed, owner, CreationError("internal_error", _describe(exc)), generated
+        )
 
 
 def _durations(c: Creation) -> tuple[float, float]:
@@ -219,12 +253,54 @@ def _store_media(
     return tuple(refs)
 
 
-def _fail(deps: JobDeps, creation: Creation, owner: str, error: CreationError) -> JobOutcome:
+def _cancel(deps: JobDeps, creation: Creation, owner: str, generated: bool) -> JobOutcome:
+    return _cancel_if_requested(deps, creation, owner, generated) or JobOutcome(EXIT_DONE, "lost")
+
+
+def _cancel_if_requested(
+    deps: JobDeps, creation: Creation, owner: str, generated: bool
+) -> JobOutcome | None:
+    """Stop for a cancel: remove whatever this creation may have written (our files, or a
+    provider's output in our bucket), then end the record ``cancelled`` (the Veo slot was
+    already released by the generator's own clean-up). None if no cancel was requested or the
+    lease is no longer ours."""
+    current = deps.store.get(creation.id)
+    if current is None or current.cancel_requested_at is None or current.lease_owner != owner:
+        return None
+    try:
+        removed = deps.media.delete_for(creation.id)
+    except Exception as exc:  # the record then still names no media; the objects are orphans
+        log.warning("job_cancel_media_cleanup_failed", creation_id=creation.id, error=_describe(exc))
+        removed = 0
+    now = deps.clock()
+    try:
+        cancelled = deps.store.update(
+            creation.id,
+            lambda c: lifecycle.finish_cancel(
+                c, owner=owner, now=now, provider_started=True if generated else None
+            ),
+        )
+    except (LeaseLost, AlreadyFinished, InvalidTransition):
+        return None
+    log.info(
+        "job_cancelled",
+        creation_id=creation.id,
+        provider_started=cancelled.provider_started,
+        media_removed=removed,
+    )
+    return JobOutcome(EXIT_DONE, "cancelled", cancelled)
+
+
+def _fail(
+    deps: JobDeps, creation: Creation, owner: str, error: CreationError, generated: bool = False
+) -> JobOutcome:
     now = deps.clock()
     try:
         failed = deps.store.update(
             creation.id, lambda c: lifecycle.fail(c, owner=owner, now=now, error=error)
         )
+    except CancelRequested:
+        return _cancel(deps, creation, owner, generated)
     except (LeaseLost, AlreadyFinished):
         return JobOutcome(EXIT_DONE, "lost")
     log.warning("job_failed", creation_id=creation.id, code=error.code, message=error.message)
@@ -232,7 +308,9 @@ def _fail(deps: JobDeps, creation: Creation, owner: str, error: CreationError) -
     return JobOutcome(EXIT_DONE, "failed", failed)
 
 
-def _release(deps: JobDeps, creation: Creation, owner: str, error: CreationError) -> JobOutcome:
+def _release(
+    deps: JobDeps, creation: Creation, owner: str, error: CreationError, generated: bool = False
+) -> JobOutcome:
     now = deps.clock()
     try:
         released = deps.store.update(
@@ -241,6 +319,8 @@ def _release(deps: JobDeps, creation: Creation, owner: str, error: CreationError
                 c, owner=owner, now=now, error=error, max_attempts=deps.max_attempts
             ),
         )
+    except CancelRequested:
+        return _cancel(deps, creation, owner, generated)
     except (LeaseLost, AlreadyFinished):
         return JobOutcome(EXIT_DONE, "lost")
     if released.status is Status.FAILED:

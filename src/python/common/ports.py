@@ -53,6 +53,11 @@ class CreationStore(abc.ABC):
     def ping(self) -> None:
         """Raise if the backend is unreachable (readiness probe)."""
 
+    def delete(self, creation_id: str) -> bool:
+        """Remove the record for good; False if it was not there. Callers delete only
+        ``deleting`` tombstones, whose media are already gone (``CreationService.delete``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has nothing to release."""
 
@@ -99,6 +104,13 @@ class Dispatcher(abc.ABC):
     def dispatch(self, payload: TaskPayload) -> None:
         """Enqueue; raise DispatchError when the queue cannot take it (the record survives)."""
 
+    def cancel(self, creation: Creation) -> list[str]:
+        """Best effort: withdraw what this path still holds for a cancelled creation (a queued
+        task, a running execution) and say what was withdrawn. Never required for correctness:
+        a delivery after a cancel exits at its claim without calling the provider, and a running
+        job stops at its next lease renewal. The default withdraws nothing."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -117,6 +129,12 @@ class MediaStore(abc.ABC):
     @abc.abstractmethod
     def url_for(self, ref: MediaRef) -> str:
         ...
+
+    def delete_for(self, creation_id: str) -> int:
+        """Remove every object of one creation (its whole prefix, so files a provider wrote
+        beside the ones the record names go too); returns how many. Raises on a backend
+        failure, so a delete never reports success while media remain."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete")
 
     def ref_from_uri(self, uri: str, mime_type: str) -> MediaRef:
         """Adopt an object the provider already wrote into our storage (Veo's output_gcs_uri)."""

@@ -54,6 +54,8 @@ _TIMESTAMP_FIELDS = (
     "claimed_at",
     "finished_at",
     "dispatched_at",
+    "cancel_requested_at",
+    "cancelled_at",
 )
 
 
@@ -199,6 +201,13 @@ class FirestoreCreationStore(CreationStore):
             found = [c for c in found if c.created_at >= created_after]
         found.sort(key=lambda c: c.updated_at)
         return found
+
+    def delete(self, creation_id: str) -> bool:
+        ref = self._collection.document(creation_id)
+        if not ref.get().exists:
+            return False
+        ref.delete()
+        return True
 
     def ping(self) -> None:
         # A bounded read of one (possibly missing) document: proves auth and reachability.

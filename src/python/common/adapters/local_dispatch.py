@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import queue
+from collections import OrderedDict
 import shlex
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from typing import Mapping, Sequence
 import structlog
 
 from common.config import Settings
+from common.domain.creation import Creation
 from common.domain.payload import TaskPayload
 from common.ports import Dispatcher
 
@@ -53,6 +55,9 @@ def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+_MAX_REMEMBERED_CANCELS = 10_000
+
+
 class LocalProcessDispatcher(Dispatcher):
     name = "local"
 
@@ -79,13 +84,30 @@ class LocalProcessDispatcher(Dispatcher):
         # Set by close(): no new job process may start (not even a retry of one close() just
         # terminated), or it would outlive the server as an orphan.
         self._closed = False
+        # Creations cancelled while their payload waited here: no process is started for them
+        # (and no retry of one that exited). Bounded: only recent cancels matter.
+        self._cancelled: OrderedDict[str, None] = OrderedDict()
+        self._waiting: dict[str, int] = {}
         for t in self._threads:
             t.start()
 
     def dispatch(self, payload: TaskPayload) -> None:
         with self._lock:
             self._in_flight += 1
+            self._waiting[payload.creation_id] = self._waiting.get(payload.creation_id, 0) + 1
+            self._cancelled.pop(payload.creation_id, None)  # a new dispatch is wanted again
         self._queue.put(payload)
+
+    def cancel(self, creation: Creation) -> list[str]:
+        """Drop queued payloads of the creation; a running job process is left to stop itself
+        at its next lease renewal (killing it could interrupt a media write or the final
+        record update)."""
+        with self._lock:
+            self._cancelled[creation.id] = None
+            while len(self._cancelled) > _MAX_REMEMBERED_CANCELS:
+                self._cancelled.popitem(last=False)
+            waiting = self._waiting.get(creation.id, 0)
+        return [f"{waiting} queued local job(s)"] if waiting else []
 
     def _command(self, kind: str) -> list[str]:
         return list(self._command_for.get(kind) or default_job_command(kind))
@@ -95,6 +117,12 @@ class LocalProcessDispatcher(Dispatcher):
             payload = self._queue.get()
             if payload is None:
                 return
+            with self._lock:
+                left = self._waiting.get(payload.creation_id, 1) - 1
+                if left > 0:
+                    self._waiting[payload.creation_id] = left
+                else:
+                    self._waiting.pop(payload.creation_id, None)
             try:
                 self._run(payload)
             except Exception:  # a broken command must not kill the worker thread
@@ -120,6 +148,9 @@ class LocalProcessDispatcher(Dispatcher):
             cmd = self._command(payload.kind.value) + ["--creation-id", payload.creation_id]
             with self._lock:
                 if self._closed:
+                    return
+                if payload.creation_id in self._cancelled:
+                    log.info("local_job_skipped_cancelled", creation_id=payload.creation_id)
                     return
                 # Own session: Ctrl+C in the server's terminal must not reach the jobs (they
                 # would die mid-write and be "retried" during shutdown); close() stops them.

@@ -8,6 +8,19 @@ rules and none of them re-implements the lifecycle.
 Delivery is at least once on every path (Cloud Tasks, Celery, the local dispatcher and the
 sweeper can all deliver a creation twice), so the claim is a lease: a second delivery while the
 lease is live backs off, and an execution that died is taken over once its lease expires.
+
+A user can cancel. A ``pending`` creation is cancelled at once (no job holds it, so nothing has
+been spent yet). A ``processing`` one only records the request: the running job is the one that
+can stop its provider calls, and it learns of the request at its next lease renewal, because
+every lease-bearing change (``renew``, ``report_progress``, ``record_operation``, ``complete``,
+``fail``, ``release_for_retry``) refuses with ``CancelRequested`` once it is set. The job then
+ends the record ``cancelled`` itself (``finish_cancel``). Cancel and completion serialise in the
+store's transaction, so exactly one wins: completion first means cancel is refused
+(``AlreadyFinished``); the cancel request first means completion is refused.
+
+Deleting is two steps so media can never be orphaned: the record becomes a ``deleting``
+tombstone (invisible to its owner), the media are removed, then the record. If the media removal
+fails the tombstone stays for the sweeper to finish.
 """
 
 from __future__ import annotations
@@ -19,7 +32,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
-from common.domain.errors import AlreadyClaimed, AlreadyFinished, InvalidTransition, LeaseLost
+from common.domain.errors import (
+    AlreadyClaimed,
+    AlreadyFinished,
+    CancelRequested,
+    InvalidTransition,
+    LeaseLost,
+)
 
 
 class Kind(str, enum.Enum):
@@ -32,10 +51,22 @@ class Status(str, enum.Enum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+    # Internal tombstone: the owner asked to delete it and its media are being removed. Never
+    # shown (the API answers 404 for it); the sweeper finishes what a failed delete left.
+    DELETING = "deleting"
 
     @property
     def terminal(self) -> bool:
-        return self in (Status.COMPLETED, Status.FAILED)
+        return self in _TERMINAL
+
+    @property
+    def public(self) -> bool:
+        """Statuses a client can see (the OpenAPI enum); ``deleting`` is not one of them."""
+        return self is not Status.DELETING
+
+
+_TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.DELETING})
 
 
 def utcnow() -> datetime:
@@ -104,6 +135,15 @@ class Creation:
     # How many times a dispatcher accepted it: >1 means the sweeper re-dispatched it.
     dispatches: int = 0
     traceparent: str | None = None
+    # The execution that claimed it (a Cloud Run execution's relative name
+    # ``jobs/JOB/executions/EXECUTION``, a local or Celery id): the API cancels it as a backstop.
+    execution: str | None = None
+    # Cancel: when the owner asked (a running job stops at its next lease renewal), when it ended
+    # ``cancelled``, and whether a provider operation had been started by then (its charge,
+    # e.g. a Veo generation, is probably spent: see README "Cancel: what it saves").
+    cancel_requested_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    provider_started: bool | None = None
 
     def lease_live(self, now: datetime) -> bool:
         return (
@@ -139,13 +179,21 @@ def new(
 
 
 def claim(
-    c: Creation, *, owner: str, now: datetime, lease: timedelta, max_attempts: int
+    c: Creation,
+    *,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    max_attempts: int,
+    execution: str | None = None,
 ) -> Creation:
     """Take the lease: ``pending`` or an expired ``processing`` lease -> ``processing``.
 
-    Raises AlreadyFinished for terminal records and AlreadyClaimed while another lease is live.
-    A takeover past ``max_attempts`` fails the creation instead of starting another attempt,
-    so a creation whose job keeps crashing cannot loop forever.
+    Raises AlreadyFinished for terminal records (a delivery after a cancel exits here, before
+    any provider call) and AlreadyClaimed while another lease is live. A takeover past
+    ``max_attempts`` fails the creation instead of starting another attempt, so a creation whose
+    job keeps crashing cannot loop forever; a takeover of a record whose cancel was requested
+    (its job died before it saw the request) finishes the cancel instead.
     """
     if c.status.terminal:
         raise AlreadyFinished(c.id)
@@ -153,6 +201,8 @@ def claim(
         if c.lease_owner == owner:
             return c  # the same execution asking again (e.g. a retried store call)
         raise AlreadyClaimed(c.id)
+    if c.cancel_requested_at is not None:
+        return _cancelled(c, now=now)
     if c.attempts >= max_attempts:
         last = (c.error.detail or c.error.message) if c.error else "the job did not finish"
         return _finish(
@@ -170,17 +220,33 @@ def claim(
         lease_owner=owner,
         lease_expires_at=now + lease,
         claimed_at=c.claimed_at or now,
+        execution=execution or c.execution,
         updated_at=now,
     )
 
 
 def _require_lease(c: Creation, owner: str, now: datetime) -> None:
+    _require_owner(c, owner)
+    if c.cancel_requested_at is not None:
+        # The owner asked to stop: every lease-bearing change (the heartbeat included) says so,
+        # whichever of them the job happens to make next.
+        raise CancelRequested(c.id)
+
+
+def _require_owner(c: Creation, owner: str) -> None:
     if c.status.terminal:
         raise AlreadyFinished(c.id)
     if c.status is not Status.PROCESSING or c.lease_owner != owner:
         raise LeaseLost(c.id)
     # An expired lease that nobody took over yet is still ours: renewing it is safe because a
     # takeover would have changed lease_owner inside the same transaction.
+
+
+def ensure_active(c: Creation, *, owner: str, now: datetime) -> Creation:
+    """No change; raises CancelRequested/LeaseLost/AlreadyFinished like a renewal would. The job
+    asks this before writing media, so a cancelled creation stores nothing."""
+    _require_lease(c, owner, now)
+    return c
 
 
 def renew(c: Creation, *, owner: str, now: datetime, lease: timedelta) -> Creation:
@@ -219,6 +285,8 @@ def fail(c: Creation, *, owner: str | None, now: datetime, error: CreationError)
         _require_lease(c, owner, now)
     elif c.lease_live(now):
         raise AlreadyClaimed(c.id)
+    elif c.cancel_requested_at is not None:
+        return _cancelled(c, now=now)  # the owner stopped wanting it: that is the outcome
     return _finish(c, now=now, status=Status.FAILED, error=error)
 
 
@@ -249,6 +317,56 @@ def release_for_retry(
         error=user_safe(error),
         updated_at=now,
     )
+
+
+def cancel(c: Creation, *, now: datetime) -> Creation:
+    """The owner's cancel. ``pending`` (or ``processing`` whose job died: its lease ran out) ->
+    ``cancelled`` at once; ``processing`` with a live lease -> cancel requested (the job stops at
+    its next renewal). Idempotent: cancelling a cancelled or already-requested creation returns
+    it unchanged. Raises AlreadyFinished for completed/failed (and deleting) creations."""
+    if c.status is Status.CANCELLED:
+        return c
+    if c.status.terminal:
+        raise AlreadyFinished(c.id)
+    if c.status is Status.PROCESSING and c.lease_live(now):
+        if c.cancel_requested_at is not None:
+            return c
+        return dataclasses.replace(c, cancel_requested_at=now, updated_at=now)
+    return _cancelled(c, now=now)
+
+
+def finish_cancel(
+    c: Creation, *, owner: str, now: datetime, provider_started: bool | None = None
+) -> Creation:
+    """The job that held the lease stopped because its cancel was requested: ``cancelled``.
+
+    ``provider_started``: the job knows whether it had already called the provider (an image's
+    synchronous call that returned); left None, a recorded operation (Veo) decides."""
+    _require_owner(c, owner)
+    if c.cancel_requested_at is None:
+        raise InvalidTransition("finish_cancel needs a cancel request")
+    return _cancelled(c, now=now, provider_started=provider_started)
+
+
+def _cancelled(c: Creation, *, now: datetime, provider_started: bool | None = None) -> Creation:
+    started = bool(c.operation) if provider_started is None else provider_started
+    return dataclasses.replace(
+        _finish(c, now=now, status=Status.CANCELLED, error=None),
+        cancel_requested_at=c.cancel_requested_at or now,
+        cancelled_at=now,
+        provider_started=started or bool(c.operation),
+    )
+
+
+def mark_deleting(c: Creation, *, now: datetime) -> Creation:
+    """The owner's delete, step one: a finished creation becomes a tombstone (idempotent).
+    Unfinished ones must be cancelled first (InvalidTransition): a running job could still
+    write media after we removed them."""
+    if c.status is Status.DELETING:
+        return c
+    if not c.status.terminal:
+        raise InvalidTransition(f"creation {c.id} is {c.status.value}: cancel it first")
+    return dataclasses.replace(c, status=Status.DELETING, updated_at=now)
 
 
 def mark_dispatched(c: Creation, *, now: datetime) -> Creation:
@@ -335,6 +453,10 @@ def to_dict(c: Creation) -> dict[str, Any]:
         "dispatch_error": c.dispatch_error,
         "dispatches": c.dispatches,
         "traceparent": c.traceparent,
+        "execution": c.execution,
+        "cancel_requested_at": _ts(c.cancel_requested_at),
+        "cancelled_at": _ts(c.cancelled_at),
+        "provider_started": c.provider_started,
     }
 
 
@@ -366,4 +488,8 @@ def from_dict(d: Mapping[str, Any]) -> Creation:
         dispatch_error=d.get("dispatch_error"),
         dispatches=int(d.get("dispatches") or 0),
         traceparent=d.get("traceparent"),
+        execution=d.get("execution"),
+        cancel_requested_at=_parse_ts(d.get("cancel_requested_at")),
+        cancelled_at=_parse_ts(d.get("cancelled_at")),
+        provider_started=d.get("provider_started"),
     )

@@ -99,7 +99,11 @@ def _run(task: Any, raw_payload: Any, kind: Kind) -> str:
     ):
         log.info("job_started", task_id=task.request.id, retries=task.request.retries)
         outcome = run_job(
-            payload.creation_id, kind, state.deps, owner=new_owner_id(f"celery-{task.request.id}")
+            payload.creation_id,
+            kind,
+            state.deps,
+            owner=new_owner_id(f"celery-{task.request.id}"),
+            execution=f"celery/{task.request.id}",
         )
     if outcome.exit_code == EXIT_RETRY:
         countdown = retry_backoff_seconds(
