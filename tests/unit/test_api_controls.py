@@ -21,10 +21,15 @@ class SpyDispatcher(RecordingDispatcher):
     def __init__(self):
         super().__init__()
         self.cancels: list[tuple[str, str]] = []
+        self.stopped: list[str] = []
 
     def cancel(self, creation):
         self.cancels.append((creation.id, creation.status.value))
         return ["withdrawn"]
+
+    def stop_execution(self, creation):
+        self.stopped.append(creation.id)
+        return True
 
 
 class FlakyMedia(LocalMediaStore):
@@ -122,8 +127,32 @@ def test_cancel_of_a_generating_creation_is_a_request_answered_202(env):
     assert view["status"] == "processing" and view["cancel_requested_at"]
     assert view["cancelled_at"] is None
     assert store.get(cid).cancel_requested_at is not None
-    assert spy.cancels == [(cid, "processing")]  # the path's backstop is asked too
+    assert spy.cancels == [(cid, "processing")]  # queued deliveries are withdrawn at once
     assert call(client, "POST", f"/api/creations/{cid}/cancel").status_code == 202
+
+
+def test_a_job_that_does_not_stop_within_the_grace_has_its_execution_stopped(tmp_path):
+    """The backstop: nothing renews this lease (a stuck job), so after the grace the API
+    stops the execution; a job that ended the cancel itself is left alone."""
+    import time
+
+    store, spy = InMemoryCreationStore(), SpyDispatcher()
+    app = create_app(
+        Settings(data_dir=tmp_path, dispatch="record"),
+        store=store,
+        media=LocalMediaStore(tmp_path / "media"),
+        dispatchers=lambda path: spy,
+    )
+    app.extensions["phoenix"].creations.cancel_backstop_seconds = 0.3
+    client = app.test_client()
+    stuck, polite = create(client), create(client)
+    for cid in (stuck, polite):
+        run_to(store, cid, "processing")
+        assert call(client, "POST", f"/api/creations/{cid}/cancel").status_code == 202
+    store.update(polite, lambda c: lc.finish_cancel(c, owner="job", now=lc.utcnow()))
+    assert spy.stopped == []  # not before the grace
+    time.sleep(1.0)
+    assert spy.stopped == [stuck]
 
 
 @pytest.mark.parametrize("final", ["completed", "failed"])
@@ -131,8 +160,9 @@ def test_cancel_of_a_finished_creation_is_409(env, final):
     client, store, spy, media = env
     cid = create(client)
     run_to(store, cid, final, media.root)
-    message = assert_error(call(client, "POST", f"/api/creations/{cid}/cancel"), 409,
-                           "already_finished")
+    message = assert_error(
+        call(client, "POST", f"/api/creations/{cid}/cancel"), 409, "already_finished"
+    )
     assert final in message
     assert store.get(cid).status.value == final and spy.cancels == []
 
@@ -209,7 +239,9 @@ def test_a_failed_media_deletion_keeps_a_tombstone_that_the_sweeper_finishes(env
     assert store.get(cid).status is Status.DELETING  # the record stays, marked
     assert (media.root / cid / "0.png").exists()  # nothing orphaned: the record names them
     assert_error(call(client, "GET", f"/api/creations/{cid}"), 404, "not_found")
-    assert cid not in [c["id"] for c in call(client, "GET", "/api/creations").get_json()["creations"]]
+    assert cid not in [
+        c["id"] for c in call(client, "GET", "/api/creations").get_json()["creations"]
+    ]
     # A sweep during the outage keeps it; the next one after it finishes the delete.
     report = sweep(store, lambda p: spy, now=lc.utcnow(), media=media)
     assert report.errors == [cid] and store.get(cid) is not None

@@ -257,10 +257,10 @@ def test_cancel_racing_complete_has_exactly_one_winner(tmp_path):
         store.add(c)
         done, cancel = _race(
             store,
-            lambda: store.update(
-                c.id, lambda cur: lc.complete(cur, owner="job-a", now=lc.utcnow(), media=MEDIA)
+            lambda cid=c.id: store.update(
+                cid, lambda cur: lc.complete(cur, owner="job-a", now=lc.utcnow(), media=MEDIA)
             ),
-            lambda: store.update(c.id, lambda cur: lc.cancel(cur, now=lc.utcnow())),
+            lambda cid=c.id: store.update(cid, lambda cur: lc.cancel(cur, now=lc.utcnow())),
         )
         final = store.get(c.id)
         if isinstance(cancel, AlreadyFinished):
@@ -289,13 +289,13 @@ def test_cancel_racing_claim_has_exactly_one_outcome(tmp_path):
         store.add(c)
         claim, cancel = _race(
             store,
-            lambda: store.update(
-                c.id,
+            lambda cid=c.id: store.update(
+                cid,
                 lambda cur: lc.claim(
                     cur, owner="job-a", now=lc.utcnow(), lease=LEASE, max_attempts=3
                 ),
             ),
-            lambda: store.update(c.id, lambda cur: lc.cancel(cur, now=lc.utcnow())),
+            lambda cid=c.id: store.update(cid, lambda cur: lc.cancel(cur, now=lc.utcnow())),
         )
         final = store.get(c.id)
         if isinstance(claim, AlreadyFinished):

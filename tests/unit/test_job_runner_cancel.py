@@ -162,7 +162,10 @@ def test_a_takeover_of_a_cancel_requested_creation_ends_it_without_generating(st
     store.update(
         cid,
         lambda c: lc.claim(
-            c, owner="dead", now=T0 - timedelta(minutes=5), lease=timedelta(seconds=60),
+            c,
+            owner="dead",
+            now=T0 - timedelta(minutes=5),
+            lease=timedelta(seconds=60),
             max_attempts=3,
         ),
     )

@@ -170,7 +170,11 @@ def _cancelled(path: str, *, while_running: bool, operation: bool = False, ran: 
     Veo operation already started)."""
     created = NOW - timedelta(hours=1)
     c = lc.new(
-        user_id="u", kind=Kind.VIDEO, prompt="p", params={"duration_seconds": 8}, path=path,
+        user_id="u",
+        kind=Kind.VIDEO,
+        prompt="p",
+        params={"duration_seconds": 8},
+        path=path,
         now=created,
     )
     if not while_running:

@@ -209,11 +209,11 @@ def test_a_cancel_requested_creation_whose_job_died_is_ended_cancelled_not_redis
     )
 
     class Backstop(RecordingDispatcher):
-        cancels: list = []
+        stopped: list = []
 
-        def cancel(self, creation):
-            self.cancels.append(creation.id)
-            return []
+        def stop_execution(self, creation):
+            self.stopped.append(creation.id)
+            return True
 
     rec = Backstop()
     # While the lease is live the job may still see the request: leave it alone.
@@ -222,4 +222,4 @@ def test_a_cancel_requested_creation_whose_job_died_is_ended_cancelled_not_redis
     report = sweep(store, lambda p: rec, now=T0 + timedelta(minutes=2), policy=POLICY)
     assert report.cancelled == [cid] and report.redispatched == [] and rec.dispatched == []
     assert store.get(cid).status is Status.CANCELLED
-    assert rec.cancels == [cid]  # the path is asked to stop whatever may still run
+    assert rec.stopped == [cid]  # the path is asked to stop whatever may still run

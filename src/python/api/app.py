@@ -105,6 +105,9 @@ def create_app(
             route,
             media=media,
             admission=Admission(store, settings.quota_policy),
+            # A job renews its lease every lease/4: one full lease without it stopping means
+            # it is stuck (e.g. inside a provider call), and only then is it stopped by force.
+            cancel_backstop_seconds=float(settings.lease_seconds),
         ),
         token_verifier=token_verifier,
     )

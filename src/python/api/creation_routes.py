@@ -89,8 +89,12 @@ def creation_blueprint(service: CreationService) -> Blueprint:
             raise ApiError(409, exc.code, exc.message) from None
         except DeletePending:
             response = jsonify(
-                {"id": creation_id, "status": "deleting", "message": "deleted; its media "
-                 "could not all be removed yet and will be shortly"}
+                {
+                    "id": creation_id,
+                    "status": "deleting",
+                    "message": "deleted; its media "
+                    "could not all be removed yet and will be shortly",
+                }
             )
             response.status_code = 202
             response.headers["Cache-Control"] = "no-store"

@@ -198,6 +198,7 @@ class CreationService:
         media: MediaStore,
         traceparent: Callable[[], str | None] = current_traceparent,
         admission: Admission | None = None,
+        cancel_backstop_seconds: float | None = None,
     ) -> None:
         self.store = store
         self.dispatchers = dispatchers
@@ -206,6 +207,10 @@ class CreationService:
         self.media = media
         self._traceparent = traceparent
         self.admission = admission
+        # After a cancel request, how long the job gets to stop by itself (its heartbeat)
+        # before the API stops its execution (Cloud Run executions:cancel). None: never here
+        # (the sweeper still does it once the lease has run out).
+        self.cancel_backstop_seconds = cancel_backstop_seconds
 
     # --- commands -----------------------------------------------------------------------------
 
@@ -291,7 +296,34 @@ class CreationService:
             was=c.status.value,
             withdrawn=withdrawn,
         )
+        if updated.status is Status.PROCESSING and self.cancel_backstop_seconds is not None:
+            timer = threading.Timer(
+                self.cancel_backstop_seconds, self._cancel_backstop, args=(updated.id,)
+            )
+            timer.daemon = True
+            timer.start()
         return updated
+
+    def _cancel_backstop(self, creation_id: str) -> bool:
+        """The job had its chance (a lease's worth of heartbeats): if it still has not ended
+        the cancel, stop its execution. Best effort: if this process goes away first, the
+        sweeper does the same once the lease runs out."""
+        current = self.store.get(creation_id)
+        if (
+            current is None
+            or current.status is not Status.PROCESSING
+            or current.cancel_requested_at is None
+        ):
+            return False
+        try:
+            stopped = self.dispatchers(current.path).stop_execution(current)
+        except Exception as exc:
+            log.warning("cancel_backstop_failed", creation_id=creation_id, error=repr(exc)[:300])
+            return False
+        log.warning(
+            "cancel_backstop", creation_id=creation_id, execution=current.execution, stopped=stopped
+        )
+        return stopped
 
     def delete(self, user_id: str, creation_id: str) -> None:
         """Remove a finished (completed, failed, cancelled) creation and its media. A queued one

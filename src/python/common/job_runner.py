@@ -270,7 +270,9 @@ def _cancel_if_requested(
     try:
         removed = deps.media.delete_for(creation.id)
     except Exception as exc:  # the record then still names no media; the objects are orphans
-        log.warning("job_cancel_media_cleanup_failed", creation_id=creation.id, error=_describe(exc))
+        log.warning(
+            "job_cancel_media_cleanup_failed", creation_id=creation.id, error=_describe(exc)
+        )
         removed = 0
     now = deps.clock()
     try:

@@ -105,11 +105,18 @@ class Dispatcher(abc.ABC):
         """Enqueue; raise DispatchError when the queue cannot take it (the record survives)."""
 
     def cancel(self, creation: Creation) -> list[str]:
-        """Best effort: withdraw what this path still holds for a cancelled creation (a queued
-        task, a running execution) and say what was withdrawn. Never required for correctness:
-        a delivery after a cancel exits at its claim without calling the provider, and a running
-        job stops at its next lease renewal. The default withdraws nothing."""
+        """Best effort: withdraw the deliveries of a cancelled creation still waiting on this
+        path (a queued task, a Celery message, a local queue entry) and say what was withdrawn.
+        Never required for correctness: a delivery after a cancel exits at its claim without
+        calling the provider. The default withdraws nothing."""
         return []
+
+    def stop_execution(self, creation: Creation) -> bool:
+        """The backstop for a job that did not stop by itself at its next lease renewal: stop
+        the execution recorded at claim (Cloud Run ``executions:cancel``). Forceful (SIGTERM,
+        then SIGKILL), so it is used only after the job had its chance. False when this path
+        cannot (local processes stop themselves; Celery cannot stop a running task safely)."""
+        return False
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

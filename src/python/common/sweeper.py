@@ -181,7 +181,7 @@ def _finish_stale_cancel(
         return  # its lease is live again (renewed meanwhile): the job will stop by itself
     report.cancelled.append(c.id)
     try:
-        dispatcher_for(c.path).cancel(done)
+        dispatcher_for(c.path).stop_execution(done)
     except Exception as exc:
         log.warning("sweep_cancel_backstop_failed", creation_id=c.id, error=repr(exc)[:300])
     if media is not None:

@@ -200,9 +200,7 @@ class CloudTasksDispatcher(Dispatcher):
         )
 
     def cancel(self, creation: Creation) -> list[str]:
-        """Delete the creation's tasks still in the queue, and cancel the Cloud Run execution
-        that claimed it (the backstop for a job that does not stop by itself at its next lease
-        renewal: Cloud Run sends it SIGTERM, then SIGKILL after its grace period)."""
+        """Delete the creation's tasks still in the queue (every dispatch number it used)."""
         done: list[str] = []
         for n in range(creation.dispatches + 1):
             name = self.task_name(creation.id, n)
@@ -213,18 +211,22 @@ class CloudTasksDispatcher(Dispatcher):
                 continue  # delivered already, or never created
             except Exception as exc:  # e.g. the emulator has no DeleteTask: the claim covers it
                 log.warning("cancel_delete_task_failed", task=name, error=_describe(exc))
-        if creation.execution and EXECUTION_RE.match(creation.execution):
-            url = self.cancel_url(creation.execution)
-            try:
-                status = self._post(url)
-            except Exception as exc:
-                log.warning("cancel_execution_failed", url=url, error=_describe(exc))
-            else:
-                if status < 300:
-                    done.append(f"cancelled execution {creation.execution}")
-                elif status != 404:  # 404: it ended already
-                    log.warning("cancel_execution_refused", url=url, status=status)
         return done
+
+    def stop_execution(self, creation: Creation) -> bool:
+        """``executions:cancel`` on the Cloud Run execution recorded at claim: Cloud Run sends
+        the task SIGTERM, then SIGKILL after its grace period, and runs no retry."""
+        if not creation.execution or not EXECUTION_RE.match(creation.execution):
+            return False
+        url = self.cancel_url(creation.execution)
+        try:
+            status = self._post(url)
+        except Exception as exc:
+            log.warning("cancel_execution_failed", url=url, error=_describe(exc))
+            return False
+        if status >= 300 and status != 404:  # 404: it ended already
+            log.warning("cancel_execution_refused", url=url, status=status)
+        return status < 300
 
     def _post(self, url: str) -> int:
         """POST with the API's own credentials (ADC: the Cloud Run service account, which

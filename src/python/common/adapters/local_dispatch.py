@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import queue
-from collections import OrderedDict
 import shlex
 import subprocess
 import sys
 import threading
 import uuid
+from collections import OrderedDict
 from typing import Mapping, Sequence
 
 import structlog

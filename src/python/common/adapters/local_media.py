@@ -11,7 +11,6 @@ from pathlib import Path
 from common.domain.creation import MediaRef
 from common.ports import MediaStore
 
-
 # Media of one creation live under "<creation id>/"; anything else (".", "..", a path) is refused.
 _CREATION_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 

@@ -1,0 +1,211 @@
+"""A video cancelled mid-generation really stops: on the local path (the real server, the local
+dispatcher's job process, the local generator's ``[slow:30]``) and on the emulator chain
+(Cloud Tasks emulator -> jobs:run stand-in -> job process polling the fake Veo, Firestore,
+Cloud Storage). Each time: the job process exits within 2 s of its next heartbeat, nothing is
+written to media, the record ends ``cancelled``, and on the chain the fake Vertex is polled no
+more, its Veo slot is released, and its Cloud Run execution simply exits 0 (the API's
+``executions:cancel`` backstop is for jobs that do not stop by themselves).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+# Imported for Pants' dependency inference: the server and the jobs it starts as processes.
+import api.local  # noqa: F401
+import api.main  # noqa: F401
+import jobs.video.main  # noqa: F401
+from tests.support.local_server import start_local_server, stop_server
+
+LEASE_SECONDS = 4  # the job heartbeats every lease/4 = 1 s
+HEARTBEAT_S = 1.0
+STOP_WITHIN_S = HEARTBEAT_S + 2.0
+
+
+def job_pids(creation_id: str) -> list[int]:
+    """Live processes whose environment carries this creation (the job execution)."""
+    needle = f"CREATION_ID={creation_id}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in env and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def get(base: str, cid: str, user: str | None = None) -> dict:
+    headers = {"X-Phoenix-User": user} if user else {}
+    resp = requests.get(f"{base}/api/creations/{cid}", headers=headers, timeout=10)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def test_local_path_cancel_mid_generation_stops_the_job_at_its_next_heartbeat(tmp_path):
+    server = start_local_server(
+        tmp_path, {"PHOENIX_LEASE_SECONDS": str(LEASE_SECONDS), "PHOENIX_LOG_FORMAT": "json"}
+    )
+    try:
+        resp = requests.post(
+            server.url("/api/generate/video"),
+            json={"prompt": "[slow:30] a comet over a frozen lake", "duration_seconds": 4},
+            timeout=30,
+        )
+        assert resp.status_code == 202, resp.text
+        cid = resp.json()["id"]
+        wait_for(lambda: get(server.base, cid)["status"] == "processing", 60, "the claim")
+        pids = wait_for(lambda: job_pids(cid), 10, "the job process")
+        time.sleep(1.5)  # mid-generation: a heartbeat or two already happened
+
+        cancelled_at = time.monotonic()
+        cancel = requests.post(server.url(f"/api/creations/{cid}/cancel"), timeout=10)
+        assert cancel.status_code == 202, cancel.text
+        assert cancel.json()["cancel_requested_at"]
+        wait_for(lambda: not job_pids(cid), 15, "the job process to exit")
+        stopped_after = time.monotonic() - cancelled_at
+        final = wait_for(
+            lambda: (v := get(server.base, cid))["status"] == "cancelled" and v, 10, "cancelled"
+        )
+        print(f"local job {pids} exited {stopped_after:.2f} s after the cancel request")
+        assert stopped_after <= STOP_WITHIN_S, stopped_after
+        assert final["media"] == [] and final["cancelled_at"] and final["progress"] < 100
+        assert final["provider_started"] is False
+        assert not (tmp_path / "media" / cid).exists()  # nothing was written
+
+        # The dispatcher saw the job exit 0 (no retry of a cancelled job).
+        def exits() -> list[str]:
+            log = server.log_path.read_text(errors="replace")
+            return [ln for ln in log.splitlines() if "local_job_exited" in ln and cid in ln]
+
+        wait_for(exits, 10, "the dispatcher to log the exit")
+        time.sleep(0.5)
+        assert len(exits()) == 1 and '"exit_code": 0' in exits()[0], exits()
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def chain():
+    from tools.emulator_profile import production_chain
+
+    with production_chain(extra_env={"PHOENIX_LEASE_SECONDS": str(LEASE_SECONDS)}) as c:
+        yield c
+
+
+def test_emulator_chain_cancel_mid_generation_stops_polling_veo_and_the_execution(
+    chain, monkeypatch
+):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from common.adapters.firestore_guard import FirestoreConcurrencyGuard
+    from common.config import Settings
+    from tools.emulator_profile import PROJECT
+
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", chain.env["FIRESTORE_EMULATOR_HOST"])
+    settings = Settings.from_env(chain.env)
+    guard = FirestoreConcurrencyGuard.from_settings(settings)
+    veo = f"veo/{settings.gcp_location}/{settings.veo_model}"
+
+    base = chain.api_url
+    # [polls:1000]: the fake Veo operation stays running for as long as we care to watch.
+    resp = requests.post(
+        f"{base}/api/generate/video",
+        json={"prompt": "[slow:30] [polls:1000] a drone over a glacier", "duration_seconds": 8},
+        timeout=15,
+    )
+    assert resp.status_code == 202, resp.text
+    cid = resp.json()["id"]
+
+    def polls() -> list[dict]:
+        return [c for c in chain.vertex.calls("fetchPredictOperation")]
+
+    wait_for(lambda: len(polls()) >= 2, 60, "Veo to be polled")
+    execution = wait_for(
+        lambda: [
+            e for e in chain.run_api.executions() if e["env_overrides"].get("CREATION_ID") == cid
+        ],
+        10,
+        "the execution",
+    )[0]
+    pid = execution["tasks"][0]["attempts"][-1]["pid"]
+    assert cid in guard.holders(veo)  # the running job holds a Veo slot
+
+    cancelled_at = time.monotonic()
+    cancel = requests.post(f"{base}/api/creations/{cid}/cancel", timeout=15)
+    assert cancel.status_code == 202, cancel.text
+    wait_for(lambda: not _alive(pid), 15, "the job process to exit")
+    stopped_after = time.monotonic() - cancelled_at
+    polls_at_stop = len(polls())
+    final = wait_for(lambda: (v := get(base, cid))["status"] == "cancelled" and v, 15, "cancelled")
+    print(f"chain job exited {stopped_after:.2f} s after the cancel request")
+    assert stopped_after <= 2.0 + STOP_WITHIN_S, stopped_after  # poll interval (2 s) + 1 beat
+
+    time.sleep(3)  # longer than the poll interval: a live poller would have polled again
+    assert len(polls()) == polls_at_stop, "the fake Vertex was polled after the job stopped"
+    assert final["provider_started"] is True  # Veo had accepted the request: see README
+    assert final["media"] == []
+    client = storage.Client(
+        project=PROJECT,
+        client_options={"api_endpoint": chain.gcs.url},
+        credentials=AnonymousCredentials(),
+    )
+    assert list(client.list_blobs(chain.bucket, prefix=f"creations/{cid}/")) == []
+    # The job stopped by itself at its heartbeat and exited 0: its execution succeeded, was not
+    # retried, and the API's backstop (executions:cancel after one lease) was never needed.
+    time.sleep(max(0.0, LEASE_SECONDS + 1.0 - (time.monotonic() - cancelled_at)))
+    (done,) = [
+        e for e in chain.run_api.executions() if e["env_overrides"].get("CREATION_ID") == cid
+    ]
+    assert done["status"] == "succeeded"
+    assert [a["exit_code"] for a in done["tasks"][0]["attempts"]] == [0]
+    assert [c for c in chain.run_api.calls() if c["path"].endswith(":cancel")] == []
+    assert done["name"].endswith(get_execution_suffix(chain, cid))
+    assert cid not in guard.holders(veo)  # ... and released it when it stopped
+
+
+def get_execution_suffix(chain, cid: str) -> str:
+    """The execution the job recorded at claim (what the backstop would cancel), read from
+    Firestore: ``jobs/JOB/executions/EXECUTION``."""
+    from common.adapters.firestore_store import FirestoreCreationStore
+    from common.config import Settings
+
+    store = FirestoreCreationStore.from_settings(Settings.from_env(chain.env))
+    record = store.get(cid)
+    assert record is not None
+    execution = record.execution
+    assert execution and execution.startswith("jobs/phoenix-video-job/executions/"), execution
+    return execution
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
