@@ -209,3 +209,79 @@ def _alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_emulator_chain_delivery_after_cancel_exits_zero_without_calling_veo(chain):
+    """A cancelled creation delivered again through jobs:run (what a Cloud Tasks retry or a
+    duplicate would do) exits 0 at its claim: no new Veo request, no retry of the execution."""
+    from tools.emulator_profile import PROJECT, VIDEO_JOB
+
+    # Cancelled while still queued: cancel straight after the POST, before any job claims it
+    # (if a job won the race, it stops at its first heartbeat instead: either way cancelled).
+    resp = requests.post(
+        f"{chain.api_url}/api/generate/video",
+        json={"prompt": "[polls:1000] cancelled early", "duration_seconds": 4},
+        timeout=15,
+    )
+    cid = resp.json()["id"]
+    assert requests.post(f"{chain.api_url}/api/creations/{cid}/cancel", timeout=15).status_code in (
+        200,
+        202,
+    )
+    wait_for(lambda: get(chain.api_url, cid)["status"] == "cancelled", 20, "cancelled")
+    wait_for(lambda: not job_pids(cid), 20, "any job of it to exit")
+    veo_calls = len(chain.vertex.calls("predictLongRunning"))
+
+    late = requests.post(
+        chain.run_api.run_url(VIDEO_JOB, PROJECT),
+        json={
+            "overrides": {"containerOverrides": [{"env": [{"name": "CREATION_ID", "value": cid}]}]}
+        },
+        timeout=15,
+    )
+    assert late.status_code == 200, late.text
+    name = late.json()["metadata"]["name"]
+    done = wait_for(
+        lambda: [
+            e for e in chain.run_api.executions() if e["name"] == name and e["status"] != "running"
+        ],
+        60,
+        "the late execution",
+    )[0]
+    assert done["status"] == "succeeded"
+    assert [a["exit_code"] for a in done["tasks"][0]["attempts"]] == [0]
+    assert len(chain.vertex.calls("predictLongRunning")) == veo_calls
+    assert get(chain.api_url, cid)["status"] == "cancelled"
+
+
+def test_emulator_chain_delete_removes_the_record_and_its_cloud_storage_objects(chain):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from tools.emulator_profile import PROJECT
+
+    resp = requests.post(
+        f"{chain.api_url}/api/generate/image",
+        json={"prompt": "a watercolour heron", "count": 2},
+        timeout=15,
+    )
+    cid = resp.json()["id"]
+    done = wait_for(
+        lambda: (v := get(chain.api_url, cid))["status"] in ("completed", "failed") and v,
+        120,
+        "the image",
+    )
+    assert done["status"] == "completed", done
+    client = storage.Client(
+        project=PROJECT,
+        client_options={"api_endpoint": chain.gcs.url},
+        credentials=AnonymousCredentials(),
+    )
+    names = {b.name for b in client.list_blobs(chain.bucket, prefix=f"creations/{cid}/")}
+    assert names == {f"creations/{cid}/0.png", f"creations/{cid}/1.png"}
+
+    deleted = requests.delete(f"{chain.api_url}/api/creations/{cid}", timeout=15)
+    assert deleted.status_code == 204, deleted.text
+    assert list(client.list_blobs(chain.bucket, prefix=f"creations/{cid}/")) == []
+    gone = requests.get(f"{chain.api_url}/api/creations/{cid}", timeout=10)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
