@@ -267,6 +267,7 @@ def _cancel_if_requested(
     current = deps.store.get(creation.id)
     if current is None or current.cancel_requested_at is None or current.lease_owner != owner:
         return None
+    log.info("job_cancel_seen", creation_id=creation.id)  # generation has stopped here
     try:
         removed = deps.media.delete_for(creation.id)
     except Exception as exc:  # the record then still names no media; the objects are orphans
