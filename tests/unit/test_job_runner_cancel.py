@@ -174,3 +174,22 @@ def test_a_takeover_of_a_cancel_requested_creation_ends_it_without_generating(st
     out = run_job(cid, Kind.VIDEO, deps_for(store, gen, tmp_path), owner="b")
     assert out.status == "cancelled" and gen.calls == 0
     assert store.get(cid).status is Status.CANCELLED
+
+
+def test_a_job_stopped_by_sigterm_after_a_cancel_ends_it_cancelled_not_handed_back(
+    store, tmp_path
+):
+    """The API's backstop cancels the Cloud Run execution (SIGTERM -> Terminated -> hand_back):
+    a cancelled creation is not handed back for another attempt, it ends cancelled."""
+    from common.job_runner import hand_back
+
+    cid = add(store)
+    store.update(
+        cid,
+        lambda c: lc.claim(c, owner="a", now=T0, lease=timedelta(seconds=60), max_attempts=3),
+    )
+    store.update(cid, lambda c: lc.cancel(c, now=T0))
+    out = hand_back(cid, deps_for(store, PollingGenerator(), tmp_path), owner="a")
+    assert out.status == "cancelled" and out.exit_code == EXIT_DONE
+    c = store.get(cid)
+    assert c.status is Status.CANCELLED and c.attempts == 1

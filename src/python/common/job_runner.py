@@ -207,11 +207,6 @@ def run_job(
             return cancelled
         bound.warning("job_lease_lost")
         return JobOutcome(EXIT_DONE, "lost")
-    except (SystemExit, KeyboardInterrupt):
-        # SIGTERM (e.g. the API cancelled this Cloud Run execution): if that was a cancel,
-        # record the outcome now instead of leaving it to the sweeper after the lease.
-        _cancel_if_requested(deps, claimed, owner, generated)
-        raise
     except Exception as exc:  # unknown faults are treated as transient: retry, bounded
         bound.exception("job_internal_error")
         return _release(
@@ -363,6 +358,12 @@ def hand_back(creation_id: str, deps: JobDeps, *, owner: str) -> JobOutcome:
                 c, owner=owner, now=now, error=error, max_attempts=deps.max_attempts
             ),
         )
+    except CancelRequested:
+        # Stopped because the owner cancelled (the API's backstop cancels the execution):
+        # nothing to hand back, the creation ends cancelled here.
+        current = deps.store.get(creation_id)
+        cancelled = current and _cancel_if_requested(deps, current, owner, generated=False)
+        return cancelled or JobOutcome(EXIT_TERMINATED, "terminated")
     except (LeaseLost, AlreadyFinished, NotFound):
         log.info("job_terminated_nothing_held", creation_id=creation_id, owner=owner)
         return JobOutcome(EXIT_TERMINATED, "terminated")
