@@ -176,9 +176,7 @@ def test_a_takeover_of_a_cancel_requested_creation_ends_it_without_generating(st
     assert store.get(cid).status is Status.CANCELLED
 
 
-def test_a_job_stopped_by_sigterm_after_a_cancel_ends_it_cancelled_not_handed_back(
-    store, tmp_path
-):
+def test_a_job_stopped_by_sigterm_after_a_cancel_ends_it_cancelled_not_handed_back(store, tmp_path):
     """The API's backstop cancels the Cloud Run execution (SIGTERM -> Terminated -> hand_back):
     a cancelled creation is not handed back for another attempt, it ends cancelled."""
     from common.job_runner import hand_back
