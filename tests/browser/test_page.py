@@ -258,13 +258,15 @@ def test_delete_of_a_finished_image_removes_it_and_its_media(page: Page) -> None
     src = card.locator("img").first.get_attribute("src")
     assert src and src.startswith("/media/")
     base, user = _origin_and_user(page)
-    assert requests.get(base + src, timeout=10).status_code == 200
+    owner = {"X-Phoenix-User": user}  # local media are served to their owner only
+    assert requests.get(base + src, headers=owner, timeout=10).status_code == 200
     page.once("dialog", lambda d: d.accept())
     card.locator("[data-testid=delete]").click()
     expect(page.locator("[data-testid=creation]")).to_have_count(0)
     expect(page.locator("#empty")).to_be_visible()
     expect(page.locator("#list-status")).to_have_text("Deleted.")
-    assert requests.get(base + src, timeout=10).status_code == 404  # the media URL stopped
+    gone = requests.get(base + src, headers=owner, timeout=10)
+    assert gone.status_code == 404  # the media URL stopped working, for its owner too
     page.reload()  # and it stays gone
     expect(page.locator("#empty")).to_be_visible()
     expect(page.locator("[data-testid=creation]")).to_have_count(0)
