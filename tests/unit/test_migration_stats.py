@@ -210,7 +210,12 @@ def test_cancel_saved_counts_the_provider_charge_only_before_it_started():
     veo = 8 * prices.provider.veo_usd_per_second
     records = [make("cloud-tasks", run=full_run)]
     queued = [_cancelled("cloud-tasks", while_running=False)]
-    g = group(ms.compute(records + queued, now=NOW, window=timedelta(hours=24)), "cloud-tasks")
+    report = ms.compute(records + queued, now=NOW, window=timedelta(hours=24))
+    g = group(report, "cloud-tasks")
+    assert report.notes == [
+        f"cancel saved ${g.cancel_saved_usd:,.2f} on cloud-tasks video (1 cancelled; provider "
+        "charges already started are not counted as saved)"
+    ]
     # Cancelled while queued: no Veo charge, no execution at all (run + start-up).
     assert g.cancel_saved_usd == pytest.approx(
         veo + (full_run + prices.jobs.startup_seconds) * per_second

@@ -190,7 +190,6 @@ def _table(groups: list[migration_stats.GroupStats]) -> tuple[list[str], list[li
         "run time p50/p95/p99",
         "cost / creation",
         "cost (window)",
-        "saved by cancel",
     ]
     rows = [
         [
@@ -204,7 +203,6 @@ def _table(groups: list[migration_stats.GroupStats]) -> tuple[list[str], list[li
             _percentiles(g.run_time_s),
             _fmt_usd(g.cost_per_creation_usd),
             _fmt_usd(g.cost_total_usd, 2),
-            _fmt_usd(getattr(g, "cancel_saved_usd", 0.0), 2),
         ]
         for g in groups
     ]

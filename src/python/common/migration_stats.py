@@ -259,21 +259,31 @@ def compute(
     else:
         job_seconds, source = DEFAULT_JOB_SECONDS, "default (no completed video in the window)"
     notes = []
-    if len(in_window) >= 1 and any(c.claimed_at is None for c in in_window if c.status.terminal):
+    if any(
+        c.claimed_at is None
+        for c in in_window
+        if c.status.terminal and c.status is not Status.CANCELLED  # cancelled while queued
+    ):
         notes.append("some finished records were never claimed (failed before a job ran)")
+    priced = _with_costs(
+        groups,
+        window,
+        preset,
+        job_seconds,
+        {key: [c for c in items if c.status is Status.CANCELLED] for key, items in by_key.items()},
+    )
+    # The dashboard's table stays within a laptop's width: what cancel saved is a note (and a
+    # field of every group in the JSON).
+    notes += [
+        f"cancel saved ${g.cancel_saved_usd:,.2f} on {g.path} {g.kind} "
+        f"({g.cancelled} cancelled; provider charges already started are not counted as saved)"
+        for g in priced
+        if g.cancelled
+    ]
     return MigrationReport(
         window_start=start,
         window_end=now,
-        groups=_with_costs(
-            groups,
-            window,
-            preset,
-            job_seconds,
-            {
-                key: [c for c in items if c.status is Status.CANCELLED]
-                for key, items in by_key.items()
-            },
-        ),
+        groups=priced,
         job_seconds=job_seconds,
         job_seconds_source=source,
         cost_curve=cost_curve(job_seconds, preset),
