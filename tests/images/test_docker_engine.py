@@ -56,6 +56,26 @@ def own_engine():
         subprocess.run(["rm", "-rf", tmp], check=False)
 
 
+def bridge_index(name: str) -> str | None:
+    path = Path(f"/sys/class/net/{name}/ifindex")
+    return path.read_text().strip() if path.exists() else None
+
+
+def test_an_engine_beside_another_leaves_the_other_engines_bridge_alone():
+    # dockerd --bridge none deletes docker0 at start, breaking the default engine's builds.
+    before = bridge_index("docker0")
+    tmp = tempfile.mkdtemp(prefix="phx-eng-", dir="/tmp")
+    env = dict(os.environ, DOCKER_HOST=f"unix://{tmp}/e.sock")
+    started = engine("up", env=env)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert bridge_index("docker0") == before
+    finally:
+        engine("down", started.stdout.strip(), env=env)
+        subprocess.run(["rm", "-rf", tmp], check=False)
+    assert bridge_index("docker0") == before
+
+
 def test_up_starts_an_engine_once_and_down_leaves_nothing_running(own_engine):
     env, pid, tmp = own_engine
     assert alive(pid)
