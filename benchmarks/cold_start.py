@@ -300,7 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         venvs: dict[str, Path] = {}
         # The production image job holds the Vertex generator only; the embedded runs use the
         # repo's job target (jobs/image:image-job-local), the same code up to the claim.
-        venv_pex = {"real": "image-job", "real-local": "image-job-local", "eager": "eager-image-job"}
+        venv_pex = {
+            "real": "image-job",
+            "real-local": "image-job-local",
+            "eager": "eager-image-job",
+        }
         for label, name in venv_pex.items():
             venv = tmp / f"venv-{label}"
             setup[f"{label}_venv_build_s"] = round(
