@@ -33,6 +33,7 @@ from common.domain.errors import ValidationError
 from common.domain.payload import TaskPayload
 from common.job_main import build_job_deps
 from common.job_runner import EXIT_RETRY, new_owner_id, run_job
+from common.local_generators import ALL as ALL_GENERATORS
 from jobs.legacy.celery_app import celery_app
 
 log = structlog.get_logger(__name__)
@@ -50,7 +51,8 @@ class _ProcessState:
         self.pid = os.getpid()
         self.settings = Settings.from_env()
         observability.configure_telemetry(self.settings, SERVICE)  # logging: the parent's
-        self.deps = build_job_deps(self.settings)
+        # The legacy VM ran every generator (local in tests and demos, Vertex in production).
+        self.deps = build_job_deps(self.settings, ALL_GENERATORS)
 
 
 @worker_process_shutdown.connect
