@@ -247,10 +247,11 @@ def ensure_apt(binary: str, package: str | None = None) -> str:
 # --- pants --------------------------------------------------------------------------------------
 
 
-def pants_package(names: Sequence[str], *, attempts: int = 20) -> None:
-    """``./pants package`` the given PEX or image names (keys of PEX, IMAGES). The checkout's
-    Pants is shared with other engineers: when another invocation holds it, wait and retry."""
-    targets = [PEX[n][0] if n in PEX else IMAGES[n][0] for n in names]
+def pants_package(names: Sequence[str], *, attempts: int = 20, images: bool = False) -> None:
+    """``./pants package`` the given names (keys of PEX; of IMAGES with ``images``). The
+    checkout's Pants is shared with other engineers: when another invocation holds it, wait and
+    retry."""
+    targets = [IMAGES[n][0] if images else PEX[n][0] for n in names]
     print(f"[setup] ./pants package {' '.join(targets)}", flush=True)
     env = dict(os.environ, NO_SCIE_WARNING="1", PANTS_DYNAMIC_UI="false", PANTS_COLORS="false")
     for attempt in range(attempts):
@@ -291,7 +292,7 @@ def ensure_images(names: Sequence[str], build: bool) -> dict[str, str]:
     id as Pants recorded it."""
     missing = [n for n in names if not IMAGES[n][1].exists()]
     if build or missing:
-        pants_package(list(names))
+        pants_package(list(names), images=True)
     return {n: json.loads(IMAGES[n][1].read_text())["image_id"] for n in names}
 
 
