@@ -169,15 +169,17 @@ def measure(runs: int, build: bool) -> dict[str, Any]:
         store = FirestoreCreationStore(firestore_client(PROJECT, "(default)"))
         # The job's production env, read from its Cloud Run descriptor like the container
         # chain does, plus where the stand-ins are.
-        env = JobSpec.from_descriptor(
-            c.REPO / "src/python/jobs/image/deploy/job.yaml",
-            substitutions={
-                "PROJECT_ID": PROJECT,
-                "REGION": LOCATION,
-                "MEDIA_BUCKET": BUCKET,
-                "IMAGE": refs["real"].ref,
-            },
-        ).env
+        env = dict(
+            JobSpec.from_descriptor(
+                c.REPO / "src/python/jobs/image/deploy/job.yaml",
+                substitutions={
+                    "PROJECT_ID": PROJECT,
+                    "REGION": LOCATION,
+                    "MEDIA_BUCKET": BUCKET,
+                    "IMAGE": refs["real"].ref,
+                },
+            ).env
+        )
         env.update(
             {
                 "FIRESTORE_EMULATOR_HOST": firestore.url,

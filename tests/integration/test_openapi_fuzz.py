@@ -291,7 +291,12 @@ def test_fuzzed_requests_never_5xx_and_always_match_the_document(fuzz_app: Any) 
 def _violations(value: Any, schema: dict[str, Any], where: str = "body") -> list[str]:
     """The keywords the request schemas use, checked here independently of the app's validator
     (type, enum, bounds, lengths, pattern, required, additionalProperties)."""
-    kinds = {"string": str, "integer": int, "object": dict, "number": (int, float)}
+    kinds: dict[str, type | tuple[type, ...]] = {
+        "string": str,
+        "integer": int,
+        "object": dict,
+        "number": (int, float),
+    }
     want = schema.get("type")
     if want and (not isinstance(value, kinds[want]) or isinstance(value, bool)):
         return [f"{where}: not a {want}: {value!r}"]
