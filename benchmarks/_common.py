@@ -50,9 +50,33 @@ PEX = {
         "src/python/jobs/video:video-job",
         REPO / "dist" / "src.python.jobs.video" / "video-job.pex",
     ),
+    # The repo's job targets (every generator, the local one included): what benchmarks that
+    # generate on the embedded defaults run. The production PEXes above hold Vertex only.
+    "image-job-local": (
+        "src/python/jobs/image:image-job-local",
+        REPO / "dist" / "src.python.jobs.image" / "image-job-local.pex",
+    ),
+    "video-job-local": (
+        "src/python/jobs/video:video-job-local",
+        REPO / "dist" / "src.python.jobs.video" / "video-job-local.pex",
+    ),
     "eager-image-job": (
         "benchmarks:eager-image-job",
         REPO / "dist" / "benchmarks" / "eager-image-job.pex",
+    ),
+}
+
+
+# The docker_image targets and the docker-info.json Pants writes for each (image id, tags).
+IMAGES = {
+    "api": ("src/python/api:docker", REPO / "dist" / "src.python.api" / "docker.docker-info.json"),
+    "video-job": (
+        "src/python/jobs/video:docker",
+        REPO / "dist" / "src.python.jobs.video" / "docker.docker-info.json",
+    ),
+    "image-job": (
+        "src/python/jobs/image:docker",
+        REPO / "dist" / "src.python.jobs.image" / "docker.docker-info.json",
     ),
 }
 
@@ -223,10 +247,11 @@ def ensure_apt(binary: str, package: str | None = None) -> str:
 # --- pants --------------------------------------------------------------------------------------
 
 
-def pants_package(names: Sequence[str], *, attempts: int = 20) -> None:
-    """``./pants package`` the given PEX names (keys of PEX). The checkout's Pants is shared
-    with other engineers: when another invocation holds it, wait and retry."""
-    targets = [PEX[n][0] for n in names]
+def pants_package(names: Sequence[str], *, attempts: int = 20, images: bool = False) -> None:
+    """``./pants package`` the given names (keys of PEX; of IMAGES with ``images``). The
+    checkout's Pants is shared with other engineers: when another invocation holds it, wait and
+    retry."""
+    targets = [IMAGES[n][0] if images else PEX[n][0] for n in names]
     print(f"[setup] ./pants package {' '.join(targets)}", flush=True)
     env = dict(os.environ, NO_SCIE_WARNING="1", PANTS_DYNAMIC_UI="false", PANTS_COLORS="false")
     for attempt in range(attempts):
@@ -260,6 +285,15 @@ def ensure_pexes(names: Sequence[str], build: bool) -> None:
     for n in names:
         if not pex_path(n).exists():
             raise SystemExit(f"{pex_path(n)} missing after ./pants package")
+
+
+def ensure_images(names: Sequence[str], build: bool) -> dict[str, str]:
+    """Builds the images (needs the engine benchmarks/run brought up) and returns name -> image
+    id as Pants recorded it."""
+    missing = [n for n in names if not IMAGES[n][1].exists()]
+    if build or missing:
+        pants_package(list(names), images=True)
+    return {n: json.loads(IMAGES[n][1].read_text())["image_id"] for n in names}
 
 
 # --- processes and servers ----------------------------------------------------------------------

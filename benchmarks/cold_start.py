@@ -14,7 +14,9 @@ Two configurations, the production one first:
   Firestore emulator), generator Vertex (google-genai against tools.standins.fake_vertex), media
   Cloud Storage (the storage emulator). Only the Firestore client is imported before the claim;
   google-genai and google-cloud-storage load after it. ``venv`` mode only (what the image runs).
-* ``embedded``: the repo's defaults (SQLite store, local generator and media), in both modes.
+* ``embedded``: the repo's defaults (SQLite store, local generator and media), in both modes,
+  run by ``jobs/image:image-job-local`` (the production PEX has no local generator; the two
+  differ only in which generators they can select, used after the claim).
 
 Modes:
 * ``pex``: ``python3.11 <job>.pex`` with a plain CPython 3.11. The warm-up run installs the
@@ -115,6 +117,9 @@ def _production_env(
         "PHOENIX_MEDIA_BUCKET": PROD_BUCKET,
         "STORAGE_EMULATOR_HOST": gcs,
         "PHOENIX_MEDIA_SIGNING_KEY_FILE": key_file,
+        # A local stand-in of production: the production-safety check would refuse header
+        # identity on a Firestore store otherwise (the job never reads identity).
+        "PHOENIX_ALLOW_HEADER_IDENTITY": "yes",
     }
 
 
@@ -267,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         c.emit_json("cold_start", {**c.machine(), "container": container})
         return 0
 
-    c.ensure_pexes(["image-job", "eager-image-job"], build=not args.no_build)
+    c.ensure_pexes(["image-job", "image-job-local", "eager-image-job"], build=not args.no_build)
     py = c.plain_python311()
     print(
         f"[setup] interpreter {py}; {args.runs} runs per variant; {os.cpu_count()} CPUs", flush=True
@@ -296,8 +301,14 @@ def main(argv: list[str] | None = None) -> int:
         variants: dict[str, tuple[list[str], dict[str, str], Any]] = {}
         setup: dict[str, float] = {}
         venvs: dict[str, Path] = {}
-        for name in ("image-job", "eager-image-job"):
-            label = "real" if name == "image-job" else "eager"
+        # The production image job holds the Vertex generator only; the embedded runs use the
+        # repo's job target (jobs/image:image-job-local), the same code up to the claim.
+        venv_pex = {
+            "real": "image-job",
+            "real-local": "image-job-local",
+            "eager": "eager-image-job",
+        }
+        for label, name in venv_pex.items():
             venv = tmp / f"venv-{label}"
             setup[f"{label}_venv_build_s"] = round(
                 _build_venv(py, c.pex_path(name), venv, pex_root), 2
@@ -310,10 +321,10 @@ def main(argv: list[str] | None = None) -> int:
                 prod_env,
                 prod_store,
             )
-        for name in ("image-job", "eager-image-job"):
-            label = "real" if name == "image-job" else "eager"
-            variants[f"embedded {label}/pex"] = ([py, str(c.pex_path(name))], env, store)
-            variants[f"embedded {label}/venv"] = ([str(venvs[label] / "pex")], venv_env, store)
+        for label, venv_label in (("real", "real-local"), ("eager", "eager")):
+            pex = c.pex_path(venv_pex[venv_label])
+            variants[f"embedded {label}/pex"] = ([py, str(pex)], env, store)
+            variants[f"embedded {label}/venv"] = ([str(venvs[venv_label] / "pex")], venv_env, store)
 
         # Warm-up: one run each (pex mode: installs the runtime venv in PEX_ROOT).
         for key, (cmd, e, st) in variants.items():

@@ -150,6 +150,7 @@ def measure(runs: int, build: bool) -> dict[str, Any]:
     from tools import images
     from tools.servers import firestore_emulator, gcs_emulator
     from tools.standins.fake_vertex import FakeVertexServer
+    from tools.standins.run_api import JobSpec
 
     docker = images.require_engine()
     if build:
@@ -166,21 +167,27 @@ def measure(runs: int, build: bool) -> dict[str, Any]:
         from common.adapters.firestore_store import FirestoreCreationStore, firestore_client
 
         store = FirestoreCreationStore(firestore_client(PROJECT, "(default)"))
-        env = {
-            # what deploy/job.yaml sets ...
-            "PHOENIX_STORE": "firestore",
-            "PHOENIX_GENERATOR": "vertex",
-            "PHOENIX_MEDIA": "gcs",
-            "PHOENIX_LOG_FORMAT": "json",
-            "PHOENIX_GCP_PROJECT": PROJECT,
-            "PHOENIX_GCP_LOCATION": LOCATION,
-            "PHOENIX_MEDIA_BUCKET": BUCKET,
-            # ... and where the stand-ins are
-            "FIRESTORE_EMULATOR_HOST": firestore.url,
-            "STORAGE_EMULATOR_HOST": gcs.url,
-            "PHOENIX_VERTEX_BASE_URL": vertex.url,
-            "PHOENIX_VERTEX_ACCESS_TOKEN": "bench-token",
-        }
+        # The job's production env, read from its Cloud Run descriptor like the container
+        # chain does, plus where the stand-ins are.
+        env = dict(
+            JobSpec.from_descriptor(
+                c.REPO / "src/python/jobs/image/deploy/job.yaml",
+                substitutions={
+                    "PROJECT_ID": PROJECT,
+                    "REGION": LOCATION,
+                    "MEDIA_BUCKET": BUCKET,
+                    "IMAGE": refs["real"].ref,
+                },
+            ).env
+        )
+        env.update(
+            {
+                "FIRESTORE_EMULATOR_HOST": firestore.url,
+                "STORAGE_EMULATOR_HOST": gcs.url,
+                "PHOENIX_VERTEX_BASE_URL": vertex.url,
+                "PHOENIX_VERTEX_ACCESS_TOKEN": "bench-token",
+            }
+        )
         setup: dict[str, float] = {}
         for label, img in refs.items():  # warm-up: page cache, first container of the image
             t = time.monotonic()

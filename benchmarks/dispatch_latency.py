@@ -7,8 +7,8 @@ Paths (each: fresh SQLite data dir, ``--n`` image creations POSTed one at a time
 posted only after the previous one completed, plus a 0.2 s gap; warm-up creations first):
 * local:      ``python -m api.local`` (gunicorn + LocalProcessDispatcher): each creation starts a
               job process ``python -m jobs.image.main`` from the source tree (its default).
-* local-pex:  the same, with PHOENIX_LOCAL_JOB_CMD_IMAGE = ``python3.11 image-job.pex`` (the
-              production job artefact; its venv installed by the warm-up).
+* local-pex:  the same, with PHOENIX_LOCAL_JOB_CMD_IMAGE = ``python3.11 image-job-local.pex`` (the
+              repo's job artefact, the local generator included; its venv installed by the warm-up).
 * celery:     hot legacy path: redis-server (tools.servers) + ``python -m jobs.legacy.worker``
               (prefork, concurrency 2) already running and warmed up, API ``python -m api.main``
               with PHOENIX_DISPATCH=celery.
@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args(argv)
-    c.ensure_pexes(["image-job"], build=not args.no_build)
-    pex_cmd = f"{c.plain_python311()} {c.pex_path('image-job')}"
+    c.ensure_pexes(["image-job-local"], build=not args.no_build)
+    pex_cmd = f"{c.plain_python311()} {c.pex_path('image-job-local')}"
 
     results: dict[str, Any] = {}
     print(f"[local] {args.n} creations via python -m api.local ...", flush=True)

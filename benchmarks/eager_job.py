@@ -17,6 +17,7 @@ import google.genai  # noqa: F401
 
 from common.domain.creation import Kind
 from common.job_main import main
+from common.local_generators import ALL
 
 if __name__ == "__main__":
-    sys.exit(main(Kind.IMAGE))
+    sys.exit(main(Kind.IMAGE, generators=ALL))

@@ -174,18 +174,20 @@ class Queue:
         if self.path == "celery":
             import redis
 
-            client = redis.Redis.from_url(self.endpoint)
+            broker = redis.Redis.from_url(self.endpoint)
             try:
-                client.flushdb()
+                broker.flushdb()
             finally:
-                client.close()
+                broker.close()
             return {"PHOENIX_DISPATCH": "celery", "PHOENIX_CELERY_BROKER_URL": self.endpoint}
         from common.adapters.cloud_tasks_dispatch import tasks_client
 
         self._n += 1
         self.name = f"{TASKS_PARENT}/queues/enqueue-{self._n}-{time.monotonic_ns() % 10**6}"
         client = tasks_client(self.endpoint)
-        client.create_queue(parent=TASKS_PARENT, queue={"name": self.name})
+        from google.cloud import tasks_v2
+
+        client.create_queue(parent=TASKS_PARENT, queue=tasks_v2.Queue(name=self.name))
         client.pause_queue(name=self.name)  # tasks accumulate; nothing is delivered
         return {
             "PHOENIX_DISPATCH": "cloud-tasks",

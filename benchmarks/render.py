@@ -36,9 +36,9 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
 class _Ctx:
     """The generation context a job passes; here nothing to renew."""
 
-    creation_id = "render-benchmark"
-    existing_operation = None
-    output_prefix = None
+    creation_id: str = "render-benchmark"
+    existing_operation: str | None = None
+    output_prefix: str | None = None
 
     def report_progress(self, percent: int) -> None:
         pass

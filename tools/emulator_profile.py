@@ -430,6 +430,7 @@ def production_chain(
                 task_timeout=600,
                 require_auth=False,  # the Cloud Tasks emulator sends no OAuth token
                 log_dir=work / "jobs",
+                stop_grace=10.0,  # Cloud Run's SIGTERM -> SIGKILL grace period
             )
         )
         env["PHOENIX_RUN_API_URL"] = run_api.url

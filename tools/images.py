@@ -34,8 +34,9 @@ REPOSITORIES = {
     "eager-image-job": "phoenix-eager-image-job",
 }
 
-# The base every image is built FROM (benchmarks report pull size above it).
-BASE_IMAGE = "python:3.11-slim-bookworm"
+# The base every image is built FROM (benchmarks report pull size above it): the official image,
+# or the local equivalent ./pants and benchmarks/run passed as BASE_IMAGE (tools/docker-engine).
+BASE_IMAGE = os.environ.get("BASE_IMAGE") or "python:3.11-slim-bookworm"
 
 # What builds them when none is found (directory globs survive target renames).
 BUILD_HINT = "./pants package src/python/api:: src/python/jobs:: benchmarks::"
@@ -83,7 +84,8 @@ def require_engine() -> str:
     cli = docker_cli()
     if not engine_available():
         raise EngineUnavailable(
-            "no Docker engine answers (`docker version`); run `tools/provision`, which starts one"
+            "no Docker engine answers (`docker version`); run under ./pants or benchmarks/run,"
+            " which start one, or start one with `tools/docker-engine up`"
         )
     return cli
 

@@ -67,7 +67,7 @@ def dashboard_url() -> Iterator[str]:
         admin_blueprint(
             store=_seeded_store(),
             settings=settings,
-            route=make_route(settings, env={}),
+            route=make_route(settings),
             current_user=lambda: "admin",
         )
     )

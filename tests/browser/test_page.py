@@ -8,11 +8,14 @@ a browser downloaded by ``playwright install``.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 # Imported for Pants' dependency inference (it ships only imported code into the sandbox).
@@ -158,3 +161,112 @@ def test_api_errors_are_shown_and_failures_are_reported(page: Page) -> None:
         "data-code", "content_filtered"
     )
     expect(card.locator("img")).to_have_count(0)
+
+
+def _focus_is_visible(page: Page) -> bool:
+    """The focused element shows a keyboard focus ring (an outline, not a colour change)."""
+    return bool(
+        page.evaluate(
+            "() => { const el = document.activeElement; const s = getComputedStyle(el);"
+            " return el.matches(':focus-visible') && s.outlineStyle !== 'none'"
+            " && parseFloat(s.outlineWidth) >= 2; }"
+        )
+    )
+
+
+def test_cancel_retry_and_delete_from_the_page_with_the_keyboard(page: Page) -> None:
+    # A slow video: Cancel is offered while it is queued or generating.
+    page.fill("#prompt", "A slow pan over a glacier [slow:30]")
+    page.click("label[for=kind-video]")
+    page.select_option("#duration", "4")
+    page.click("#submit")
+    cards = page.locator("[data-testid=creation]")
+    first = cards.first
+    expect(first).to_have_attribute("data-status", re.compile("pending|processing"))
+    cancel = first.locator("[data-testid=cancel]")
+    expect(cancel).to_be_visible()
+    expect(first.locator("[data-testid=delete]")).to_be_hidden()
+    expect(first.locator("[data-testid=retry]")).to_be_hidden()
+
+    # Keyboard only: focus the button, see the focus ring, press Enter.
+    cancel.focus()
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Tab")  # back onto Cancel by keyboard: :focus-visible applies
+    assert page.evaluate("document.activeElement.dataset.action") == "cancel"
+    assert _focus_is_visible(page)
+    page.keyboard.press("Enter")
+    expect(first).to_have_attribute("data-status", "cancelled", timeout=30_000)
+    expect(first.locator("[data-testid=status]")).to_have_text("Cancelled")
+    expect(first.locator("[data-testid=creation-note]")).to_be_visible()
+    expect(cancel).to_be_hidden()
+    retry = first.locator("[data-testid=retry]")
+    expect(retry).to_be_visible()
+    expect(first.locator("[data-testid=delete]")).to_be_visible()
+    expect(first.locator("video")).to_have_count(0)
+
+    # Retry (keyboard): a NEW creation appears on top with the same prompt; the old one stays.
+    cancelled_id = first.get_attribute("data-id")
+    retry.focus()
+    page.keyboard.press("Enter")
+    expect(cards).to_have_count(2)
+    newest = cards.first
+    assert newest.get_attribute("data-id") != cancelled_id
+    expect(newest.locator("[data-testid=prompt]")).to_have_text(
+        "A slow pan over a glacier [slow:30]"
+    )
+    expect(newest).to_have_attribute("data-status", re.compile("pending|processing"))
+    # Focus moved to the new card's first control, still visibly.
+    assert page.evaluate("document.activeElement.dataset.action") == "cancel"
+    newest.locator("[data-testid=cancel]").click()
+    expect(newest).to_have_attribute("data-status", "cancelled", timeout=30_000)
+
+    # Delete asks first; dismissing keeps it.
+    old = page.locator(f"[data-testid=creation][data-id='{cancelled_id}']")
+    page.once("dialog", lambda d: d.dismiss())
+    old.locator("[data-testid=delete]").click()
+    expect(cards).to_have_count(2)
+    messages: list[str] = []
+
+    def accept(dialog) -> None:  # type: ignore[no-untyped-def]
+        messages.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    old.locator("[data-testid=delete]").focus()
+    page.keyboard.press("Enter")
+    expect(cards).to_have_count(1)
+    assert messages and "cannot be undone" in messages[0]
+    base, user = _origin_and_user(page)
+    gone = requests.get(f"{base}/api/creations/{cancelled_id}", headers={"X-Phoenix-User": user})
+    assert gone.status_code == 404
+
+
+def _origin_and_user(page: Page) -> tuple[str, str]:
+    # Checked from outside the page: a 404 inside it would be logged as a console error.
+    url = urlsplit(page.url)
+    return f"{url.scheme}://{url.netloc}", parse_qs(url.query)["user"][0]
+
+
+def test_delete_of_a_finished_image_removes_it_and_its_media(page: Page) -> None:
+    page.fill("#prompt", "A watercolour fox")
+    page.click("label[for=kind-image]")
+    page.click("#submit")
+    card = page.locator("[data-testid=creation]").first
+    expect(card).to_have_attribute("data-status", "completed", timeout=FINISH_TIMEOUT_MS)
+    expect(card.locator("[data-testid=cancel]")).to_be_hidden()
+    expect(card.locator("[data-testid=retry]")).to_be_hidden()
+    src = card.locator("img").first.get_attribute("src")
+    assert src and src.startswith("/media/")
+    base, user = _origin_and_user(page)
+    owner = {"X-Phoenix-User": user}  # local media are served to their owner only
+    assert requests.get(base + src, headers=owner, timeout=10).status_code == 200
+    page.once("dialog", lambda d: d.accept())
+    card.locator("[data-testid=delete]").click()
+    expect(page.locator("[data-testid=creation]")).to_have_count(0)
+    expect(page.locator("#empty")).to_be_visible()
+    expect(page.locator("#list-status")).to_have_text("Deleted.")
+    gone = requests.get(base + src, headers=owner, timeout=10)
+    assert gone.status_code == 404  # the media URL stopped working, for its owner too
+    page.reload()  # and it stays gone
+    expect(page.locator("#empty")).to_be_visible()
+    expect(page.locator("[data-testid=creation]")).to_have_count(0)

@@ -25,7 +25,13 @@ from common.adapters.sqlite_store import SqliteCreationStore
 from common.config import Settings
 from common.domain import creation as lc
 from common.domain.creation import Creation, CreationError, Kind, MediaRef, Status
-from common.domain.errors import AlreadyClaimed, InvalidTransition, NotFound
+from common.domain.errors import (
+    AlreadyClaimed,
+    AlreadyFinished,
+    CancelRequested,
+    InvalidTransition,
+    NotFound,
+)
 from common.domain.quota import QuotaPolicy, Refusal
 from tools.servers import firestore_emulator
 
@@ -95,7 +101,10 @@ def test_add_get_roundtrips_every_field(store):
         dispatch_error="once failed",
         dispatches=3,
         traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01",
-        extra={"k": "v"},
+        execution="jobs/phoenix-video-job/executions/phoenix-video-job-x1y2z",
+        cancel_requested_at=now + timedelta(seconds=7),
+        cancelled_at=now + timedelta(seconds=9),
+        provider_started=True,
     )
     store.add(full)
     got = store.get(full.id)
@@ -305,6 +314,45 @@ def test_per_minute_window_and_global_ceiling_are_kept_in_the_store(store):
     assert results[:2] == [None, None]
     assert isinstance(results[2], Refusal) and results[2].code == "busy"
     assert _admit(store, _new("user9"), ceiling, t0 + timedelta(minutes=1)) is None
+
+
+def test_cancel_through_update_pending_at_once_processing_by_request(store):
+    now = lc.utcnow()
+    queued, running = _new(), _new(kind=Kind.VIDEO)
+    store.add(queued)
+    store.add(running)
+    gone = store.update(queued.id, lambda cur: lc.cancel(cur, now=now))
+    assert gone.status is Status.CANCELLED and store.get(queued.id).cancelled_at is not None
+    with pytest.raises(AlreadyFinished):  # a delivery after the cancel backs off
+        store.update(
+            queued.id, lambda cur: lc.claim(cur, owner="late", now=now, lease=LEASE, max_attempts=3)
+        )
+    store.update(
+        running.id, lambda cur: lc.claim(cur, owner="job", now=now, lease=LEASE, max_attempts=3)
+    )
+    store.update(running.id, lambda cur: lc.cancel(cur, now=now))
+    assert store.get(running.id).cancel_requested_at is not None
+    with pytest.raises(CancelRequested):  # the job's next renewal is told, and writes nothing
+        store.update(running.id, lambda cur: lc.renew(cur, owner="job", now=now, lease=LEASE))
+    ended = store.update(running.id, lambda cur: lc.finish_cancel(cur, owner="job", now=now))
+    stored = store.get(running.id)
+    assert ended.status is stored.status is Status.CANCELLED
+    assert stored.lease_owner is None and stored.cancelled_at is not None
+
+
+def test_delete_removes_the_record_and_only_that_one(store):
+    a, b = _new(user="d1"), _new(user="d1")
+    store.add(a)
+    store.add(b)
+    store.update(a.id, lambda cur: lc.cancel(cur, now=lc.utcnow()))
+    store.update(a.id, lambda cur: lc.mark_deleting(cur, now=lc.utcnow()))
+    assert [c.id for c in store.scan(statuses=[Status.DELETING])] == [a.id]
+    assert store.delete(a.id) is True
+    assert store.get(a.id) is None and store.get(b.id) is not None
+    assert [c.id for c in store.list_for_user("d1", 10)] == [b.id]
+    assert store.delete(a.id) is False  # a second delete (the sweeper after the API) is fine
+    with pytest.raises(NotFound):
+        store.update(a.id, lambda cur: cur)
 
 
 # --- Firestore only: the transaction retry path ---------------------------------------------

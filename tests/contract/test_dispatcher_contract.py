@@ -20,11 +20,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 from google.api_core import exceptions as gexc
 
 from common.adapters.cloud_tasks_dispatch import CloudTasksDispatcher, task_id_for
 from common.adapters.local_dispatch import LocalProcessDispatcher, RecordingDispatcher
 from common.config import ConfigError, Settings
+from common.domain import creation as lc
 from common.domain.creation import Kind
 from common.domain.errors import DispatchError
 from common.domain.payload import TaskPayload
@@ -251,6 +253,82 @@ def test_a_redispatch_is_its_own_task(target, request, tmp_path):
     _wait_for(out, cid)
 
 
+def _cancelled(cid: str | None = None, **fields) -> lc.Creation:
+    import dataclasses
+
+    c = lc.new(
+        user_id="u",
+        kind=Kind.VIDEO,
+        prompt="p",
+        params={},
+        path="x",
+        now=lc.utcnow(),
+        creation_id=cid,
+    )
+    return dataclasses.replace(lc.cancel(c, now=lc.utcnow()), **fields)
+
+
+def test_cancel_of_a_creation_the_path_holds_nothing_for_is_not_an_error(target):
+    dispatcher, out, _ = target
+    assert dispatcher.cancel(_cancelled()) == []
+
+
+def test_stop_execution_stops_a_running_execution(target):
+    """Local: a running job process is left to stop at its own next renewal (nothing to stop
+    by force); Cloud Tasks: the execution recorded at claim is cancelled through the Admin API
+    (here the jobs:run stand-in), which SIGTERMs it and starts no retry."""
+    dispatcher, out, backend = target
+    if backend == "local":
+        assert dispatcher.stop_execution(_cancelled(execution="local-video-1234")) is False
+        return
+    job = JOBS[Kind.VIDEO]
+    blocker = RunApiStandin({job: [sys.executable, "-c", "import time; time.sleep(60)"]})
+    with blocker:
+        op = requests.post(blocker.run_url(job, "phoenix-test"), json={}, timeout=10).json()
+        name = op["metadata"]["name"]  # projects/P/locations/L/jobs/J/executions/E
+        cancelling = CloudTasksDispatcher(
+            FakeTasksClient(),
+            queue=QUEUE,
+            run_api_url=blocker.url,
+            jobs=JOBS,
+        )
+        execution = name.split("/", 4)[4]
+        assert execution.startswith(f"jobs/{job}/executions/")
+        assert cancelling.stop_execution(_cancelled(execution=execution)) is True
+        (finished,) = blocker.wait_for_executions(1, timeout=20)
+    assert finished["status"] == "cancelled"
+    assert len(finished["tasks"][0]["attempts"]) == 1
+
+
+def test_local_cancel_drops_a_queued_payload_before_its_process_starts(tmp_path):
+    gate = tmp_path / "gate"
+    out = tmp_path / "out"
+    out.mkdir()
+    script = tmp_path / "gated.py"
+    script.write_text(
+        "import os, pathlib, sys, time\n"
+        "while not os.path.exists(os.environ['GATE']): time.sleep(0.02)\n"
+        "pathlib.Path(os.environ['OUT'], os.environ['CREATION_ID']).touch()\n"
+    )
+    command = [sys.executable, str(script)]
+    dispatcher = LocalProcessDispatcher(
+        max_parallel=1,
+        command_for={"video": command, "image": command},
+        extra_env={"GATE": str(gate), "OUT": str(out)},
+    )
+    try:
+        first, queued = uuid.uuid4().hex, uuid.uuid4().hex
+        dispatcher.dispatch(TaskPayload(creation_id=first, kind=Kind.VIDEO))
+        dispatcher.dispatch(TaskPayload(creation_id=queued, kind=Kind.VIDEO))
+        time.sleep(0.3)  # the one worker is busy with `first`; `queued` waits in memory
+        assert dispatcher.cancel(_cancelled(queued)) == ["1 queued local job(s)"]
+        gate.touch()
+        assert dispatcher.wait_idle(20)
+    finally:
+        dispatcher.close()
+    assert sorted(p.name for p in out.iterdir()) == [first]  # the cancelled one never ran
+
+
 def test_recording_dispatcher_accepts_and_remembers():
     d = RecordingDispatcher()
     p = TaskPayload(creation_id="abc", kind=Kind.IMAGE)
@@ -296,6 +374,12 @@ class FakeTasksClient:
         self.outcomes = list(outcomes)
         self.requests: list[dict] = []
         self.kwargs: list[dict] = []
+        self.deleted: list[str] = []
+
+    def delete_task(self, name, **kwargs):
+        self.deleted.append(name)
+        if name.endswith("-d1"):
+            raise gexc.NotFound("already delivered")
 
     def create_task(self, request, **kwargs):
         self.requests.append(request)
@@ -457,3 +541,30 @@ def test_celery_task_exists_raises_when_redis_is_down():
     d = CeleryDispatcher(sender_app(f"redis://127.0.0.1:{free_port()}/0"))
     with pytest.raises(DispatchError):
         d.task_exists(TaskPayload("c1", Kind.IMAGE))
+
+
+def test_cloud_tasks_cancel_deletes_every_dispatch_and_stop_execution_cancels_the_execution(
+    monkeypatch,
+):
+    client = FakeTasksClient()
+    dispatcher = _dispatcher(client)
+    posted: list[str] = []
+    monkeypatch.setattr(dispatcher, "_post", lambda url: posted.append(url) or 200)
+    execution = "jobs/phoenix-video-job/executions/phoenix-video-job-ab1cd"
+    creation = _cancelled("c1", dispatches=2, execution=execution)
+    done = dispatcher.cancel(creation)
+    assert client.deleted == [f"{QUEUE}/tasks/{task_id_for('c1', n)}" for n in range(3)]
+    assert done == [
+        f"deleted task {QUEUE}/tasks/{task_id_for('c1', 0)}",
+        f"deleted task {QUEUE}/tasks/{task_id_for('c1', 2)}",
+    ]
+    assert posted == []  # withdrawing queued tasks never touches a running execution
+    assert dispatcher.stop_execution(creation) is True
+    assert posted == [
+        "https://run.googleapis.com/v2/projects/phoenix-test/locations/us-central1/"
+        f"{execution}:cancel"
+    ]
+    # A recorded id that is not a Cloud Run execution (local, Celery) is never sent anywhere.
+    posted.clear()
+    assert dispatcher.stop_execution(_cancelled("c2", execution="celery/abc")) is False
+    assert posted == []

@@ -78,6 +78,23 @@ def test_a_key_no_filesystem_can_hold_is_missing_not_an_error(media, tmp_path):
             media.file_path(_key("x" * 300))
 
 
+def test_delete_for_removes_every_object_of_one_creation_and_nothing_else(media):
+    cid, other = uuid.uuid4().hex, uuid.uuid4().hex
+    media.put(f"{cid}/0.png", b"a", "image/png")
+    media.put(f"{cid}/1.png", b"b", "image/png")
+    media.put(f"{cid}/4242/sample_0.mp4", b"c", "video/mp4")  # a provider's own sub-folder
+    media.put(f"{other}/0.png", b"keep", "image/png")
+    assert media.delete_for(cid) == 3
+    for key in (f"{cid}/0.png", f"{cid}/1.png", f"{cid}/4242/sample_0.mp4"):
+        with pytest.raises(KeyError):
+            media.read(key)
+    assert media.read(f"{other}/0.png") == b"keep"
+    assert media.delete_for(cid) == 0  # idempotent: a retried delete finds nothing
+    for bad in ("", "..", "a/b"):
+        with pytest.raises(KeyError):
+            media.delete_for(bad)
+
+
 def test_local_urls_are_served_by_the_api(tmp_path):
     store = LocalMediaStore(tmp_path)
     assert store.url_for(MediaRef("abc/0.png", "image/png")) == "/media/abc/0.png"

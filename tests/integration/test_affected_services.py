@@ -127,6 +127,13 @@ def touched(repo: Path, rel: str) -> dict[str, str]:
     return {rel: git(repo, "show", f"snapshot:{rel}") + "\n# touched by the test\n"}
 
 
+def job_entry(repo: Path, kind: str) -> str:
+    """The entry module of the job's deployed PEX: production.py where the production target
+    is lean (the local generator only in main.py's -local variant), else main.py."""
+    production = f"src/python/jobs/{kind}/production.py"
+    return production if (repo / production).is_file() else f"src/python/jobs/{kind}/main.py"
+
+
 def names(repo: Path, base: str) -> list[str]:
     return aff.affected_services(repo, base).names
 
@@ -144,8 +151,12 @@ def test_creation_lifecycle_change_affects_all_three(repo):
 
 
 def test_change_inside_one_job_stays_in_that_job(repo):
-    base = scenario(repo, "video", touched(repo, "src/python/jobs/video/main.py"))
+    base = scenario(repo, "video", touched(repo, job_entry(repo, "video")))
     assert names(repo, base) == [VIDEO]
+    if job_entry(repo, "video").endswith("production.py"):
+        # main.py is the local variant's entry only: not in the deployed image.
+        base = scenario(repo, "video-local", touched(repo, "src/python/jobs/video/main.py"))
+        assert names(repo, base) == []
 
 
 def test_module_only_the_jobs_import_affects_both_jobs_not_the_api(repo):
@@ -178,7 +189,7 @@ def test_unknown_base_means_everything(repo):
 
 
 def test_merge_base_ignores_what_landed_on_main_meanwhile(repo):
-    base = scenario(repo, "feature", touched(repo, "src/python/jobs/image/main.py"))
+    base = scenario(repo, "feature", touched(repo, job_entry(repo, "image")))
     feature = git(repo, "rev-parse", "HEAD")
     # main moves on with a change that would affect everything...
     git(repo, "checkout", "-q", "-B", "main-later", base)
@@ -245,7 +256,7 @@ def test_a_new_service_is_its_build_target_only_and_untagged_images_are_not_depl
 
 
 def test_cli_github_outputs_and_manual_service(repo, capsys):
-    base = scenario(repo, "cli", touched(repo, "src/python/jobs/image/main.py"))
+    base = scenario(repo, "cli", touched(repo, job_entry(repo, "image")))
     assert aff.main(["--repo", str(repo), "--base", base, "--format", "github"]) == 0
     out = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
     assert json.loads(out["deploy_matrix"]) == [

@@ -26,7 +26,9 @@ import requests
 from tools.emulator_profile import IMAGE_JOB, VIDEO_JOB, production_chain
 
 TERMINAL = {"completed", "failed"}
-TASK_TIMEOUT_S = 20.0
+# Long enough for a container to start and finish on a loaded 2-core machine (measured up to
+# ~20 s there), short enough for a test.
+TASK_TIMEOUT_S = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,11 @@ def test_a_task_killed_at_its_timeout_hands_back_and_the_retry_resumes_veo(chain
         )
         assert resp.status_code == 202, resp.text
         cid = resp.json()["id"]
-        _wait_first_attempt_ended(chain, cid, timeout=TASK_TIMEOUT_S + 60)
+        first = _wait_first_attempt_ended(chain, cid, timeout=TASK_TIMEOUT_S + 60)
+        # Checked before letting Veo finish: a job that did not hand back would leave the
+        # creation leased, and the retry would only find it claimed.
+        assert first["timed_out"] is True, first
+        assert first["exit_code"] == 143, (first, Path(first["log"]).read_text()[-3000:])
         assert chain.vertex.finish_operations(prompt) == 1
         done = _wait_terminal(chain.api_url, cid, timeout=120)
     finally:
@@ -190,7 +196,7 @@ def test_a_task_killed_at_its_timeout_hands_back_and_the_retry_resumes_veo(chain
     assert len(starts) == 1, "the retry started a second Veo operation instead of resuming"
 
 
-def _wait_first_attempt_ended(chain, cid: str, timeout: float) -> None:
+def _wait_first_attempt_ended(chain, cid: str, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for e in chain.run_api.executions():
@@ -198,6 +204,6 @@ def _wait_first_attempt_ended(chain, cid: str, timeout: float) -> None:
                 continue
             attempts = e["tasks"][0]["attempts"]
             if attempts and attempts[0].get("exit_code") is not None:
-                return
+                return attempts[0]
         time.sleep(0.2)
     raise AssertionError(f"the first attempt for {cid} did not end in {timeout}s")

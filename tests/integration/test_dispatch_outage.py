@@ -197,7 +197,13 @@ def test_outage_submissions_get_503_then_all_complete_exactly_once(tmp_path: Pat
     # Later sweeps find nothing to do: no creation is dispatched twice.
     for _ in range(2):
         again = sweep(store, lambda path: queue, now=lc.utcnow(), policy=POLICY)
-        assert again.as_dict() == {"redispatched": 0, "failed": 0, "errors": 0}
+        assert again.as_dict() == {
+            "redispatched": 0,
+            "failed": 0,
+            "errors": 0,
+            "cancelled": 0,
+            "deleted": 0,
+        }
     jobs.drain(timeout=60)
     jobs.close()
 

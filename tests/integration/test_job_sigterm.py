@@ -25,7 +25,11 @@ from common.domain.requests import parse_generation_request
 from common.job_runner import EXIT_TERMINATED
 from tools.standins.fake_vertex import FakeVertexServer
 
-GRACE_S = 5.0  # well under Cloud Run's 10 s; the job needs a fraction of it
+# How long the process may take to exit after SIGTERM here. Cloud Run SIGKILLs after 10 s,
+# which is harmless once the lease is handed back (only telemetry still being flushed is lost);
+# on this shared 2-core machine the telemetry shutdown alone has taken over 10 s.
+GRACE_S = 30.0
+HAND_BACK_S = 3.0  # "at once": SIGTERM -> lease handed back, even on a loaded machine
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -81,18 +85,30 @@ def _wait_for(
     raise AssertionError(f"{cid}: condition not met in {timeout}s: {store.get(cid)}")
 
 
-def _terminate(proc: subprocess.Popen[bytes], log: Path) -> tuple[int, float]:
+def _terminate(
+    proc: subprocess.Popen[bytes], store: SqliteCreationStore, cid: str, log: Path
+) -> tuple[int, float]:
+    """SIGTERM; returns (exit code, seconds until the record was handed back as pending)."""
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
+    handed_after = None
+    while time.monotonic() - t0 < GRACE_S:
+        c = store.get(cid)
+        if handed_after is None and c is not None and c.status is Status.PENDING:
+            handed_after = time.monotonic() - t0
+        if proc.poll() is not None and (handed_after is not None or c is None):
+            break
+        time.sleep(0.02)
     try:
-        code = proc.wait(timeout=GRACE_S)
+        code = proc.wait(timeout=max(0.0, GRACE_S - (time.monotonic() - t0)))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise AssertionError(
-            f"the job ignored SIGTERM for {GRACE_S}s:\n{log.read_text()[-3000:]}"
+            f"the job did not exit within {GRACE_S}s of SIGTERM:\n{log.read_text()[-3000:]}"
         ) from None
-    return code, time.monotonic() - t0
+    assert handed_after is not None, f"not handed back:\n{log.read_text()[-3000:]}"
+    return code, handed_after
 
 
 def test_a_terminated_job_hands_its_lease_back_and_the_next_attempt_finishes(
@@ -106,14 +122,14 @@ def test_a_terminated_job_hands_its_lease_back_and_the_next_attempt_finishes(
     proc = _start(Kind.IMAGE, cid, env, log)
     try:
         _wait_for(store, cid, lambda c: c.status is Status.PROCESSING)
-        code, took = _terminate(proc, log)
+        code, took = _terminate(proc, store, cid, log)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
     assert code == EXIT_TERMINATED, log.read_text()[-3000:]
-    assert took < 3.0, f"stopping took {took:.2f}s"
+    assert took < HAND_BACK_S, f"handing back took {took:.2f}s"
     handed = store.get(cid)
     assert handed is not None
     assert handed.status is Status.PENDING
@@ -170,14 +186,14 @@ def test_a_terminated_video_job_keeps_its_veo_operation_and_the_retry_resumes_it
             while len(vertex.calls("fetchPredictOperation")) < 2:
                 assert time.monotonic() < deadline, "the job never polled Veo"
                 time.sleep(0.05)
-            code, took = _terminate(proc, log)
+            code, took = _terminate(proc, store, cid, log)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
         assert code == EXIT_TERMINATED, log.read_text()[-3000:]
-        assert took < 3.0, f"stopping took {took:.2f}s"
+        assert took < HAND_BACK_S, f"handing back took {took:.2f}s"
         handed = store.get(cid)
         assert handed is not None and handed.status is Status.PENDING
         assert handed.lease_owner is None

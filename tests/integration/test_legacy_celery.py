@@ -13,6 +13,7 @@ import pytest
 from common.adapters.celery_dispatch import TASK_NAMES, CeleryDispatcher, sender_app
 from common.adapters.sqlite_store import SqliteCreationStore
 from common.config import Settings
+from common.domain import creation as lc
 from common.domain.creation import Kind, Status
 from common.domain.errors import DispatchError
 from common.domain.payload import TaskPayload
@@ -128,9 +129,10 @@ def test_a_duplicate_delivery_runs_and_is_a_no_op(legacy, tmp_path):
     assert events["job_duplicate_delivery_lease_live"] == 1, events
     assert events["job_duplicate_delivery_after_finish"] == 0, events
     assert final.status is Status.COMPLETED and final.attempts == 1
-    assert [m.key for m in final.media] == [f"{c.id}/0.png"]
-    files = [p for p in (settings.media_dir / c.id).iterdir()]
-    assert [p.name for p in files] == ["0.png"]
+    (ref,) = final.media  # keyed per claim: <id>/<claim token>/0.png
+    assert ref.key.startswith(f"{c.id}/") and ref.key.endswith("/0.png")
+    files = [p for p in (settings.media_dir / c.id).rglob("*") if p.is_file()]
+    assert [p.relative_to(settings.media_dir).as_posix() for p in files] == [ref.key]
 
 
 def test_dispatch_fails_fast_when_redis_is_down():
@@ -172,3 +174,43 @@ def test_legacy_celery_config_fixes_the_known_pitfalls():
     assert conf.worker_prefetch_multiplier == 1
     assert conf.broker_transport_options["visibility_timeout"] >= 2 * 3600
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+
+
+def test_a_cancelled_creation_queued_behind_a_busy_worker_is_revoked_and_never_runs(
+    legacy, tmp_path
+):
+    """One worker slot, busy with a slow creation; a second waits in Redis. Cancelling it
+    revokes its Celery task: the worker discards the message without running the task body
+    (no job, no claim, no provider call)."""
+    env, settings, store = legacy
+    dispatcher = CeleryDispatcher.from_settings(settings)
+    log_path = tmp_path / "worker.log"
+    with legacy_worker(env, log_path, concurrency=1):
+        busy = add_creation(store, Kind.IMAGE, "[slow:4] a long exposure of a harbour")
+        dispatcher.dispatch(TaskPayload(creation_id=busy.id, kind=busy.kind))
+        deadline = time.monotonic() + 60
+        while store.get(busy.id).status is not Status.PROCESSING:
+            assert time.monotonic() < deadline, "the busy creation was never claimed"
+            time.sleep(0.05)
+        queued = add_creation(store, Kind.IMAGE, "a lighthouse in fog")
+        dispatcher.dispatch(TaskPayload(creation_id=queued.id, kind=queued.kind))
+        cancelled = store.update(queued.id, lambda c: lc.cancel(c, now=lc.utcnow()))
+        assert cancelled.status is Status.CANCELLED
+        assert dispatcher.cancel(cancelled) == [f"revoked celery task(s) {queued.id}-d0"]
+        assert store.get(busy.id).status is Status.PROCESSING  # the revoke came while queued
+        done = wait_terminal(store, [busy.id])[busy.id]
+        assert done.status is Status.COMPLETED
+        deadline = time.monotonic() + 30
+        while f"{queued.id}-d0" not in _revoked_lines(log_path):
+            assert time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
+            time.sleep(0.1)
+    final = store.get(queued.id)
+    assert final.status is Status.CANCELLED and final.attempts == 0 and final.claimed_at is None
+    log = log_path.read_text(errors="replace")
+    started = [ln for ln in log.splitlines() if "job_started" in ln and queued.id in ln]
+    assert started == []  # the task body never ran
+
+
+def _revoked_lines(log_path) -> str:
+    text = log_path.read_text(errors="replace")
+    return "\n".join(ln for ln in text.splitlines() if "revoked" in ln.lower())

@@ -68,7 +68,7 @@ NO_INVALID_INPUT = {"GET /media/{key}"}
 # limits off, a valid generation request is refused only for a prompt that normalises to
 # nothing, which the generator rarely produces. Three operations answer 4xx to random valid
 # input by design and have no floor: random ids/keys are unknown (404; the seeded pass covers
-# known ids) and random users are not admins (403).
+# known ids; cancel/retry/delete of a random id is the same 404) and random users are not admins (403).
 DEFAULT_2XX_FLOOR = 0.5
 POSITIVE_2XX_FLOOR: dict[str, float] = {
     "POST /api/generate/image": 0.8,
@@ -77,6 +77,10 @@ POSITIVE_2XX_FLOOR: dict[str, float] = {
     "GET /media/{key}": 0.0,
     "GET /admin/migration": 0.0,
     "GET /api/admin/migration": 0.0,
+    "GET /api/admin/failures": 0.0,
+    "POST /api/creations/{creation_id}/cancel": 0.0,
+    "POST /api/creations/{creation_id}/retry": 0.0,
+    "DELETE /api/creations/{creation_id}": 0.0,
 }
 # Only "the input space is big/slow to generate" checks; never filter_too_much / too_large etc.
 SUPPRESSED_HEALTH_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -287,7 +291,12 @@ def test_fuzzed_requests_never_5xx_and_always_match_the_document(fuzz_app: Any) 
 def _violations(value: Any, schema: dict[str, Any], where: str = "body") -> list[str]:
     """The keywords the request schemas use, checked here independently of the app's validator
     (type, enum, bounds, lengths, pattern, required, additionalProperties)."""
-    kinds = {"string": str, "integer": int, "object": dict, "number": (int, float)}
+    kinds: dict[str, type | tuple[type, ...]] = {
+        "string": str,
+        "integer": int,
+        "object": dict,
+        "number": (int, float),
+    }
     want = schema.get("type")
     if want and (not isinstance(value, kinds[want]) or isinstance(value, bool)):
         return [f"{where}: not a {want}: {value!r}"]

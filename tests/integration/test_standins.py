@@ -535,6 +535,39 @@ def test_stop_terminates_running_jobs_and_their_children(tmp_path: Path) -> None
     assert execution["status"] == "cancelled"
 
 
+def test_executions_cancel_stops_the_running_task_and_starts_no_retry(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    script = (
+        "import os, time\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "time.sleep(120)\n"
+    )
+    standin = RunApiStandin({JOB: [sys.executable, "-c", script]}, max_retries=3, stop_grace=3)
+    with standin:
+        http = _http()
+        op = http.post(standin.run_url(JOB, PROJECT, LOCATION), json={}).json()
+        name = op["metadata"]["name"]
+        deadline = time.monotonic() + 20
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "job did not start"
+            time.sleep(0.05)
+        pid = int(pid_file.read_text())
+        started = time.monotonic()
+        resp = http.post(f"{standin.url}/v2/{name}:cancel", json={})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["metadata"]["name"] == name
+        (execution,) = standin.wait_for_executions(1, timeout=20)
+        assert time.monotonic() - started < 5
+        assert execution["status"] == "cancelled"
+        assert len(execution["tasks"][0]["attempts"]) == 1  # SIGTERM's exit is not retried
+        assert not _alive(pid)
+        # Cancelling a finished execution, or an unknown one, is refused like the Admin API.
+        again = http.post(f"{standin.url}/v2/{name}:cancel", json={})
+        assert again.status_code == 400 and again.json()["error"]["status"] == "FAILED_PRECONDITION"
+        unknown = http.post(f"{standin.url}/v2/{name}x:cancel", json={})
+        assert unknown.status_code == 404
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -40,6 +40,10 @@ def test_sweep_command_recovers_a_creation_whose_dispatch_failed(tmp_path):
         "redispatched": 1,
         "failed": 0,
         "errors": 0,
+        "cancelled": 0,
+        "deleted": 0,
+        "slots_released": 0,
+        "queued": 0,
     }
     done = store.get(c.id)
     assert done.status is Status.COMPLETED and done.dispatches == 1

@@ -52,7 +52,7 @@ def client_for():
             admin_blueprint(
                 store=store,
                 settings=settings,
-                route=make_route(settings, env={}),
+                route=make_route(settings),
                 current_user=lambda: user,
                 clock=lambda: NOW,
             )

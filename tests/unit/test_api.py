@@ -31,6 +31,9 @@ VIEW_KEYS = [
     "created_at",
     "updated_at",
     "path",
+    "cancel_requested_at",
+    "cancelled_at",
+    "provider_started",
 ]
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|\+00:00)$")
 
@@ -288,7 +291,7 @@ def test_wrong_method_is_405_json_with_allow(env):
     resp = client.get("/api/generate/video")
     assert_error(resp, 405, "method_not_allowed")
     assert "POST" in resp.headers["Allow"]
-    assert_error(client.delete("/api/creations/abc"), 405, "method_not_allowed")
+    assert_error(client.put("/api/creations/abc"), 405, "method_not_allowed")
     assert_error(client.post("/api/creations"), 405, "method_not_allowed")
 
 

@@ -13,7 +13,10 @@ import yaml
 from tools.standins.run_api import JobSpec, read_job_descriptor
 
 ROOT = Path(__file__).resolve().parents[2]
-JOBS = [ROOT / "src/python/jobs/video/deploy/job.yaml", ROOT / "src/python/jobs/image/deploy/job.yaml"]
+JOBS = [
+    ROOT / "src/python/jobs/video/deploy/job.yaml",
+    ROOT / "src/python/jobs/image/deploy/job.yaml",
+]
 SUBS = {"PROJECT_ID": "p", "REGION": "r", "MEDIA_BUCKET": "b", "IMAGE": "img"}
 
 

@@ -240,6 +240,9 @@ def test_bad_format_or_level_is_a_config_error() -> None:
 
 
 def test_secret_keys_are_redacted_at_any_depth_without_mutating_the_caller() -> None:
+    """Shown to fail when the log redaction processor is disabled (scratch branch
+    scratch/promises-break-redaction, 2026-12-01, on the logs.py of that time): the bearer
+    token reached the JSON line."""
     buf = _configure()
     headers = {"Authorization": "Bearer abc.def", "Content-Type": "application/json"}
     request = {

@@ -163,3 +163,67 @@ def test_empty_window_and_json_shape():
     assert full["failure_codes"] == {"quota": 1}
     assert set(full["queue_wait_s"]) == {"p50", "p95", "p99", "n"}
     assert full["success_rate"] == 0.0
+
+
+def _cancelled(path: str, *, while_running: bool, operation: bool = False, ran: float = 30):
+    """A video of 8 s cancelled while queued, or after ``ran`` s of its job (with or without a
+    Veo operation already started)."""
+    created = NOW - timedelta(hours=1)
+    c = lc.new(
+        user_id="u",
+        kind=Kind.VIDEO,
+        prompt="p",
+        params={"duration_seconds": 8},
+        path=path,
+        now=created,
+    )
+    if not while_running:
+        return lc.cancel(c, now=created + timedelta(seconds=5))
+    claimed_at = created + timedelta(seconds=2)
+    c = lc.claim(c, owner="o", now=claimed_at, lease=LEASE, max_attempts=3)
+    if operation:
+        c = lc.record_operation(c, owner="o", now=claimed_at, operation="ops/1")
+    c = lc.cancel(c, now=claimed_at + timedelta(seconds=ran - 1))
+    return lc.finish_cancel(c, owner="o", now=claimed_at + timedelta(seconds=ran))
+
+
+def test_cancelled_are_counted_apart_from_failed_and_outside_the_success_rate():
+    records = (
+        [make("cloud-tasks") for _ in range(3)]
+        + [make("cloud-tasks", outcome="failed")]
+        + [_cancelled("cloud-tasks", while_running=False) for _ in range(2)]
+        + [_cancelled("cloud-tasks", while_running=True)]
+    )
+    g = group(ms.compute(records, now=NOW, window=timedelta(hours=24)), "cloud-tasks")
+    assert (g.count, g.completed, g.failed, g.cancelled, g.in_progress) == (7, 3, 1, 3, 0)
+    assert g.success_rate == pytest.approx(0.75)
+    assert g.failure_codes == {"boom": 1}
+    assert g.to_dict()["cancelled"] == 3
+
+
+def test_cancel_saved_counts_the_provider_charge_only_before_it_started():
+    prices = cost_model.LIST
+    full_run = 60.0  # the completed videos' mean run time below
+    per_second = prices.jobs.job_vcpu * prices.prices.run_usd_per_vcpu_second + (
+        prices.jobs.job_memory_gib * prices.prices.run_usd_per_gib_second
+    )
+    veo = 8 * prices.provider.veo_usd_per_second
+    records = [make("cloud-tasks", run=full_run)]
+    queued = [_cancelled("cloud-tasks", while_running=False)]
+    report = ms.compute(records + queued, now=NOW, window=timedelta(hours=24))
+    g = group(report, "cloud-tasks")
+    assert report.notes == [
+        f"cancel saved ${g.cancel_saved_usd:,.2f} on cloud-tasks video (1 cancelled; provider "
+        "charges already started are not counted as saved)"
+    ]
+    # Cancelled while queued: no Veo charge, no execution at all (run + start-up).
+    assert g.cancel_saved_usd == pytest.approx(
+        veo + (full_run + prices.jobs.startup_seconds) * per_second
+    )
+    started = [_cancelled("cloud-tasks", while_running=True, operation=True, ran=20)]
+    g = group(ms.compute(records + started, now=NOW, window=timedelta(hours=24)), "cloud-tasks")
+    # Veo had started: its charge is spent; only the 40 s of job not run are saved.
+    assert g.cancel_saved_usd == pytest.approx((full_run - 20) * per_second)
+    legacy = [_cancelled("celery", while_running=True, operation=True)]
+    g = group(ms.compute(legacy, now=NOW, window=timedelta(hours=24)), "celery")
+    assert g.cancel_saved_usd == 0.0  # the always-on worker costs the same either way

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
+import common.local_generators  # noqa: F401  (the embedded-defaults child selects from it)
 from api.app import create_app, services_of
 from common import (  # noqa: F401 (job_main: for the child)
     job_main,
@@ -147,9 +148,10 @@ def test_a_job_on_embedded_defaults_imports_no_instrumentation_before_its_claim(
         os.environ["PHOENIX_DATA_DIR"] = tempfile.mkdtemp()
         from common.config import Settings
         from common import job_main, observability
+        from common.local_generators import ALL
         settings = Settings.from_env()
         observability.configure(settings, "phoenix-image-job")
-        job_main.build_job_deps(settings).store.close()
+        job_main.build_job_deps(settings, ALL).store.close()
         heavy = ("grpc", "requests", "flask", "opentelemetry.instrumentation",
                  "opentelemetry.propagators.cloud_trace_propagator",
                  "opentelemetry.resourcedetector", "google")

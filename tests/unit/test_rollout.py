@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -149,11 +150,11 @@ def test_without_celery_moves_its_share_and_makes_every_kind_explicit():
 
 def test_make_route_refuses_a_bad_flag_at_start_up():
     with pytest.raises(RolloutError, match="sum to 90"):
-        make_route(Settings(rollout="video=celery:90", dispatch="local"), env={})
+        make_route(Settings(rollout="video=celery:90", dispatch="local"))
 
 
 def test_make_route_uses_env_flag_and_exposes_the_rollout():
-    route = make_route(Settings(rollout="video=celery:100", dispatch="cloud-tasks"), env={})
+    route = make_route(Settings(rollout="video=celery:100", dispatch="cloud-tasks"))
     assert route(Kind.VIDEO, "u1") == "celery"
     assert route(Kind.IMAGE, "u1") == "cloud-tasks"
     assert route.rollout.weights(Kind.VIDEO) == {"celery": 100}
@@ -162,7 +163,7 @@ def test_make_route_uses_env_flag_and_exposes_the_rollout():
 def test_rollout_file_overrides_env_and_is_reread_on_change(tmp_path):
     flag_file = tmp_path / "rollout"
     settings = Settings(rollout="video=celery:100", dispatch="local")
-    route = make_route(settings, env={"PHOENIX_ROLLOUT_FILE": str(flag_file)})
+    route = make_route(replace(settings, rollout_file=str(flag_file)))
     assert route(Kind.VIDEO, "u1") == "celery"  # file absent: the env flag applies
 
     flag_file.write_text("video=cloud-tasks:100\n")
@@ -184,4 +185,4 @@ def test_a_bad_rollout_file_at_start_up_refuses_to_start(tmp_path):
     flag_file = tmp_path / "rollout"
     flag_file.write_text("video=celery:99")
     with pytest.raises(RolloutError, match="PHOENIX_ROLLOUT_FILE"):
-        make_route(Settings(dispatch="local"), env={"PHOENIX_ROLLOUT_FILE": str(flag_file)})
+        make_route(Settings(dispatch="local", rollout_file=str(flag_file)))

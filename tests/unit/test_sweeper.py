@@ -115,7 +115,15 @@ def test_finished_creations_are_never_touched():
     report = sweep(
         store, lambda p: RecordingDispatcher(), now=T0 + timedelta(hours=9), policy=POLICY
     )
-    assert report.as_dict() == {"redispatched": 0, "failed": 0, "errors": 0}
+    assert report.as_dict() == {
+        "redispatched": 0,
+        "failed": 0,
+        "errors": 0,
+        "cancelled": 0,
+        "deleted": 0,
+        "slots_released": 0,
+        "queued": 0,
+    }
 
 
 def test_a_drained_path_sends_stuck_creations_to_the_users_current_path():
@@ -182,3 +190,38 @@ def test_sweep_frees_admission_slots_whose_creation_finished_or_vanished():
     assert sorted(report.slots_released) == sorted([made[0].id, made[1].id])
     assert set(store.quota("u").active) == {made[2].id}
     assert store.admit("u", "next", policy, now) is None
+
+
+def test_cancelled_creations_are_never_redispatched():
+    store, cid = setup(steps=[lambda c: lc.cancel(c, now=T0)])
+    rec = RecordingDispatcher()
+    report = sweep(store, lambda p: rec, now=T0 + timedelta(minutes=30), policy=POLICY)
+    assert rec.dispatched == [] and report.redispatched == [] and report.failed == []
+    assert store.get(cid).status is Status.CANCELLED
+
+
+def test_a_cancel_requested_creation_whose_job_died_is_ended_cancelled_not_redispatched():
+    lease = timedelta(seconds=30)
+    store, cid = setup(
+        steps=[
+            lambda c: lc.mark_dispatched(c, now=T0),
+            lambda c: lc.claim(c, owner="j", now=T0, lease=lease, max_attempts=3),
+            lambda c: lc.cancel(c, now=T0 + timedelta(seconds=5)),
+        ]
+    )
+
+    class Backstop(RecordingDispatcher):
+        stopped: list = []
+
+        def stop_execution(self, creation):
+            self.stopped.append(creation.id)
+            return True
+
+    rec = Backstop()
+    # While the lease is live the job may still see the request: leave it alone.
+    live = sweep(store, lambda p: rec, now=T0 + timedelta(seconds=20), policy=POLICY)
+    assert live.cancelled == [] and store.get(cid).status is Status.PROCESSING
+    report = sweep(store, lambda p: rec, now=T0 + timedelta(minutes=2), policy=POLICY)
+    assert report.cancelled == [cid] and report.redispatched == [] and rec.dispatched == []
+    assert store.get(cid).status is Status.CANCELLED
+    assert rec.stopped == [cid]  # the path is asked to stop whatever may still run

@@ -24,6 +24,10 @@ this server does what Cloud Run would:
   (``stop_grace``; Cloud Run's is 10 s), and ``maxRetries``: a non-zero exit or a timeout
   re-runs the task with the next attempt number, up to ``max_retries`` extra attempts. Both
   can come from the job's descriptor (``JobSpec.from_descriptor`` reads ``deploy/job.yaml``);
+* ``POST /v2/projects/P/locations/L/jobs/JOB/executions/EXECUTION:cancel`` cancels a running
+  execution like Cloud Run: its task gets SIGTERM (SIGKILL after ``stop_grace``), no further
+  attempt is started, and the execution ends ``cancelled``; 404 for an unknown execution, 400
+  FAILED_PRECONDITION for one that already finished;
 * with ``require_auth=True`` rejects requests without ``Authorization: Bearer …`` with 401
   (the real API needs an OAuth token; the Cloud Tasks emulator sends none, so the local chain
   runs with ``require_auth=False``).
@@ -66,6 +70,9 @@ from tools.servers import BackgroundHttpServer
 
 RUN_PATH = re.compile(
     r"^/v2/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/jobs/(?P<job>[^/:]+):run$"
+)
+CANCEL_PATH = re.compile(
+    r"^/v2/(?P<name>projects/[^/]+/locations/[^/]+/jobs/[^/:]+/executions/[^/:]+):cancel$"
 )
 DURATION = re.compile(r"^\d+(\.\d{1,9})?s$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -350,6 +357,7 @@ class RunApiStandin:
         self._executions: dict[str, dict[str, Any]] = {}
         self._running: dict[int, _Attempt] = {}
         self.instance = uuid.uuid4().hex[:12]  # labels this stand-in's containers
+        self._cancelled: set[str] = set()  # execution names cancelled through the API
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._httpd: BackgroundHttpServer | None = None
@@ -504,6 +512,10 @@ class RunApiStandin:
         return 404, ApiError(404, "NOT_FOUND", f"No route for {method} {path}").body()
 
     def _run(self, method: str, path: str, headers: Mapping[str, str], body: Any) -> dict[str, Any]:
+        cancel = CANCEL_PATH.match(path)
+        if cancel and method == "POST":
+            self._check_auth(headers)
+            return self._cancel_execution(cancel.group("name"))
         m = RUN_PATH.match(path)
         if not m:
             raise ApiError(
@@ -513,14 +525,7 @@ class RunApiStandin:
             raise ApiError(
                 405, "METHOD_NOT_ALLOWED", f"Method {method} not allowed for {path}; use POST."
             )
-        auth = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
-        if self.require_auth and not re.fullmatch(r"Bearer \S+", auth):
-            raise ApiError(
-                401,
-                "UNAUTHENTICATED",
-                "Request is missing required authentication credential. Expected OAuth 2 access token, "
-                "login cookie or other valid authentication credential.",
-            )
+        self._check_auth(headers)
         project, location, job = m.group("project"), m.group("location"), m.group("job")
         spec = self.jobs.get(job)
         if spec is None:
@@ -586,6 +591,61 @@ class RunApiStandin:
             t.start()
         return operation
 
+    def _check_auth(self, headers: Mapping[str, str]) -> None:
+        auth = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
+        if self.require_auth and not re.fullmatch(r"Bearer \S+", auth):
+            raise ApiError(
+                401,
+                "UNAUTHENTICATED",
+                "Request is missing required authentication credential. Expected OAuth 2 access token, "
+                "login cookie or other valid authentication credential.",
+            )
+
+    def _cancel_execution(self, name: str) -> dict[str, Any]:
+        """executions.cancel: SIGTERM the execution's running task processes, start no more
+        attempts; answers a long-running Operation naming the execution, like the Admin API."""
+        with self._lock:
+            execution = self._executions.get(name)
+            if execution is None:
+                raise ApiError(404, "NOT_FOUND", f"Resource '{name}' was not found")
+            if execution["status"] != "running":
+                raise ApiError(
+                    400,
+                    "FAILED_PRECONDITION",
+                    f"Execution {name} has already finished ({execution['status']}).",
+                )
+            self._cancelled.add(name)
+            execution["cancel_requested"] = time.time()
+            pids = [
+                a["pid"]
+                for t in execution["tasks"]
+                for a in t["attempts"]
+                if a.get("pid") and a.get("exit_code") is None
+            ]
+            attempts = [self._running[p] for p in pids if p in self._running]
+        for attempt in attempts:
+            attempt.signal(signal.SIGTERM)
+        if attempts:
+            threading.Thread(
+                target=self._kill_after_grace, args=(attempts,), name="cancel-grace", daemon=True
+            ).start()
+        project_loc = name.split("/jobs/")[0]
+        return {
+            "name": f"{project_loc}/operations/{uuid.uuid4()}",
+            "metadata": {
+                "@type": "type.googleapis.com/google.cloud.run.v2.Execution",
+                "name": name,
+            },
+        }
+
+    def _kill_after_grace(self, attempts: list[_Attempt]) -> None:
+        deadline = time.monotonic() + self.stop_grace
+        for attempt in attempts:
+            while attempt.pid in self._running and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if attempt.pid in self._running:
+                attempt.signal(signal.SIGKILL)
+
     # job supervision ------------------------------------------------------------------------
 
     def _task_env(
@@ -629,7 +689,7 @@ class RunApiStandin:
         status = "failed"
         retries = self.max_retries if spec.max_retries is None else spec.max_retries
         for attempt in range(retries + 1):
-            if self._stopping.is_set():
+            if self._stopping.is_set() or exec_name in self._cancelled:
                 status = "cancelled"
                 break
             assert self.log_dir is not None
@@ -663,7 +723,8 @@ class RunApiStandin:
                 continue
             record["pid"] = running.pid
             self._record_attempt(exec_name, index, record, running)
-            if self._stopping.is_set():  # stop() may have snapshotted attempts just before us
+            if self._stopping.is_set() or exec_name in self._cancelled:
+                # stop() or a cancel may have snapshotted attempts just before us
                 running.signal(signal.SIGTERM)
             try:
                 code = running.wait(timeout=timeout)
@@ -681,6 +742,9 @@ class RunApiStandin:
             record.update(running.finish(code))
             record.update(ended=time.time(), log_tail=_tail(log_path))
             self._record_attempt(exec_name, index, record, None, running.pid)
+            if exec_name in self._cancelled:
+                status = "cancelled"  # however the process ended: Cloud Run reports cancelled
+                break
             if record["exit_code"] == 0 and not record["timed_out"]:
                 status = "succeeded"
                 break

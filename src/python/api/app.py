@@ -26,9 +26,10 @@ from api.creation_service import (
     Route,
 )
 from api.errors import error_response, register_error_handlers
+from api.flask_tracing import instrument_flask
 from api.generation_routes import generation_blueprint
 from api.web_routes import web_blueprint
-from common import bootstrap, observability
+from common import bootstrap
 from common.auth import FirebaseTokenVerifier
 from common.config import Settings
 from common.dispatchers import build_dispatcher
@@ -105,6 +106,9 @@ def create_app(
             route,
             media=media,
             admission=Admission(store, settings.quota_policy),
+            # A job renews its lease every lease/4: one full lease without it stopping means
+            # it is stuck (e.g. inside a provider call), and only then is it stopped by force.
+            cancel_backstop_seconds=float(settings.lease_seconds),
         ),
         token_verifier=token_verifier,
     )
@@ -134,12 +138,12 @@ def create_app(
 
 
 def _install_request_context(app: Flask) -> None:
-    """A SERVER span per request (``common.observability.instrument_flask``: the maintained
+    """A SERVER span per request (``api.flask_tracing.instrument_flask``: the maintained
     Flask instrumentation, continuing the caller's ``traceparent`` or Cloud Run's
     ``X-Cloud-Trace-Context``); a creation made in the request carries that span's traceparent
     to its job, so API and job share one trace. Threads are reused across requests: log fields
     bound by the last one must not leak into the next."""
-    observability.instrument_flask(app)
+    instrument_flask(app)
 
     @app.before_request
     def _fresh_log_context() -> None:

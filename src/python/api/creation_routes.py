@@ -1,5 +1,7 @@
-"""``GET /api/creations/<id>`` (polled about once a second per open page) and
-``GET /api/creations`` (the caller's list, newest first).
+"""``GET /api/creations/<id>`` (polled about once a second per open page),
+``GET /api/creations`` (the caller's list, newest first), and the owner's controls:
+``POST /api/creations/<id>/cancel``, ``DELETE /api/creations/<id>``,
+``POST /api/creations/<id>/retry``.
 
 Polling is the hot path, so the single-creation route answers ``If-None-Match`` with a 304
 computed from the record alone (``etag_for``) before any view is built or JSON encoded.
@@ -11,9 +13,18 @@ import re
 
 from flask import Blueprint, Response, jsonify, request
 
-from api.creation_service import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, CreationService, etag_for
+from api.creation_service import (
+    LIST_LIMIT_DEFAULT,
+    LIST_LIMIT_MAX,
+    Conflict,
+    CreationService,
+    DeletePending,
+    etag_for,
+)
 from api.errors import ApiError
+from api.generation_routes import accepted
 from api.identity import current_user
+from common.domain.creation import Status
 
 # Responses are per user and change constantly: caches may store them but must revalidate.
 _CACHE_CONTROL = "private, no-cache"
@@ -55,5 +66,51 @@ def creation_blueprint(service: CreationService) -> Blueprint:
         response = jsonify({"creations": [service.view(c) for c in creations]})
         response.headers["Cache-Control"] = _CACHE_CONTROL
         return response
+
+    @bp.post("/api/creations/<creation_id>/cancel")
+    def cancel_creation(creation_id: str) -> Response:
+        user = current_user()
+        try:
+            creation = service.cancel(user, creation_id)
+        except Conflict as exc:
+            raise ApiError(409, exc.code, exc.message) from None
+        response = jsonify(service.view(creation))
+        # 200: it is cancelled; 202: its job was asked to stop and will at its next heartbeat.
+        response.status_code = 200 if creation.status is Status.CANCELLED else 202
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @bp.delete("/api/creations/<creation_id>")
+    def delete_creation(creation_id: str) -> Response:
+        user = current_user()
+        try:
+            service.delete(user, creation_id)
+        except Conflict as exc:
+            raise ApiError(409, exc.code, exc.message) from None
+        except DeletePending:
+            response = jsonify(
+                {
+                    "id": creation_id,
+                    "status": "deleting",
+                    "message": "deleted; its media "
+                    "could not all be removed yet and will be shortly",
+                }
+            )
+            response.status_code = 202
+            response.headers["Cache-Control"] = "no-store"
+            return response
+        return Response(status=204)
+
+    @bp.post("/api/creations/<creation_id>/retry")
+    def retry_creation(creation_id: str) -> Response:
+        user = current_user()
+
+        def create():  # type: ignore[no-untyped-def]
+            try:
+                return service.retry(user, creation_id)
+            except Conflict as exc:
+                raise ApiError(409, exc.code, exc.message) from None
+
+        return accepted(service, create)
 
     return bp

@@ -1,4 +1,5 @@
-"""The API's service layer: create, read and list creations. No Flask in here.
+"""The API's service layer: create, read, list, cancel, delete and retry creations. No Flask in
+here.
 
 Creating is "record, then dispatch": the ``pending`` record is written first so a creation can
 never run without a record, and a dispatch that fails afterwards leaves a recoverable record
@@ -25,11 +26,11 @@ from common.auth import FirebaseTokenVerifier
 from common.config import Settings
 from common.domain import creation as lifecycle
 from common.domain import failures
-from common.domain.creation import Creation, Kind
-from common.domain.errors import NotFound
+from common.domain.creation import Creation, Kind, Status
+from common.domain.errors import AlreadyFinished, InvalidTransition, NotFound
 from common.domain.payload import TaskPayload
 from common.domain.quota import QuotaPolicy, Refusal
-from common.domain.requests import GenerationRequest
+from common.domain.requests import GenerationRequest, parse_generation_request
 from common.ports import CreationStore, Dispatcher, MediaStore
 
 log = structlog.get_logger(__name__)
@@ -39,16 +40,6 @@ DispatcherFor = Callable[[str], Dispatcher]
 
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
-
-
-def constant_route(path: str) -> Route:
-    """Every creation takes ``path``: the default until a rollout is configured."""
-
-    def route(kind: Kind, user_id: str) -> str:
-        return path
-
-    route.path = path  # type: ignore[attr-defined]  # shown by diagnostics
-    return route
 
 
 class DispatcherPool:
@@ -165,6 +156,25 @@ class DispatchFailed(Exception):
         self.reason = reason
 
 
+class Conflict(Exception):
+    """The creation's state does not allow the command (cancel a finished one, delete a running
+    one, retry a completed one): HTTP 409 with ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class DeletePending(Exception):
+    """The record is now a tombstone but its media could not all be removed yet; the sweeper
+    finishes (HTTP 202: gone for the user, clean-up still running)."""
+
+
+# Only these can be retried: a completed one has its media, a running one is still coming.
+RETRYABLE = (Status.FAILED, Status.CANCELLED)
+
+
 def _iso(ts: datetime) -> str:
     return ts.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -188,6 +198,7 @@ class CreationService:
         media: MediaStore,
         traceparent: Callable[[], str | None] = current_traceparent,
         admission: Admission | None = None,
+        cancel_backstop_seconds: float | None = None,
     ) -> None:
         self.store = store
         self.dispatchers = dispatchers
@@ -196,6 +207,10 @@ class CreationService:
         self.media = media
         self._traceparent = traceparent
         self.admission = admission
+        # After a cancel request, how long the job gets to stop by itself (its heartbeat)
+        # before the API stops its execution (Cloud Run executions:cancel). None: never here
+        # (the sweeper still does it once the lease has run out).
+        self.cancel_backstop_seconds = cancel_backstop_seconds
 
     # --- commands -----------------------------------------------------------------------------
 
@@ -252,21 +267,124 @@ class CreationService:
         metrics.record_created(req.kind.value, path)
         return dispatched
 
+    def cancel(self, user_id: str, creation_id: str) -> Creation:
+        """``pending`` -> ``cancelled`` now; ``processing`` -> cancel requested (its job stops at
+        its next lease renewal). Idempotent. Raises Conflict for completed/failed creations.
+        The creation's path is then asked to withdraw what it still holds (queued task,
+        Celery message, Cloud Run execution): best effort, correctness never depends on it."""
+        c = self.get(user_id, creation_id)
+        if c.status is Status.CANCELLED:
+            return c
+        try:
+            updated = self.store.update(c.id, lambda cur: lifecycle.cancel(cur, now=self.clock()))
+        except AlreadyFinished:
+            current = self.store.get(c.id) or c
+            raise Conflict(
+                "already_finished",
+                f"this creation is already {current.status.value}; only queued or generating "
+                "creations can be cancelled",
+            ) from None
+        bound = log.bind(creation_id=c.id, kind=c.kind.value, path=c.path)
+        try:
+            withdrawn = self.dispatchers(updated.path).cancel(updated)
+        except Exception as exc:  # the job's own checks still stop it
+            withdrawn = []
+            bound.warning("cancel_withdraw_failed", error=f"{type(exc).__name__}: {exc}")
+        bound.info(
+            "creation_cancel",
+            status=updated.status.value,
+            was=c.status.value,
+            withdrawn=withdrawn,
+        )
+        if updated.status is Status.PROCESSING and self.cancel_backstop_seconds is not None:
+            timer = threading.Timer(
+                self.cancel_backstop_seconds, self._cancel_backstop, args=(updated.id,)
+            )
+            timer.daemon = True
+            timer.start()
+        return updated
+
+    def _cancel_backstop(self, creation_id: str) -> bool:
+        """The job had its chance (a lease's worth of heartbeats): if it still has not ended
+        the cancel, stop its execution. Best effort: if this process goes away first, the
+        sweeper does the same once the lease runs out."""
+        current = self.store.get(creation_id)
+        if (
+            current is None
+            or current.status is not Status.PROCESSING
+            or current.cancel_requested_at is None
+        ):
+            return False
+        try:
+            stopped = self.dispatchers(current.path).stop_execution(current)
+        except Exception as exc:
+            log.warning("cancel_backstop_failed", creation_id=creation_id, error=repr(exc)[:300])
+            return False
+        log.warning(
+            "cancel_backstop", creation_id=creation_id, execution=current.execution, stopped=stopped
+        )
+        return stopped
+
+    def delete(self, user_id: str, creation_id: str) -> None:
+        """Remove a finished (completed, failed, cancelled) creation and its media. A queued one
+        is cancelled first; a generating one gets a cancel request and a Conflict (its job
+        could still write media: delete it once it shows ``cancelled``). Raises DeletePending
+        when the media removal failed (the sweeper finishes it)."""
+        from common.sweeper import finish_delete
+
+        c = self.get(user_id, creation_id)
+        if c.status is Status.PENDING:
+            c = self.cancel(user_id, creation_id)
+        if c.status is Status.PROCESSING:
+            self.cancel(user_id, creation_id)
+            raise Conflict(
+                "still_running",
+                "it is still generating: cancellation was requested; delete it once it shows "
+                "cancelled",
+            )
+        try:
+            self.store.update(c.id, lambda cur: lifecycle.mark_deleting(cur, now=self.clock()))
+        except InvalidTransition as exc:  # it started running between our read and now
+            raise Conflict("still_running", str(exc)) from None
+        try:
+            finish_delete(self.store, self.media, c.id)
+        except Exception as exc:
+            log.warning(
+                "creation_delete_pending", creation_id=c.id, error=f"{type(exc).__name__}: {exc}"
+            )
+            raise DeletePending(c.id) from exc
+        log.info("creation_deleted", creation_id=c.id, kind=c.kind.value, path=c.path)
+
+    def retry(self, user_id: str, creation_id: str) -> Creation:
+        """A NEW creation with the failed/cancelled one's kind, prompt and parameters, made by
+        ``create`` so admission, rate limits, routing and dispatch apply exactly as for a new
+        request. The old one is left as it was (its history stays visible)."""
+        c = self.get(user_id, creation_id)
+        if c.status not in RETRYABLE:
+            raise Conflict(
+                "not_retryable",
+                f"only failed or cancelled creations can be retried; this one is "
+                f"{c.status.value}",
+            )
+        # Re-validated with today's rules: a stored request from an older build could differ.
+        req = parse_generation_request(c.kind, {"prompt": c.prompt, **dict(c.params)})
+        return self.create(user_id, req)
+
     # --- queries ------------------------------------------------------------------------------
 
     def get(self, user_id: str, creation_id: str) -> Creation:
         """The creation if it is the caller's; NotFound otherwise (whether missing or foreign,
-        so ids cannot be probed)."""
+        so ids cannot be probed, or being deleted)."""
         if not creation_id or len(creation_id) > 200:
             raise NotFound(creation_id)
         c = self.store.get(creation_id)
-        if c is None or c.user_id != user_id:
+        if c is None or c.user_id != user_id or not c.status.public:
             raise NotFound(creation_id)
         return c
 
     def list(self, user_id: str, limit: int = LIST_LIMIT_DEFAULT) -> list[Creation]:
         limit = max(1, min(LIST_LIMIT_MAX, limit))
-        return self.store.list_for_user(user_id, limit)
+        return [c for c in self.store.list_for_user(user_id, limit) if c.status.public]
 
     # --- views --------------------------------------------------------------------------------
 
@@ -291,6 +409,9 @@ class CreationService:
             "created_at": _iso(c.created_at),
             "updated_at": _iso(c.updated_at),
             "path": c.path,
+            "cancel_requested_at": _iso(c.cancel_requested_at) if c.cancel_requested_at else None,
+            "cancelled_at": _iso(c.cancelled_at) if c.cancelled_at else None,
+            "provider_started": c.provider_started,
         }
 
 

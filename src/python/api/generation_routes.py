@@ -9,7 +9,7 @@ creation and its ``Location`` to poll.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -17,7 +17,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from api.creation_service import CreationService, DispatchFailed, RateLimited
 from api.errors import ApiError
 from api.identity import current_user
-from common.domain.creation import Kind
+from common.domain.creation import Creation, Kind
 from common.domain.requests import parse_generation_request
 
 RETRY_AFTER_SECONDS = 30
@@ -46,6 +46,39 @@ def read_json_body() -> Any:
         raise ApiError(400, "invalid_request", f"body: invalid JSON ({detail})") from None
 
 
+def accepted(service: CreationService, create: Callable[[], Creation]) -> Response:
+    """Run a create (a generate call, or a retry) and answer like a generate call: 202 with the
+    creation and its ``Location``, 429 when admission refuses, 503 when the record was saved
+    but its dispatch failed."""
+    try:
+        creation = create()
+    except RateLimited as exc:
+        raise ApiError(
+            429,
+            "rate_limited",
+            exc.message,
+            headers={"Retry-After": str(exc.retry_after_seconds)},
+            extra={"reason": exc.reason},
+        ) from exc
+    except DispatchFailed as exc:
+        raise ApiError(
+            503,
+            "dispatch_unavailable",
+            "your request was saved but could not be started yet; it will be retried "
+            "automatically",
+            headers={
+                "Retry-After": str(RETRY_AFTER_SECONDS),
+                "Location": f"/api/creations/{exc.creation.id}",
+            },
+            extra={"creation_id": exc.creation.id},
+        ) from exc
+    response = jsonify(service.view(creation))
+    response.status_code = 202
+    response.headers["Location"] = f"/api/creations/{creation.id}"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def generation_blueprint(service: CreationService) -> Blueprint:
     bp = Blueprint("generation", __name__)
 
@@ -53,32 +86,6 @@ def generation_blueprint(service: CreationService) -> Blueprint:
     def generate(kind: str) -> Response:
         user = current_user()
         req = parse_generation_request(Kind(kind), read_json_body())
-        try:
-            creation = service.create(user, req)
-        except RateLimited as exc:
-            raise ApiError(
-                429,
-                "rate_limited",
-                exc.message,
-                headers={"Retry-After": str(exc.retry_after_seconds)},
-                extra={"reason": exc.reason},
-            ) from exc
-        except DispatchFailed as exc:
-            raise ApiError(
-                503,
-                "dispatch_unavailable",
-                "your request was saved but could not be started yet; it will be retried "
-                "automatically",
-                headers={
-                    "Retry-After": str(RETRY_AFTER_SECONDS),
-                    "Location": f"/api/creations/{exc.creation.id}",
-                },
-                extra={"creation_id": exc.creation.id},
-            ) from exc
-        response = jsonify(service.view(creation))
-        response.status_code = 202
-        response.headers["Location"] = f"/api/creations/{creation.id}"
-        response.headers["Cache-Control"] = "no-store"
-        return response
+        return accepted(service, lambda: service.create(user, req))
 
     return bp

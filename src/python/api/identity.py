@@ -4,8 +4,8 @@ Local mode (``PHOENIX_AUTH=local``, the embedded default) trusts the ``X-Phoenix
 (default ``local``): it lets a developer, the e2e tests and the browser page act as several
 users against one local server without any sign-in. It must never be enabled in production,
 which is why it is a mode and not a fallback. Other modes (Firebase ID tokens, see
-``common.auth``) plug in behind this same function; until one is wired, a request in such a
-mode is refused with 401 rather than silently treated as a local user.
+``common.auth``) plug in behind this same function: a request without a valid credential
+is refused with 401, never silently treated as a local user.
 """
 
 from __future__ import annotations

@@ -59,6 +59,7 @@ def start_background_tasks(app: Any) -> None:
                     now=utcnow(),
                     policy=policy,
                     route=services.route,
+                    media=services.media,
                 )
             except Exception:  # a failed sweep is retried on the next tick
                 log.exception("sweep_failed")

@@ -108,7 +108,89 @@ def _generate_op(kind: Kind) -> dict[str, Any]:
     }
 
 
+def _id_param() -> dict[str, Any]:
+    return {"name": "creation_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _creation_response(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Creation"}}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _control_ops() -> dict[str, Any]:
+    """Cancel, delete and retry: the owner's controls over one creation."""
+    common_errors = {
+        "400": _error_response("Malformed identity header (local mode)"),
+        "401": _error_response("Not authenticated"),
+        "404": _error_response("Unknown, deleted, or not the caller's"),
+    }
+    return {
+        "cancel": {
+            "post": {
+                "summary": "Cancel a queued or generating creation (idempotent)",
+                "description": "A queued (pending) creation is cancelled at once and no job will "
+                "run it. A generating (processing) one is asked to stop: its job sees the request "
+                "at its next heartbeat, stops calling the provider, stores nothing and the "
+                "creation becomes cancelled. A Veo generation the provider already started may "
+                "still be charged (provider_started).",
+                "operationId": "cancel_creation",
+                "parameters": [_USER_HEADER, _id_param()],
+                "responses": {
+                    "200": _creation_response("Cancelled (or already was)"),
+                    "202": _creation_response(
+                        "Cancellation requested; the job stops at its next heartbeat"
+                    ),
+                    **common_errors,
+                    "409": _error_response("Already completed or failed"),
+                },
+            }
+        },
+        "delete": {
+            "summary": "Delete a finished creation and its media",
+            "description": "Completed, failed and cancelled creations are removed with their "
+            "media; a queued one is cancelled first. A generating one answers 409 (and is asked "
+            "to stop): delete it once it is cancelled.",
+            "operationId": "delete_creation",
+            "parameters": [_USER_HEADER, _id_param()],
+            "responses": {
+                "204": {"description": "Deleted: record and media are gone"},
+                "202": {
+                    "description": "Deleted for the caller (404 from now on); some media could "
+                    "not be removed yet and the sweeper finishes it",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                **common_errors,
+                "409": _error_response("Still generating: cancellation was requested"),
+            },
+        },
+        "retry": {
+            "post": {
+                "summary": "Make a new creation with a failed or cancelled one's request",
+                "operationId": "retry_creation",
+                "parameters": [_USER_HEADER, _id_param()],
+                "responses": {
+                    "202": _creation_response(
+                        "Accepted: the NEW creation", {"Location": {"schema": {"type": "string"}}}
+                    ),
+                    **common_errors,
+                    "409": _error_response("Not failed or cancelled"),
+                    "429": _error_response("Rate limit or concurrency cap", _RETRY_AFTER),
+                    "503": _error_response(
+                        "Recorded but not yet dispatched; it will be retried", _RETRY_AFTER
+                    ),
+                },
+            }
+        },
+    }
+
+
 def build_openapi() -> dict[str, Any]:
+    controls = _control_ops()
     creation_schema = {
         "type": "object",
         "required": [
@@ -126,7 +208,12 @@ def build_openapi() -> dict[str, Any]:
         "properties": {
             "id": {"type": "string"},
             "kind": {"type": "string", "enum": [k.value for k in Kind]},
-            "status": {"type": "string", "enum": [s.value for s in Status]},
+            "status": {
+                "type": "string",
+                "enum": [s.value for s in Status if s.public],
+                "description": "pending (queued) -> processing (generating) -> completed | "
+                "failed; cancel makes pending or processing creations cancelled (terminal).",
+            },
             "progress": {"type": "integer", "minimum": 0, "maximum": 100},
             "prompt": {"type": "string"},
             "params": {"type": "object"},
@@ -154,6 +241,20 @@ def build_openapi() -> dict[str, Any]:
             },
             "created_at": {"type": "string", "format": "date-time"},
             "updated_at": {"type": "string", "format": "date-time"},
+            "cancel_requested_at": {
+                "type": "string",
+                "format": "date-time",
+                "nullable": True,
+                "description": "Set when the owner cancelled; a generating creation stops at its "
+                "job's next heartbeat and then becomes cancelled.",
+            },
+            "cancelled_at": {"type": "string", "format": "date-time", "nullable": True},
+            "provider_started": {
+                "type": "boolean",
+                "nullable": True,
+                "description": "For a cancelled creation: whether a provider generation had "
+                "already started (its charge is then probably spent); null otherwise.",
+            },
         },
     }
     error_schema = {
@@ -256,8 +357,11 @@ def build_openapi() -> dict[str, Any]:
                         "401": _error_response("Not authenticated"),
                         "404": _error_response("Unknown, or not the caller's"),
                     },
-                }
+                },
+                "delete": controls["delete"],
             },
+            "/api/creations/{creation_id}/cancel": controls["cancel"],
+            "/api/creations/{creation_id}/retry": controls["retry"],
             "/": {
                 "get": {
                     "summary": "The web page (HTML)",

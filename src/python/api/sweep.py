@@ -47,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             policy=SweepPolicy(pending_timeout=timedelta(seconds=settings.pending_timeout_seconds)),
             limit=args.limit,
             route=route,
+            media=bootstrap.build_media(settings),
         )
         # Local jobs started by this pass must finish before the process exits.
         for dispatcher in dispatchers.built().values():

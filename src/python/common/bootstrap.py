@@ -65,6 +65,9 @@ class LazyMediaStore(MediaStore):
     def ref_from_uri(self, uri: str, mime_type: str) -> MediaRef:
         return self._get().ref_from_uri(uri, mime_type)
 
+    def delete_for(self, creation_id: str) -> int:
+        return self._get().delete_for(creation_id)
+
     def output_prefix(self, creation_id: str) -> str | None:
         return self._get().output_prefix(creation_id)
 

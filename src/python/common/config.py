@@ -4,7 +4,7 @@ fresh checkout runs with no configuration at all. Read once per process into ``S
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
@@ -16,6 +16,7 @@ DISPATCHERS = ("local", "cloud-tasks", "celery", "record")
 GENERATORS = ("local", "vertex")
 MEDIA = ("local", "gcs")
 AUTH_MODES = ("local", "firebase")
+LEGACY_POOLS = ("prefork", "threads", "solo")
 
 
 class ConfigError(ValueError):
@@ -182,7 +183,16 @@ class Settings:
     # Creations admitted per minute across ALL users (0 = no ceiling): one flood of many
     # accounts cannot fill the queue and every Veo slot.
     global_rate_limit_per_minute: int = 0
-    extra: Mapping[str, str] = field(default_factory=dict)
+    # Flag file that overrides ``rollout`` and is re-read when it changes (jobs.legacy.drain).
+    rollout_file: str = ""
+    # Local dispatcher: the command that runs a job (e.g. a built PEX); default the job module.
+    local_job_cmd_video: str = ""
+    local_job_cmd_image: str = ""
+    # Legacy Celery path (phase 1-2).
+    celery_visibility_timeout_seconds: int = 7200
+    legacy_pool: str = "prefork"
+    legacy_concurrency: int = 2
+    legacy_retry_backoff_seconds: float = 30.0
 
     @property
     def quota_policy(self) -> "QuotaPolicy":
@@ -264,4 +274,13 @@ class Settings:
             global_rate_limit_per_minute=_int(
                 env, "PHOENIX_GLOBAL_RATE_LIMIT_PER_MINUTE", 0, minimum=0
             ),
+            rollout_file=env.get("PHOENIX_ROLLOUT_FILE", "").strip(),
+            local_job_cmd_video=env.get("PHOENIX_LOCAL_JOB_CMD_VIDEO", "").strip(),
+            local_job_cmd_image=env.get("PHOENIX_LOCAL_JOB_CMD_IMAGE", "").strip(),
+            celery_visibility_timeout_seconds=_int(
+                env, "PHOENIX_CELERY_VISIBILITY_TIMEOUT_SECONDS", 7200, minimum=1
+            ),
+            legacy_pool=_choice(env, "PHOENIX_LEGACY_POOL", "prefork", LEGACY_POOLS),
+            legacy_concurrency=_int(env, "PHOENIX_LEGACY_CONCURRENCY", 2, minimum=1),
+            legacy_retry_backoff_seconds=_float(env, "PHOENIX_LEGACY_RETRY_BACKOFF_SECONDS", 30.0),
         )

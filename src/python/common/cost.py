@@ -95,10 +95,23 @@ class JobsShape:
 
 
 @dataclass(frozen=True)
+class ProviderPrices:
+    """Generation prices, the same on both paths (so left out of the path comparison), used
+    only to say what a cancel saved. List prices as recalled from
+    https://cloud.google.com/vertex-ai/generative-ai/pricing (Veo 3 with audio per generated
+    second; Imagen 4 per image); the page was not in the stored corpus this session, so re-check
+    them before quoting a figure."""
+
+    veo_usd_per_second: float = 0.40
+    imagen_usd_per_image: float = 0.04
+
+
+@dataclass(frozen=True)
 class Preset:
     prices: Prices = field(default_factory=Prices)
     legacy: LegacyShape = field(default_factory=LegacyShape)
     jobs: JobsShape = field(default_factory=JobsShape)
+    provider: ProviderPrices = field(default_factory=ProviderPrices)
 
 
 LIST = Preset()
@@ -207,6 +220,54 @@ def monthly(
     if path == "cloud-tasks":
         return jobs_monthly(creations, job_seconds, preset, attempts_per_creation)
     return CostBreakdown(path, creations, {}, {})
+
+
+@dataclass(frozen=True)
+class CancelSaving:
+    """What one cancel kept from being spent: the provider's charge when no generation had
+    started yet, and the job compute it did not run (Cloud Run Jobs only: the legacy worker is
+    paid for whether it works or not)."""
+
+    provider_usd: float
+    compute_usd: float
+
+    @property
+    def total(self) -> float:
+        return self.provider_usd + self.compute_usd
+
+
+def provider_price(kind: str, params: dict, preset: Preset = LIST) -> float:
+    """Price of one generation as requested (video: per generated second; image: per image)."""
+    if kind == "video":
+        return float(params.get("duration_seconds") or 8) * preset.provider.veo_usd_per_second
+    return float(params.get("count") or 1) * preset.provider.imagen_usd_per_image
+
+
+def cancel_saving(
+    *,
+    path: str,
+    kind: str,
+    params: dict,
+    provider_started: bool,
+    ran_seconds: float,
+    job_seconds: float,
+    preset: Preset = LIST,
+) -> CancelSaving:
+    """``ran_seconds``: how long the job ran before it stopped (0 if cancelled while queued);
+    ``job_seconds``: how long a full run takes (measured or the default). Once the provider
+    started a generation its charge is assumed spent (Veo bills the operation, which a client
+    cannot cancel); only the job's remaining run time is saved then."""
+    provider = 0.0 if provider_started else provider_price(kind, params, preset)
+    compute = 0.0
+    if path == "cloud-tasks":
+        p, s = preset.prices, preset.jobs
+        remaining = max(0.0, job_seconds - ran_seconds)
+        if ran_seconds <= 0:
+            remaining += s.startup_seconds  # no execution was ever started
+        compute = remaining * (
+            s.job_vcpu * p.run_usd_per_vcpu_second + s.job_memory_gib * p.run_usd_per_gib_second
+        )
+    return CancelSaving(provider, compute)
 
 
 def table(

@@ -11,9 +11,11 @@ def build_dispatcher(settings: Settings, path: str | None = None) -> Dispatcher:
     """``path`` overrides ``settings.dispatch`` (the rollout picks a path per creation)."""
     name = path or settings.dispatch
     if name == "local":
-        from common.adapters.local_dispatch import LocalProcessDispatcher
+        from common.adapters.local_dispatch import LocalProcessDispatcher, job_commands
 
-        return LocalProcessDispatcher(max_parallel=settings.local_max_jobs)
+        return LocalProcessDispatcher(
+            max_parallel=settings.local_max_jobs, command_for=job_commands(settings)
+        )
     if name == "record":
         from common.adapters.local_dispatch import RecordingDispatcher
 

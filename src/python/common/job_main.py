@@ -12,28 +12,45 @@ import os
 import signal
 import sys
 from datetime import timedelta
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from common.domain.creation import Kind
 
 if TYPE_CHECKING:
     from common.config import Settings
+    from common.generators import GeneratorFactory
     from common.job_runner import JobDeps
 
 
-def build_job_deps(settings: Settings) -> JobDeps:
-    """The job wiring shared by the Cloud Run Jobs and the legacy Celery worker."""
-    from common import bootstrap, generators
+def build_job_deps(
+    settings: Settings, generators: Mapping[str, GeneratorFactory] | None = None
+) -> JobDeps:
+    """The job wiring shared by the Cloud Run Jobs and the legacy Celery worker.
+
+    ``generators``: what this build can select (default: production's, Vertex only; the repo's
+    entrypoints pass ``common.local_generators.ALL``)."""
+    from common import bootstrap
+    from common.generators import PRODUCTION, LazyGenerator
     from common.job_runner import JobDeps
 
     # Only the store is needed to claim; the generator and media SDKs load after the claim.
     return JobDeps(
         store=bootstrap.build_store(settings),
-        generator=generators.LazyGenerator(settings),
+        generator=LazyGenerator(settings, PRODUCTION if generators is None else generators),
         media=bootstrap.LazyMediaStore(settings),
         lease=timedelta(seconds=settings.lease_seconds),
         max_attempts=settings.max_attempts,
     )
+
+
+def execution_name(env: Mapping[str, str]) -> str | None:
+    """What the claim records as this execution: Cloud Run's relative name
+    ``jobs/JOB/executions/EXECUTION`` (the API cancels it with the Admin API), else whatever
+    id the launcher gave (the local dispatcher's)."""
+    job, execution = env.get("CLOUD_RUN_JOB"), env.get("CLOUD_RUN_EXECUTION")
+    if job and execution:
+        return f"jobs/{job}/executions/{execution}"
+    return execution or None
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -58,7 +75,13 @@ def _attempt_from_env() -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
-def main(kind: Kind, argv: Sequence[str] | None = None) -> int:
+def main(
+    kind: Kind,
+    argv: Sequence[str] | None = None,
+    generators: Mapping[str, GeneratorFactory] | None = None,
+) -> int:
+    """Runs one job execution. ``generators`` is what the entrypoint's build can select
+    (default: production's); see ``common.generators``."""
     parser = argparse.ArgumentParser(prog=f"phoenix-{kind.value}-job")
     parser.add_argument("--creation-id", help="overrides the CREATION_ID environment variable")
     args = parser.parse_args(argv)
@@ -66,9 +89,13 @@ def main(kind: Kind, argv: Sequence[str] | None = None) -> int:
     from common.config import ConfigError, Settings
     from common.domain.errors import ValidationError
     from common.domain.payload import TaskPayload
+    from common.generators import PRODUCTION, factory_for
 
+    if generators is None:
+        generators = PRODUCTION
     try:
         settings = Settings.from_env()
+        factory_for(settings, generators)  # a generator this build lacks stops it before a claim
         payload = TaskPayload.from_env(os.environ, kind, args.creation_id)
     except (ConfigError, ValidationError) as exc:
         # Misconfiguration is permanent: exit 2 tells an operator, and retrying cannot help.
@@ -114,13 +141,13 @@ def main(kind: Kind, argv: Sequence[str] | None = None) -> int:
         deps: JobDeps | None = None
         try:
             signal.signal(signal.SIGTERM, _stop_on_sigterm)
-            deps = build_job_deps(settings)
+            deps = build_job_deps(settings, generators)
             outcome = run_job(
                 payload.creation_id,
                 kind,
                 deps,
                 owner=owner,
-                execution=execution,
+                execution=execution_name(os.environ),
                 attempt=_attempt_from_env(),
             )
         except Terminated:

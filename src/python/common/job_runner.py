@@ -23,8 +23,11 @@ from common.domain.creation import Creation, CreationError, Kind, MediaRef, Stat
 from common.domain.errors import (
     AlreadyClaimed,
     AlreadyFinished,
+    CancelRequested,
     DomainError,
     GenerationError,
+    InvalidTransition,
+    LeaseLost,
     NotFound,
     StopWork,
 )
@@ -59,7 +62,7 @@ class JobDeps:
 @dataclass
 class JobOutcome:
     exit_code: int
-    status: str  # completed | failed | retry | duplicate | finished | missing | lost
+    status: str  # completed | failed | retry | duplicate | finished | missing | lost | cancelled
     creation: Creation | None = None
 
 
@@ -72,9 +75,9 @@ class _Heartbeat:
     the main thread is blocked.
 
     It is also the one place a running job learns it must stop: a renewal is an ordinary
-    lifecycle change (``lifecycle.renew``), and when that change raises ``StopWork`` (today
-    ``LeaseLost``: someone else holds the lease; tomorrow e.g. a cancel request) or finds the
-    record finished, the reason is kept and every later context call raises it, so the job
+    lifecycle change (``lifecycle.renew``), and when that change raises ``StopWork``
+    (``LeaseLost``: someone else holds the lease; ``CancelRequested``: the owner cancelled) or
+    finds the record finished, the reason is kept and every later context call raises it, so the job
     stops at its next step instead of finishing work nobody will keep. Store outages are not
     a reason to stop: nobody else can take the lease over while the store is down either.
     """
@@ -241,8 +244,9 @@ def run_job(
     execution: str | None = None,
     attempt: int | None = None,
 ) -> JobOutcome:
-    """``execution``/``attempt`` (Cloud Run's CLOUD_RUN_EXECUTION / CLOUD_RUN_TASK_ATTEMPT) let a
-    retry of a crashed attempt take its lease over at once (see ``lifecycle.claim``)."""
+    """``execution`` is recorded at claim so the API can cancel it (Cloud Run's
+    ``jobs/JOB/executions/EXECUTION``); with ``attempt`` (CLOUD_RUN_TASK_ATTEMPT) it lets a retry
+    of a crashed attempt take its lease over at once (see ``lifecycle.claim``)."""
     bound = log.bind(creation_id=creation_id, kind=kind.value, owner=owner)
     now = deps.clock()
     spans = tracer("phoenix.job")
@@ -272,6 +276,9 @@ def run_job(
         bound.info("job_duplicate_delivery_lease_live")
         return JobOutcome(EXIT_DONE, "duplicate")
 
+    if claimed.status is Status.CANCELLED:  # its job died after a cancel request: ended here
+        bound.info("job_cancelled_at_claim")
+        return JobOutcome(EXIT_DONE, "cancelled", claimed)
     if claimed.status is Status.FAILED:  # out of attempts: claim turned it into a failure
         bound.warning("job_out_of_attempts", error=claimed.error and claimed.error.code)
         _record_failure(claimed)
@@ -291,12 +298,19 @@ def run_job(
     bound.info("job_claimed", resumed_operation=claimed.operation, claims=claimed.claims)
     deps.on_phase("claimed", claimed)
     beat = _Heartbeat(deps, creation_id, owner).start()
+    generated = False
     try:
         ctx = _Context(deps, claimed, owner, beat)
         with spans.start_as_current_span("job.generate"):
             produced = deps.generator.generate(kind, claimed.prompt, dict(claimed.params), ctx)
+        generated = True
         deps.on_phase("generated", claimed)
-        beat.check()  # lost the lease while the provider worked: store nothing
+        beat.check()  # lost the lease (or a cancel arrived) while the provider worked
+        # A cancel requested since the last beat: store nothing. A read suffices: a cancel
+        # landing after it makes ``complete`` refuse, and the media are removed then.
+        current = deps.store.get(creation_id)
+        if current is not None:
+            lifecycle.ensure_active(current, owner=owner, now=deps.clock())
         with spans.start_as_current_span("job.store_media"):
             refs = _store_media(deps, claimed, owner, produced)
         deps.on_phase("stored", claimed)
@@ -310,23 +324,33 @@ def run_job(
         return JobOutcome(EXIT_DONE, "completed", completed)
     except GenerationError as exc:
         if beat.stop_reason is not None:
-            return _stopped(bound, beat.stop_reason)
+            return _stop(deps, claimed, owner, generated, bound, beat.stop_reason)
         error = CreationError(exc.code, exc.message)
         if exc.retryable:
-            return _release(deps, claimed, owner, error)
-        return _fail(deps, claimed, owner, error)
-    except (StopWork, AlreadyFinished) as exc:
-        return _stopped(bound, exc)
+            return _release(deps, claimed, owner, error, generated)
+        return _fail(deps, claimed, owner, error, generated)
+    except (StopWork, AlreadyFinished) as exc:  # CancelRequested included
+        return _stop(deps, claimed, owner, generated, bound, exc)
     except Exception as exc:  # unknown faults are treated as transient: retry, bounded
         if beat.stop_reason is not None:
-            return _stopped(bound, beat.stop_reason)
+            return _stop(deps, claimed, owner, generated, bound, beat.stop_reason)
         bound.exception("job_internal_error")
-        return _release(deps, claimed, owner, CreationError("internal_error", _describe(exc)))
+        return _release(
+            deps, claimed, owner, CreationError("internal_error", _describe(exc)), generated
+        )
     finally:
         beat.close()
 
 
-def _stopped(bound: Any, reason: Exception) -> JobOutcome:
+def _stop(
+    deps: JobDeps, claimed: Creation, owner: str, generated: bool, bound: Any, reason: Exception
+) -> JobOutcome:
+    """A renewal or a lease-checked write said stop. A cancel request (seen as
+    ``CancelRequested`` or, by a heartbeat elsewhere, as a plain lost lease: the record decides)
+    ends the record ``cancelled``; otherwise someone else holds the lease and we just exit."""
+    cancelled = _cancel_if_requested(deps, claimed, owner, generated)
+    if cancelled is not None:
+        return cancelled
     bound.warning("job_stopped", reason=getattr(reason, "reason", "finished"))
     return JobOutcome(EXIT_DONE, "lost")
 
@@ -375,12 +399,57 @@ def _store_media(
     return tuple(refs)
 
 
-def _fail(deps: JobDeps, creation: Creation, owner: str, error: CreationError) -> JobOutcome:
+def _cancel(deps: JobDeps, creation: Creation, owner: str, generated: bool) -> JobOutcome:
+    return _cancel_if_requested(deps, creation, owner, generated) or JobOutcome(EXIT_DONE, "lost")
+
+
+def _cancel_if_requested(
+    deps: JobDeps, creation: Creation, owner: str, generated: bool
+) -> JobOutcome | None:
+    """Stop for a cancel: remove whatever this creation may have written (our files, or a
+    provider's output in our bucket), then end the record ``cancelled`` (the Veo slot was
+    already released by the generator's own clean-up). None if no cancel was requested or the
+    lease is no longer ours."""
+    current = deps.store.get(creation.id)
+    if current is None or current.cancel_requested_at is None or current.lease_owner != owner:
+        return None
+    log.info("job_cancel_seen", creation_id=creation.id)  # generation has stopped here
+    try:
+        removed = deps.media.delete_for(creation.id)
+    except Exception as exc:  # the record then still names no media; the objects are orphans
+        log.warning(
+            "job_cancel_media_cleanup_failed", creation_id=creation.id, error=_describe(exc)
+        )
+        removed = 0
+    now = deps.clock()
+    try:
+        cancelled = deps.store.update(
+            creation.id,
+            lambda c: lifecycle.finish_cancel(
+                c, owner=owner, now=now, provider_started=True if generated else None
+            ),
+        )
+    except (LeaseLost, AlreadyFinished, InvalidTransition):
+        return None
+    log.info(
+        "job_cancelled",
+        creation_id=creation.id,
+        provider_started=cancelled.provider_started,
+        media_removed=removed,
+    )
+    return JobOutcome(EXIT_DONE, "cancelled", cancelled)
+
+
+def _fail(
+    deps: JobDeps, creation: Creation, owner: str, error: CreationError, generated: bool = False
+) -> JobOutcome:
     now = deps.clock()
     try:
         failed = deps.store.update(
             creation.id, lambda c: lifecycle.fail(c, owner=owner, now=now, error=error)
         )
+    except CancelRequested:
+        return _cancel(deps, creation, owner, generated)
     except (StopWork, AlreadyFinished):
         return JobOutcome(EXIT_DONE, "lost")
     log.warning("job_failed", creation_id=creation.id, code=error.code, message=error.message)
@@ -388,7 +457,9 @@ def _fail(deps: JobDeps, creation: Creation, owner: str, error: CreationError) -
     return JobOutcome(EXIT_DONE, "failed", failed)
 
 
-def _release(deps: JobDeps, creation: Creation, owner: str, error: CreationError) -> JobOutcome:
+def _release(
+    deps: JobDeps, creation: Creation, owner: str, error: CreationError, generated: bool = False
+) -> JobOutcome:
     now = deps.clock()
     try:
         released = deps.store.update(
@@ -397,6 +468,8 @@ def _release(deps: JobDeps, creation: Creation, owner: str, error: CreationError
                 c, owner=owner, now=now, error=error, max_attempts=deps.max_attempts
             ),
         )
+    except CancelRequested:
+        return _cancel(deps, creation, owner, generated)
     except (StopWork, AlreadyFinished):
         return JobOutcome(EXIT_DONE, "lost")
     if released.status is Status.FAILED:
@@ -436,6 +509,12 @@ def hand_back(creation_id: str, deps: JobDeps, *, owner: str) -> JobOutcome:
                 c, owner=owner, now=now, error=error, max_attempts=deps.max_attempts
             ),
         )
+    except CancelRequested:
+        # Stopped because the owner cancelled (the API's backstop cancels the execution):
+        # nothing to hand back, the creation ends cancelled here.
+        current = deps.store.get(creation_id)
+        cancelled = current and _cancel_if_requested(deps, current, owner, generated=False)
+        return cancelled or JobOutcome(EXIT_TERMINATED, "terminated")
     except (LeaseLost, AlreadyFinished, NotFound):
         log.info("job_terminated_nothing_held", creation_id=creation_id, owner=owner)
         return JobOutcome(EXIT_TERMINATED, "terminated")

@@ -10,6 +10,10 @@ Definitions (so the numbers can be checked by hand):
 
 - success rate = completed / (completed + failed); records still pending/processing are counted
   in ``in_progress`` and excluded (they have no outcome yet). None when nothing finished.
+  Cancelled records are counted in ``cancelled``, apart from failures: the user stopped them,
+  the path did not fail them, so they are not in the success rate.
+- cancel saved = for each cancelled record, ``common.cost.cancel_saving``: the provider's
+  price if no generation had started, plus the job run time not spent (Cloud Run Jobs only).
 - queue wait = claimed_at - created_at (first claim; includes dispatch and any cold start);
   run time = finished_at - claimed_at, for finished records that were claimed.
 - percentiles use the nearest-rank method (p-th = the ceil(p/100 * n)-th smallest value): always
@@ -79,6 +83,8 @@ class GroupStats:
     mean_run_s: float | None
     cost_total_usd: float = 0.0
     cost_per_creation_usd: float | None = None
+    cancelled: int = 0
+    cancel_saved_usd: float = 0.0
 
     def to_dict(self) -> dict:
         return {
@@ -87,6 +93,7 @@ class GroupStats:
             "count": self.count,
             "completed": self.completed,
             "failed": self.failed,
+            "cancelled": self.cancelled,
             "in_progress": self.in_progress,
             "success_rate": None if self.success_rate is None else round(self.success_rate, 4),
             "failure_codes": dict(self.failure_codes),
@@ -97,6 +104,7 @@ class GroupStats:
             "cost_per_creation_usd": None
             if self.cost_per_creation_usd is None
             else round(self.cost_per_creation_usd, 5),
+            "cancel_saved_usd": round(self.cancel_saved_usd, 4),
         }
 
 
@@ -136,8 +144,10 @@ def _seconds(a: datetime | None, b: datetime | None) -> float | None:
 
 
 def _group(path: str, kind: str, items: list[Creation]) -> GroupStats:
+    items = [c for c in items if c.status.public]  # deleting tombstones are on their way out
     completed = [c for c in items if c.status is Status.COMPLETED]
     failed = [c for c in items if c.status is Status.FAILED]
+    cancelled = [c for c in items if c.status is Status.CANCELLED]
     finished = len(completed) + len(failed)
     waits = [w for c in items if (w := _seconds(c.created_at, c.claimed_at)) is not None]
     runs = [
@@ -150,7 +160,8 @@ def _group(path: str, kind: str, items: list[Creation]) -> GroupStats:
         count=len(items),
         completed=len(completed),
         failed=len(failed),
-        in_progress=len(items) - finished,
+        in_progress=len(items) - finished - len(cancelled),
+        cancelled=len(cancelled),
         success_rate=(len(completed) / finished) if finished else None,
         failure_codes=dict(codes.most_common()),
         queue_wait_s=Percentiles.of(waits),
@@ -161,8 +172,13 @@ def _group(path: str, kind: str, items: list[Creation]) -> GroupStats:
 
 
 def _with_costs(
-    groups: list[GroupStats], window: timedelta, preset: cost_model.Preset, job_seconds: float
+    groups: list[GroupStats],
+    window: timedelta,
+    preset: cost_model.Preset,
+    job_seconds: float,
+    cancelled_of: dict[tuple[str, str], list[Creation]] | None = None,
 ) -> list[GroupStats]:
+    cancelled_of = cancelled_of or {}
     month_fraction = window.total_seconds() / cost_model.SECONDS_PER_MONTH
     per_path_count: Counter[str] = Counter()
     for g in groups:
@@ -170,6 +186,18 @@ def _with_costs(
     priced = []
     for g in groups:
         run_s = g.mean_run_s if g.mean_run_s is not None else job_seconds
+        saved = sum(
+            cost_model.cancel_saving(
+                path=g.path,
+                kind=c.kind.value,
+                params=dict(c.params),
+                provider_started=bool(c.provider_started),
+                ran_seconds=_seconds(c.claimed_at, c.cancelled_at) or 0.0,
+                job_seconds=run_s,
+                preset=preset,
+            ).total
+            for c in cancelled_of.get((g.path, g.kind), [])
+        )
         attempts = 1 + g.retries / g.count if g.count else 1.0
         # Fixed share: the path's monthly fixed cost over the window, split by count.
         fixed_month = cost_model.monthly(g.path, 0, run_s, preset).fixed_total
@@ -189,6 +217,7 @@ def _with_costs(
                     **g.__dict__,
                     "cost_total_usd": total,
                     "cost_per_creation_usd": (total / g.count) if g.count else None,
+                    "cancel_saved_usd": saved,
                 }
             )
         )
@@ -230,12 +259,31 @@ def compute(
     else:
         job_seconds, source = DEFAULT_JOB_SECONDS, "default (no completed video in the window)"
     notes = []
-    if len(in_window) >= 1 and any(c.claimed_at is None for c in in_window if c.status.terminal):
+    if any(
+        c.claimed_at is None
+        for c in in_window
+        if c.status.terminal and c.status is not Status.CANCELLED  # cancelled while queued
+    ):
         notes.append("some finished records were never claimed (failed before a job ran)")
+    priced = _with_costs(
+        groups,
+        window,
+        preset,
+        job_seconds,
+        {key: [c for c in items if c.status is Status.CANCELLED] for key, items in by_key.items()},
+    )
+    # The dashboard's table stays within a laptop's width: what cancel saved is a note (and a
+    # field of every group in the JSON).
+    notes += [
+        f"cancel saved ${g.cancel_saved_usd:,.2f} on {g.path} {g.kind} "
+        f"({g.cancelled} cancelled; provider charges already started are not counted as saved)"
+        for g in priced
+        if g.cancelled
+    ]
     return MigrationReport(
         window_start=start,
         window_end=now,
-        groups=_with_costs(groups, window, preset, job_seconds),
+        groups=priced,
         job_seconds=job_seconds,
         job_seconds_source=source,
         cost_curve=cost_curve(job_seconds, preset),

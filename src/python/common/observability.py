@@ -12,9 +12,11 @@ Instrumentation is maintained OpenTelemetry contrib code, switched on explicitly
 through the ``opentelemetry-instrument`` auto-loader, which would import every instrumented
 library at start):
 
-* ``instrument_flask``: a SERVER span per API request (opentelemetry-instrumentation-flask),
-  continuing the caller's W3C ``traceparent`` or Cloud Run's ``X-Cloud-Trace-Context``
-  (opentelemetry-propagator-gcp).
+* ``api.flask_tracing.instrument_flask``: a SERVER span per API request
+  (opentelemetry-instrumentation-flask), continuing the caller's W3C ``traceparent`` or Cloud
+  Run's ``X-Cloud-Trace-Context`` (opentelemetry-propagator-gcp). It lives in the API so that
+  no job PEX or image, which import this module, carries Flask (dependency inference follows
+  every import, typing-only ones included; tests/images check).
 * ``instrument_grpc`` / ``instrument_requests``: CLIENT spans for the Google API calls made over
   gRPC (Firestore, Cloud Tasks) and requests (Cloud Storage, token fetches). Called by
   ``common.adapters.clients`` when a process first builds such a client, so a job on the
@@ -29,29 +31,19 @@ Cost: importing this module imports only our logging/tracing/metrics modules (no
 from __future__ import annotations
 
 import functools
-import threading
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from common import logs, metrics, tracing
 from common.config import Settings
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from flask import Flask
 
 __all__ = [
     "configure",
     "configure_logs",
     "configure_telemetry",
-    "instrument_flask",
     "instrument_grpc",
     "instrument_requests",
     "shutdown",
 ]
-
-# Probes hit every few seconds; a span per probe would drown the traces that matter.
-_UNTRACED_URLS = "/healthz,/readyz"
-
-_lock = threading.Lock()
 
 
 def configure(settings: Settings, service: str, *, stream: TextIO | None = None) -> None:
@@ -94,18 +86,6 @@ def shutdown() -> None:
         tracing.shutdown_tracing()
     finally:
         metrics.shutdown_metrics()
-
-
-def instrument_flask(app: Flask) -> None:
-    """A SERVER span per request on ``app`` (route as the span name), parented by the caller's
-    trace. Before ``configure`` the global tracer provider is a no-op proxy, so unit tests that
-    build apps pay next to nothing."""
-    from opentelemetry import propagate
-    from opentelemetry.instrumentation.flask import FlaskInstrumentor
-
-    with _lock:
-        propagate.set_global_textmap(tracing.incoming_propagator())
-        FlaskInstrumentor().instrument_app(app, excluded_urls=_UNTRACED_URLS)
 
 
 @functools.cache

@@ -53,6 +53,11 @@ class CreationStore(abc.ABC):
     def ping(self) -> None:
         """Raise if the backend is unreachable (readiness probe)."""
 
+    def delete(self, creation_id: str) -> bool:
+        """Remove the record for good; False if it was not there. Callers delete only
+        ``deleting`` tombstones, whose media are already gone (``CreationService.delete``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has nothing to release."""
 
@@ -107,6 +112,20 @@ class Dispatcher(abc.ABC):
         be asked right now."""
         return None
 
+    def cancel(self, creation: Creation) -> list[str]:
+        """Best effort: withdraw the deliveries of a cancelled creation still waiting on this
+        path (a queued task, a Celery message, a local queue entry) and say what was withdrawn.
+        Never required for correctness: a delivery after a cancel exits at its claim without
+        calling the provider. The default withdraws nothing."""
+        return []
+
+    def stop_execution(self, creation: Creation) -> bool:
+        """The backstop for a job that did not stop by itself at its next lease renewal: stop
+        the execution recorded at claim (Cloud Run ``executions:cancel``). Forceful (SIGTERM,
+        then SIGKILL), so it is used only after the job had its chance. False when this path
+        cannot (local processes stop themselves; Celery cannot stop a running task safely)."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -125,6 +144,12 @@ class MediaStore(abc.ABC):
     @abc.abstractmethod
     def url_for(self, ref: MediaRef) -> str:
         ...
+
+    def delete_for(self, creation_id: str) -> int:
+        """Remove every object of one creation (its whole prefix, so files a provider wrote
+        beside the ones the record names go too); returns how many. Raises on a backend
+        failure, so a delete never reports success while media remain."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete")
 
     def ref_from_uri(self, uri: str, mime_type: str) -> MediaRef:
         """Adopt an object the provider already wrote into our storage (Veo's output_gcs_uri)."""

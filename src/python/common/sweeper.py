@@ -31,7 +31,7 @@ from common.domain import creation as lifecycle
 from common.domain.creation import Creation, CreationError, Kind, Status
 from common.domain.errors import AlreadyClaimed, AlreadyFinished, DomainError
 from common.domain.payload import TaskPayload
-from common.ports import CreationStore, Dispatcher
+from common.ports import CreationStore, Dispatcher, MediaStore
 
 log = structlog.get_logger(__name__)
 
@@ -60,12 +60,18 @@ class SweepReport:
     slots_released: list[str] = field(default_factory=list)
     # Due by time, but their task is still in the queue: left alone (a backlog, not a loss).
     queued: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
         return {
             "redispatched": len(self.redispatched),
             "failed": len(self.failed),
             "errors": len(self.errors),
+            "cancelled": len(self.cancelled),
+            "deleted": len(self.deleted),
+            "slots_released": len(self.slots_released),
+            "queued": len(self.queued),
         }
 
 
@@ -95,8 +101,12 @@ def sweep(
     policy: SweepPolicy = SweepPolicy(),
     limit: int = 500,
     route: Callable[[Kind, str], str] | None = None,
+    media: MediaStore | None = None,
 ) -> SweepReport:
-    """``route`` (the API's rollout) picks the path a re-dispatch takes: normally the path the
+    """``media`` lets the pass finish deletes whose media removal failed (``deleting``
+    tombstones); without it they wait for a pass that has one.
+
+    ``route`` (the API's rollout) picks the path a re-dispatch takes: normally the path the
     creation already has (routing is sticky per user), but once a path is drained its stuck
     creations move to the path their user is routed to now instead of going back to it."""
     report = SweepReport()
@@ -113,16 +123,24 @@ def sweep(
     ]
     for c in candidates:
         try:
-            _sweep_one(store, dispatcher_for, c, now, policy, report, route)
+            _sweep_one(store, dispatcher_for, c, now, policy, report, route, media)
         except Exception as exc:  # one bad record or a flaky queue must not stop the sweep
             report.errors.append(c.id)
             log.warning("sweep_error", creation_id=c.id, error=f"{type(exc).__name__}: {exc}")
+    if media is not None:
+        for c in store.scan(statuses=[Status.DELETING], limit=limit):
+            try:
+                finish_delete(store, media, c.id)
+                report.deleted.append(c.id)
+            except Exception as exc:  # stays a tombstone: next pass tries again
+                report.errors.append(c.id)
+                log.warning("sweep_delete_failed", creation_id=c.id, error=repr(exc)[:300])
     try:
         report.slots_released = reconcile_quotas(store, limit=limit)
     except Exception as exc:  # the quota bookkeeping must not stop the recovery above
         log.warning("sweep_quota_error", error=f"{type(exc).__name__}: {exc}")
-    if report.redispatched or report.failed or report.errors or report.slots_released:
-        log.info("sweep_done", **report.as_dict(), slots_released=len(report.slots_released))
+    if any(report.as_dict().values()):
+        log.info("sweep_done", **report.as_dict())
     return report
 
 
@@ -147,6 +165,42 @@ def reconcile_quotas(store: CreationStore, *, limit: int = 1000) -> list[str]:
                     "sweep_quota_slot_released", creation_id=creation_id, found=c is not None
                 )
     return released
+
+
+def finish_delete(store: CreationStore, media: MediaStore, creation_id: str) -> None:
+    """Step two of a delete: media first, then the record, so a failure in between leaves the
+    tombstone (never a record-less object nobody would find again)."""
+    media.delete_for(creation_id)
+    store.delete(creation_id)
+
+
+def _finish_stale_cancel(
+    store: CreationStore,
+    dispatcher_for: Callable[[str], Dispatcher],
+    c: Creation,
+    now: datetime,
+    report: SweepReport,
+    media: MediaStore | None,
+) -> None:
+    """A cancel was requested but the job holding the lease never ended it (it died, or hangs
+    in a provider call and so stopped renewing): end it ``cancelled`` and, as a backstop, ask
+    its path to stop whatever may still run. Never re-dispatched."""
+    try:
+        done = store.update(c.id, lambda cur: lifecycle.cancel(cur, now=now))
+    except (AlreadyClaimed, AlreadyFinished):
+        return
+    if done.status is not Status.CANCELLED:
+        return  # its lease is live again (renewed meanwhile): the job will stop by itself
+    report.cancelled.append(c.id)
+    try:
+        dispatcher_for(c.path).stop_execution(done)
+    except Exception as exc:
+        log.warning("sweep_cancel_backstop_failed", creation_id=c.id, error=repr(exc)[:300])
+    if media is not None:
+        try:
+            media.delete_for(c.id)  # anything the dead job or its provider wrote
+        except Exception as exc:
+            log.warning("sweep_cancel_cleanup_failed", creation_id=c.id, error=repr(exc)[:300])
 
 
 def _fail(store: CreationStore, c: Creation, now: datetime, code: str, message: str) -> bool:
@@ -184,7 +238,12 @@ def _sweep_one(
     policy: SweepPolicy,
     report: SweepReport,
     route: Callable[[Kind, str], str] | None = None,
+    media: MediaStore | None = None,
 ) -> None:
+    if c.cancel_requested_at is not None:
+        if not c.lease_live(now):
+            _finish_stale_cancel(store, dispatcher_for, c, now, report, media)
+        return  # cancelled work is never re-dispatched
     if c.created_at <= now - policy.max_age:
         if _fail(store, c, now, "timed_out", f"not finished after {policy.max_age}"):
             report.failed.append(c.id)

@@ -1,7 +1,7 @@
 """OpenTelemetry tracing shared by the API and the jobs: one trace per creation, across processes.
 
 The API's SERVER span per request comes from the maintained Flask instrumentation (installed by
-``common.observability.instrument_flask``, continuing the caller's ``traceparent`` or
+``api.flask_tracing.instrument_flask``, continuing the caller's ``traceparent`` or
 ``X-Cloud-Trace-Context``); the API puts the W3C ``traceparent`` of the active span into the task
 payload, the dispatcher turns it into the job execution's ``TRACEPARENT`` env override (Cloud
 Tasks headers never reach a Cloud Run Job container), and the job starts its span under
@@ -297,7 +297,7 @@ def incoming_propagator() -> TextMapPropagator:
     """How a request's parent span is read: W3C ``traceparent`` when present, else Google's
     ``X-Cloud-Trace-Context`` (which the Cloud Run front end sets), through Google's maintained
     propagator; W3C baggage too. The API installs it as the global propagator
-    (``common.observability.instrument_flask``), so the Flask instrumentation extracts with it
+    (``api.flask_tracing.instrument_flask``), so the Flask instrumentation extracts with it
     and the gRPC/requests instrumentation inject both headers into outgoing Google API calls.
     Imported on first use: jobs never need it."""
     from opentelemetry.baggage.propagation import W3CBaggagePropagator

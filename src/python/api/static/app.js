@@ -3,18 +3,23 @@
 // Everything goes through the JSON API. Unfinished creations are polled about once a second
 // with If-None-Match, so an unchanged creation costs the server a record read and a 304.
 // User text is only ever set with textContent (never innerHTML): prompts are user input.
+// Each creation has its controls: Cancel while queued or generating, Retry once failed or
+// cancelled, Delete (after a confirmation) once finished; the list changes in place.
 "use strict";
 
 (function () {
   const POLL_MS = 1000;
   const LIST_LIMIT = 50;
-  const TERMINAL = new Set(["completed", "failed"]);
+  const TERMINAL = new Set(["completed", "failed", "cancelled"]);
   const STATUS_LABEL = {
     pending: "Queued",
     processing: "Generating",
     completed: "Done",
     failed: "Failed",
+    cancelled: "Cancelled",
   };
+  const CAN_CANCEL = new Set(["pending", "processing"]);
+  const CAN_RETRY = new Set(["failed", "cancelled"]);
 
   // ?user=alice acts as another local user; without it the server's default ("local") applies.
   const user = new URLSearchParams(window.location.search).get("user");
@@ -65,6 +70,7 @@
       throw new ApiError(0, "network", "Cannot reach the server. Is it running?");
     }
     if (response.status === 304) return { status: 304, etag, data: null, response };
+    if (response.status === 204) return { status: 204, etag: null, data: null, response };
     let data = null;
     try {
       data = await response.json();
@@ -200,8 +206,12 @@
     el.dataset.kind = c.kind;
     el.querySelector('[data-testid="kind"]').textContent = c.kind === "video" ? "Video" : "Image";
     const statusEl = el.querySelector('[data-testid="status"]');
-    statusEl.textContent =
-      c.status === "processing" ? STATUS_LABEL.processing + " · " + c.progress + "%" : STATUS_LABEL[c.status] || c.status;
+    const stopping = !TERMINAL.has(c.status) && c.cancel_requested_at;
+    statusEl.textContent = stopping
+      ? "Cancelling…"
+      : c.status === "processing"
+        ? STATUS_LABEL.processing + " · " + c.progress + "%"
+        : STATUS_LABEL[c.status] || c.status;
     statusEl.className = "status status-" + c.status;
     const when = el.querySelector("time");
     when.dateTime = c.created_at;
@@ -220,6 +230,21 @@
     } else {
       errorEl.hidden = true;
     }
+    const noteEl = el.querySelector('[data-testid="creation-note"]');
+    if (c.status === "cancelled") {
+      noteEl.textContent = c.provider_started
+        ? "Cancelled after the generation had started: the provider may still charge for it."
+        : "Cancelled before any generation started: nothing was spent on it.";
+      noteEl.hidden = false;
+    } else {
+      noteEl.hidden = true;
+    }
+    const buttons = actionButtons(el);
+    buttons.cancel.hidden = !CAN_CANCEL.has(c.status);
+    buttons.cancel.disabled = Boolean(stopping);
+    buttons.cancel.textContent = stopping ? "Cancelling…" : "Cancel";
+    buttons.retry.hidden = !CAN_RETRY.has(c.status);
+    buttons.delete.hidden = !TERMINAL.has(c.status);
     // Media elements are created once, when the creation completes (re-creating a <video>
     // would restart playback).
     if (statusChanged && c.status === "completed") {
@@ -228,17 +253,147 @@
     card.status = c.status;
   }
 
+  function actionButtons(el) {
+    return {
+      cancel: el.querySelector('[data-action="cancel"]'),
+      retry: el.querySelector('[data-action="retry"]'),
+      delete: el.querySelector('[data-action="delete"]'),
+    };
+  }
+
+  function announce(message) {
+    $("list-status").textContent = message;
+  }
+
+  // --- Controls --------------------------------------------------------------------------
+
+  function label(c) {
+    const text = c.prompt.length > 40 ? c.prompt.slice(0, 40) + "…" : c.prompt;
+    return (c.kind === "video" ? "video" : "image") + " “" + text + "”";
+  }
+
+  async function cancelCreation(id, card, button) {
+    showError("");
+    button.disabled = true;
+    try {
+      const { data, etag } = await api("/api/creations/" + encodeURIComponent(id) + "/cancel", {
+        method: "POST",
+      });
+      upsert(data, etag);
+      announce(data.status === "cancelled" ? "Cancelled." : "Cancelling: it stops within seconds.");
+      schedulePoll(POLL_MS);
+      // Focus stays useful: on Retry/Delete once the button itself went away.
+      if (button.hidden) focusCard(card);
+    } catch (err) {
+      showError(err.message);
+      if (err.status === 404) removeCard(id);
+      else if (err.status === 409) refresh(id);
+    } finally {
+      if (!button.hidden) button.disabled = Boolean(card.data && card.data.cancel_requested_at);
+    }
+  }
+
+  async function deleteCreation(id, card, button) {
+    const c = card.data;
+    if (!window.confirm("Delete the " + label(c) + " and its files? This cannot be undone.")) {
+      return;
+    }
+    showError("");
+    button.disabled = true;
+    try {
+      await api("/api/creations/" + encodeURIComponent(id), { method: "DELETE" });
+      const next = card.el.nextElementSibling || card.el.previousElementSibling;
+      removeCard(id);
+      announce("Deleted.");
+      if (next) focusCard(cards.get(next.dataset.id));
+      else $("results-title").focus();
+    } catch (err) {
+      button.disabled = false;
+      showError(err.message);
+      if (err.status === 404) removeCard(id);
+      else if (err.status === 409) refresh(id);
+    }
+  }
+
+  async function retryCreation(id, card, button) {
+    showError("");
+    button.disabled = true;
+    try {
+      const { data } = await api("/api/creations/" + encodeURIComponent(id) + "/retry", {
+        method: "POST",
+      });
+      upsert(data, null, { prepend: true });
+      announce("Retrying as a new creation.");
+      focusCard(cards.get(data.id));
+      schedulePoll(0);
+    } catch (err) {
+      showError(err.message);
+      const newId = err.body && err.body.error && err.body.error.creation_id;
+      if (newId) {
+        // 503: the new creation was saved and will start by itself; show it.
+        try {
+          const r = await api("/api/creations/" + encodeURIComponent(newId));
+          upsert(r.data, r.etag, { prepend: true });
+          schedulePoll(POLL_MS);
+        } catch (ignored) {
+          /* the message above already says what happened */
+        }
+      }
+      if (err.status === 404) removeCard(id);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function refresh(id) {
+    try {
+      const { data, etag } = await api("/api/creations/" + encodeURIComponent(id));
+      upsert(data, etag);
+    } catch (err) {
+      if (err.status === 404) removeCard(id);
+    }
+  }
+
+  function removeCard(id) {
+    const card = cards.get(id);
+    if (!card) return;
+    card.el.remove();
+    cards.delete(id);
+    $("empty").hidden = cards.size > 0;
+  }
+
+  function focusCard(card) {
+    if (!card) return;
+    const visible = [...card.el.querySelectorAll("button.action")].find((b) => !b.hidden);
+    (visible || card.el).focus();
+  }
+
+  list.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-action]");
+    if (!button || button.disabled) return;
+    const el = button.closest(".creation");
+    const card = el && cards.get(el.dataset.id);
+    if (!card) return;
+    const action = button.dataset.action;
+    if (action === "cancel") cancelCreation(el.dataset.id, card, button);
+    else if (action === "delete") deleteCreation(el.dataset.id, card, button);
+    else if (action === "retry") retryCreation(el.dataset.id, card, button);
+  });
+
   function upsert(c, etag, { prepend = false } = {}) {
     let card = cards.get(c.id);
     if (!card) {
       const el = template.content.firstElementChild.cloneNode(true);
       el.dataset.id = c.id;
+      el.tabIndex = -1; // focus target after a delete or retry (not in the Tab order)
+      el.setAttribute("aria-label", label(c));
       card = { el, etag: null, status: null };
       cards.set(c.id, card);
       if (prepend) list.prepend(el);
       else list.appendChild(el);
     }
     if (etag) card.etag = etag;
+    card.data = c;
     render(card, c);
     $("empty").hidden = cards.size > 0;
   }
@@ -261,10 +416,7 @@
           if (r.status === 304) return;
           upsert(r.data, r.etag);
         } catch (err) {
-          if (err.status === 404) {
-            card.el.remove();
-            cards.delete(id);
-          }
+          if (err.status === 404) removeCard(id); // deleted elsewhere (another tab)
           // Other errors (network blips, 503): keep polling; the next tick retries.
         }
       }),

@@ -18,14 +18,14 @@ import base64
 import json
 import threading
 import time
-import uuid
 from typing import Any
 
+import structlog
 from celery import Celery
 
 from common.adapters.process_wide import process_wide
 from common.config import Settings
-from common.domain.creation import Kind
+from common.domain.creation import Creation, Kind
 from common.domain.errors import DispatchError
 from common.domain.payload import TaskPayload
 from common.ports import Dispatcher
@@ -41,6 +41,8 @@ TASK_NAMES: dict[Kind, str] = {
 # of that name). Keeping it means messages already sitting in the production Redis are still
 # consumed by the new worker build, and the drain tool knows which list to watch.
 LEGACY_QUEUE = "celery"
+
+log = structlog.get_logger(__name__)
 
 # Bounded broker behaviour for the *sending* side (the API). Seconds.
 CONNECT_TIMEOUT_S = 2.0
@@ -125,8 +127,9 @@ class CeleryDispatcher(Dispatcher):
                 retry=True,
                 retry_policy=PUBLISH_RETRY_POLICY,
                 # Celery's own task id = creation id makes "which message is this" obvious in
-                # `celery inspect` output and the drain report.
-                task_id=f"{payload.creation_id}-{_short_nonce()}",
+                # `celery inspect` output and the drain report; the dispatch number keeps a
+                # sweeper re-dispatch distinct, and lets cancel name every id to revoke.
+                task_id=task_id_for(payload.creation_id, payload.dispatch),
             )
         except Exception as exc:  # kombu OperationalError, redis ConnectionError, OSError, ...
             raise DispatchError(f"celery broker unavailable: {type(exc).__name__}: {exc}") from exc
@@ -167,12 +170,24 @@ class CeleryDispatcher(Dispatcher):
             self._snapshot = (now, found)
             return found
 
+    def cancel(self, creation: Creation) -> list[str]:
+        """Revoke every task this creation may have been sent as. Workers drop a revoked message
+        when they receive it (also one already prefetched); a worker started after the revoke
+        does not know it, which the job's claim covers (a cancelled record exits at once)."""
+        ids = [task_id_for(creation.id, n) for n in range(creation.dispatches + 1)]
+        try:
+            self._app.control.revoke(ids)
+        except Exception as exc:  # the broker is down: the claim check still stops the job
+            log.warning("celery_revoke_failed", creation_id=creation.id, error=repr(exc)[:300])
+            return []
+        return [f"revoked celery task(s) {', '.join(ids)}"]
+
     def close(self) -> None:
         # The app (and its pool) is shared process-wide; nothing per-dispatcher to release.
         return None
 
 
-def _short_nonce() -> str:
-    # Re-dispatches of one creation (sweeper) must still get distinct Celery task ids, otherwise
-    # result/revocation bookkeeping keyed by task id would conflate two deliveries.
-    return uuid.uuid4().hex[:8]
+def task_id_for(creation_id: str, dispatch: int = 0) -> str:
+    """Re-dispatches of one creation (sweeper) get distinct Celery task ids (revocation and
+    `celery inspect` are keyed by task id), and cancel can derive all of them."""
+    return f"{creation_id}-d{dispatch}"

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import grpc
+import structlog
 from google.api_core import exceptions as gexc
 from google.api_core.exceptions import RetryError
 from google.api_core.retry import Retry, if_exception_type
@@ -35,10 +36,12 @@ from google.protobuf import duration_pb2
 from common import observability
 from common.adapters.process_wide import process_wide
 from common.config import ConfigError, Settings
-from common.domain.creation import Kind
+from common.domain.creation import Creation, Kind
 from common.domain.errors import DispatchError
 from common.domain.payload import TaskPayload
 from common.ports import Dispatcher
+
+log = structlog.get_logger(__name__)
 
 QUEUE_RE = re.compile(r"^projects/([^/]+)/locations/([^/]+)/queues/([A-Za-z0-9-]{1,100})$")
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -52,6 +55,10 @@ CREATE_ATTEMPTS = 2
 # delay the retry.
 DISPATCH_DEADLINE_S = 60
 LISTING_TTL_S = 2.0  # emulator only: how long one ListTasks answer stands in for GetTask
+# Cancel is best effort and runs in the user's request: bounded like create_task.
+CANCEL_TIMEOUT_S = 5.0
+# What a job records as its execution at claim (``jobs/JOB/executions/EXECUTION``).
+EXECUTION_RE = re.compile(r"^jobs/[A-Za-z0-9-]{1,63}/executions/[A-Za-z0-9-]{1,63}$")
 
 
 @process_wide
@@ -226,6 +233,57 @@ class CloudTasksDispatcher(Dispatcher):
                     ) from exc
                 self._listing = (now, names)
             return name in self._listing[1]
+
+    def cancel_url(self, execution: str) -> str:
+        """Admin API v2 ``executions.cancel`` for an execution recorded at claim."""
+        return (
+            f"{self._run_api_url}/v2/projects/{self._project}/locations/{self._location}"
+            f"/{execution}:cancel"
+        )
+
+    def cancel(self, creation: Creation) -> list[str]:
+        """Delete the creation's tasks still in the queue (every dispatch number it used)."""
+        done: list[str] = []
+        for n in range(creation.dispatches + 1):
+            name = self.task_name(creation.id, n)
+            try:
+                self._client.delete_task(name=name, retry=None, timeout=CANCEL_TIMEOUT_S)
+                done.append(f"deleted task {name}")
+            except gexc.NotFound:
+                continue  # delivered already, or never created
+            except Exception as exc:  # e.g. the emulator has no DeleteTask: the claim covers it
+                log.warning("cancel_delete_task_failed", task=name, error=_describe(exc))
+        return done
+
+    def stop_execution(self, creation: Creation) -> bool:
+        """``executions:cancel`` on the Cloud Run execution recorded at claim: Cloud Run sends
+        the task SIGTERM, then SIGKILL after its grace period, and runs no retry."""
+        if not creation.execution or not EXECUTION_RE.match(creation.execution):
+            return False
+        url = self.cancel_url(creation.execution)
+        try:
+            status = self._post(url)
+        except Exception as exc:
+            log.warning("cancel_execution_failed", url=url, error=_describe(exc))
+            return False
+        if status >= 300 and status != 404:  # 404: it ended already
+            log.warning("cancel_execution_refused", url=url, status=status)
+        return status < 300
+
+    def _post(self, url: str) -> int:
+        """POST with the API's own credentials (ADC: the Cloud Run service account, which
+        needs ``run.executions.cancel``) to Google; unauthenticated to a local stand-in."""
+        if self._run_api_url.endswith(".googleapis.com"):
+            import google.auth
+            from google.auth.transport.requests import AuthorizedSession
+
+            creds, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
+            response = AuthorizedSession(creds).post(url, json={}, timeout=CANCEL_TIMEOUT_S)
+        else:
+            import requests
+
+            response = requests.post(url, json={}, timeout=CANCEL_TIMEOUT_S)
+        return int(response.status_code)
 
     def close(self) -> None:
         # The client (and its channel) is shared process-wide; nothing per-dispatcher to free.

@@ -55,6 +55,8 @@ _TIMESTAMP_FIELDS = (
     "finished_at",
     "dispatched_at",
     "start_marker_at",
+    "cancel_requested_at",
+    "cancelled_at",
 )
 
 
@@ -200,6 +202,13 @@ class FirestoreCreationStore(CreationStore):
             found = [c for c in found if c.created_at >= created_after]
         found.sort(key=lambda c: c.updated_at)
         return found
+
+    def delete(self, creation_id: str) -> bool:
+        ref = self._collection.document(creation_id)
+        if not ref.get().exists:
+            return False
+        ref.delete()
+        return True
 
     def ping(self) -> None:
         # A bounded read of one (possibly missing) document: proves auth and reachability.

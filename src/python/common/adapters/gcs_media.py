@@ -126,6 +126,20 @@ class GcsMediaStore(MediaStore):
         except gexc.NotFound:
             raise KeyError(key) from None
 
+    def delete_for(self, creation_id: str) -> int:
+        if not creation_id or "/" in creation_id or creation_id in (".", ".."):
+            raise KeyError(creation_id)
+        count = 0
+        # Everything under the creation's folder: the objects the record names and any a
+        # provider wrote beside them (Veo adds its own sub-folder per request).
+        for blob in self._client.list_blobs(self._bucket_name, prefix=f"{PREFIX}{creation_id}/"):
+            try:
+                blob.delete()
+            except gexc.NotFound:
+                continue  # deleted concurrently (a second delete, the sweeper): that is fine
+            count += 1
+        return count
+
     def output_prefix(self, creation_id: str) -> str | None:
         return f"gs://{self._bucket_name}/{PREFIX}{creation_id}/"
 

@@ -17,10 +17,13 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections import OrderedDict
 from typing import Mapping, Sequence
 
 import structlog
 
+from common.config import Settings
+from common.domain.creation import Creation
 from common.domain.payload import TaskPayload
 from common.ports import Dispatcher
 
@@ -28,12 +31,15 @@ log = structlog.get_logger(__name__)
 
 
 def default_job_command(kind: str) -> list[str]:
-    """``PHOENIX_LOCAL_JOB_CMD_<KIND>`` (e.g. a built PEX) or this interpreter running the
-    job module from the same sources/venv the API runs from."""
-    override = os.environ.get(f"PHOENIX_LOCAL_JOB_CMD_{kind.upper()}")
-    if override:
-        return shlex.split(override)
+    """This interpreter running the job module from the same sources/venv the API runs from
+    (``Settings.local_job_cmd_<kind>`` replaces it, e.g. with a built PEX)."""
     return [sys.executable, "-m", f"jobs.{kind}.main"]
+
+
+def job_commands(settings: Settings) -> dict[str, list[str]]:
+    """The configured job commands (``PHOENIX_LOCAL_JOB_CMD_VIDEO`` / ``_IMAGE``)."""
+    configured = {"video": settings.local_job_cmd_video, "image": settings.local_job_cmd_image}
+    return {kind: shlex.split(cmd) for kind, cmd in configured.items() if cmd}
 
 
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
@@ -47,6 +53,9 @@ def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env.update(extra)
     return env
+
+
+_MAX_REMEMBERED_CANCELS = 10_000
 
 
 class LocalProcessDispatcher(Dispatcher):
@@ -78,6 +87,10 @@ class LocalProcessDispatcher(Dispatcher):
         # Set by close(): no new job process may start (not even a retry of one close() just
         # terminated), or it would outlive the server as an orphan.
         self._closed = False
+        # Creations cancelled while their payload waited here: no process is started for them
+        # (and no retry of one that exited). Bounded: only recent cancels matter.
+        self._cancelled: OrderedDict[str, None] = OrderedDict()
+        self._waiting: dict[str, int] = {}
         for t in self._threads:
             t.start()
 
@@ -86,6 +99,8 @@ class LocalProcessDispatcher(Dispatcher):
             self._in_flight += 1
             key = (payload.creation_id, payload.dispatch)
             self._live[key] = self._live.get(key, 0) + 1
+            self._waiting[payload.creation_id] = self._waiting.get(payload.creation_id, 0) + 1
+            self._cancelled.pop(payload.creation_id, None)  # a new dispatch is wanted again
         self._queue.put(payload)
 
     def task_exists(self, payload: TaskPayload) -> bool | None:
@@ -95,6 +110,17 @@ class LocalProcessDispatcher(Dispatcher):
         with self._lock:
             return self._live.get((payload.creation_id, payload.dispatch), 0) > 0
 
+    def cancel(self, creation: Creation) -> list[str]:
+        """Drop queued payloads of the creation; a running job process is left to stop itself
+        at its next lease renewal (killing it could interrupt a media write or the final
+        record update)."""
+        with self._lock:
+            self._cancelled[creation.id] = None
+            while len(self._cancelled) > _MAX_REMEMBERED_CANCELS:
+                self._cancelled.popitem(last=False)
+            waiting = self._waiting.get(creation.id, 0)
+        return [f"{waiting} queued local job(s)"] if waiting else []
+
     def _command(self, kind: str) -> list[str]:
         return list(self._command_for.get(kind) or default_job_command(kind))
 
@@ -103,6 +129,12 @@ class LocalProcessDispatcher(Dispatcher):
             payload = self._queue.get()
             if payload is None:
                 return
+            with self._lock:
+                left = self._waiting.get(payload.creation_id, 1) - 1
+                if left > 0:
+                    self._waiting[payload.creation_id] = left
+                else:
+                    self._waiting.pop(payload.creation_id, None)
             try:
                 self._run(payload)
             except Exception:  # a broken command must not kill the worker thread
@@ -134,6 +166,9 @@ class LocalProcessDispatcher(Dispatcher):
             cmd = self._command(payload.kind.value) + ["--creation-id", payload.creation_id]
             with self._lock:
                 if self._closed:
+                    return
+                if payload.creation_id in self._cancelled:
+                    log.info("local_job_skipped_cancelled", creation_id=payload.creation_id)
                     return
                 # Own session: Ctrl+C in the server's terminal must not reach the jobs (they
                 # would die mid-write and be "retried" during shutdown); close() stops them.

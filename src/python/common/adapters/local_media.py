@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
 from common.domain.creation import MediaRef
 from common.ports import MediaStore
+
+# Media of one creation live under "<creation id>/"; anything else (".", "..", a path) is refused.
+_CREATION_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
 class LocalMediaStore(MediaStore):
@@ -52,6 +57,16 @@ class LocalMediaStore(MediaStore):
         if not path.is_file():
             raise KeyError(key)
         return path
+
+    def delete_for(self, creation_id: str) -> int:
+        if not _CREATION_ID.fullmatch(creation_id):
+            raise KeyError(creation_id)
+        folder = self._path(creation_id)
+        if not folder.is_dir():
+            return 0
+        count = sum(1 for p in folder.rglob("*") if p.is_file())
+        shutil.rmtree(folder)  # raises if anything stays (the delete then stays pending)
+        return count
 
     def url_for(self, ref: MediaRef) -> str:
         return f"{self.url_prefix}/{ref.key}"

@@ -65,6 +65,10 @@ class InMemoryCreationStore(CreationStore):
         found.sort(key=lambda c: c.updated_at)
         return found[:limit]
 
+    def delete(self, creation_id: str) -> bool:
+        with self._lock:
+            return self._items.pop(creation_id, None) is not None
+
     def ping(self) -> None:
         return None
 

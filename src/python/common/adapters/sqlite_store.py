@@ -197,6 +197,10 @@ class SqliteCreationStore(CreationStore):
         rows = self._connect().execute(sql, args).fetchall()
         return [lifecycle.from_dict(json.loads(r[0])) for r in rows]
 
+    def delete(self, creation_id: str) -> bool:
+        cur = self._connect().execute("DELETE FROM creations WHERE id = ?", (creation_id,))
+        return cur.rowcount > 0
+
     def ping(self) -> None:
         self._connect().execute("SELECT 1").fetchone()
 

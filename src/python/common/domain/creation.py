@@ -8,6 +8,19 @@ rules and none of them re-implements the lifecycle.
 Delivery is at least once on every path (Cloud Tasks, Celery, the local dispatcher and the
 sweeper can all deliver a creation twice), so the claim is a lease: a second delivery while the
 lease is live backs off, and an execution that died is taken over once its lease expires.
+
+A user can cancel. A ``pending`` creation is cancelled at once (no job holds it, so nothing has
+been spent yet). A ``processing`` one only records the request: the running job is the one that
+can stop its provider calls, and it learns of the request at its next lease renewal, because
+every lease-bearing change (``renew``, ``report_progress``, ``record_operation``, ``complete``,
+``fail``, ``release_for_retry``) refuses with ``CancelRequested`` once it is set. The job then
+ends the record ``cancelled`` itself (``finish_cancel``). Cancel and completion serialise in the
+store's transaction, so exactly one wins: completion first means cancel is refused
+(``AlreadyFinished``); the cancel request first means completion is refused.
+
+Deleting is two steps so media can never be orphaned: the record becomes a ``deleting``
+tombstone (invisible to its owner), the media are removed, then the record. If the media removal
+fails the tombstone stays for the sweeper to finish.
 """
 
 from __future__ import annotations
@@ -15,11 +28,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
-from common.domain.errors import AlreadyClaimed, AlreadyFinished, InvalidTransition, LeaseLost
+from common.domain.errors import (
+    AlreadyClaimed,
+    AlreadyFinished,
+    CancelRequested,
+    InvalidTransition,
+    LeaseLost,
+)
 
 
 class Kind(str, enum.Enum):
@@ -32,10 +51,22 @@ class Status(str, enum.Enum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+    # Internal tombstone: the owner asked to delete it and its media are being removed. Never
+    # shown (the API answers 404 for it); the sweeper finishes what a failed delete left.
+    DELETING = "deleting"
 
     @property
     def terminal(self) -> bool:
-        return self in (Status.COMPLETED, Status.FAILED)
+        return self in _TERMINAL
+
+    @property
+    def public(self) -> bool:
+        """Statuses a client can see (the OpenAPI enum); ``deleting`` is not one of them."""
+        return self is not Status.DELETING
+
+
+_TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.DELETING})
 
 
 def utcnow() -> datetime:
@@ -104,11 +135,12 @@ class Creation:
     # How many times a dispatcher accepted it: >1 means the sweeper re-dispatched it.
     dispatches: int = 0
     traceparent: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    # Which Cloud Run execution and task attempt hold the lease. Attempts of one execution run
-    # one after another, so a later attempt of the SAME execution knows the holder is dead and
-    # takes over at once; any other execution still waits for the lease to expire.
-    lease_execution: str | None = None
+    # The execution that claimed it (a Cloud Run execution's relative name
+    # ``jobs/JOB/executions/EXECUTION``, a local or Celery id): the API cancels it as a backstop.
+    execution: str | None = None
+    # Which task attempt of ``execution`` holds the lease. Attempts of one execution run one
+    # after another, so a later attempt of the SAME execution knows the holder is dead and takes
+    # over at once; any other execution still waits for the lease to expire.
     lease_attempt: int | None = None
     # Every claim (first, takeover, resume) increments this: a fencing number for the holder.
     claims: int = 0
@@ -119,6 +151,12 @@ class Creation:
     # for that call's output instead of paying for a second generation.
     start_marker: str | None = None
     start_marker_at: datetime | None = None
+    # Cancel: when the owner asked (a running job stops at its next lease renewal), when it ended
+    # ``cancelled``, and whether a provider operation had been started by then (its charge,
+    # e.g. a Veo generation, is probably spent: see README "Cancel: what it saves").
+    cancel_requested_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    provider_started: bool | None = None
 
     def lease_live(self, now: datetime) -> bool:
         return (
@@ -170,13 +208,15 @@ def claim(
 ) -> Creation:
     """Take the lease: ``pending`` or an expired ``processing`` lease -> ``processing``.
 
-    Raises AlreadyFinished for terminal records and AlreadyClaimed while another lease is live,
-    except for a later attempt of the execution holding it: Cloud Run runs an execution's
-    attempts one after another, so the earlier one is dead and waiting for its lease would only
-    waste the retry. A claim that finds a recorded provider operation (or a start of unknown
-    outcome, whose output may exist) resumes it without using an attempt (the work is paid
-    for; looking at it is free), even at the attempt limit. A takeover
-    past ``max_attempts`` fails the creation instead, so a crash loop cannot run forever.
+    Raises AlreadyFinished for terminal records (a delivery after a cancel exits here, before
+    any provider call) and AlreadyClaimed while another lease is live, except for a later
+    attempt of the execution holding it: Cloud Run runs an execution's attempts one after
+    another, so the earlier one is dead and waiting for its lease would only waste the retry.
+    A takeover of a record whose cancel was requested (its job died before it saw the request)
+    finishes the cancel instead. A claim that finds a recorded provider operation (or a start of
+    unknown outcome, whose output may exist) resumes it without using an attempt (the work is
+    paid for; looking at it is free), even at the attempt limit. A takeover past
+    ``max_attempts`` fails the creation instead, so a crash loop cannot run forever.
     """
     if c.status.terminal:
         raise AlreadyFinished(c.id)
@@ -185,6 +225,8 @@ def claim(
             return c  # the same execution asking again (e.g. a retried store call)
         if not _later_attempt_of_holder(c, execution, attempt):
             raise AlreadyClaimed(c.id)
+    if c.cancel_requested_at is not None:
+        return _cancelled(c, now=now)
     # A recorded operation, or a start of unknown outcome (its output may exist): the claim
     # resumes paid-for work instead of starting a new attempt.
     resuming = bool(c.operation) or bool(c.start_marker)
@@ -216,10 +258,11 @@ def claim(
         resumes=c.resumes + 1 if resuming else c.resumes,
         claims=c.claims + 1,
         lease_owner=owner,
-        lease_execution=execution,
-        lease_attempt=attempt,
+        # Without an execution an attempt number identifies nothing: never a takeover key.
+        lease_attempt=attempt if execution is not None else None,
         lease_expires_at=now + lease,
         claimed_at=c.claimed_at or now,
+        execution=execution or c.execution,
         updated_at=now,
     )
 
@@ -228,19 +271,34 @@ def _later_attempt_of_holder(c: Creation, execution: str | None, attempt: int | 
     return (
         execution is not None
         and attempt is not None
-        and c.lease_execution == execution
+        and c.execution == execution
         and c.lease_attempt is not None
         and attempt > c.lease_attempt
     )
 
 
 def _require_lease(c: Creation, owner: str, now: datetime) -> None:
+    _require_owner(c, owner)
+    if c.cancel_requested_at is not None:
+        # The owner asked to stop: every lease-bearing change (the heartbeat included) says so,
+        # whichever of them the job happens to make next.
+        raise CancelRequested(c.id)
+
+
+def _require_owner(c: Creation, owner: str) -> None:
     if c.status.terminal:
         raise AlreadyFinished(c.id)
     if c.status is not Status.PROCESSING or c.lease_owner != owner:
         raise LeaseLost(c.id)
     # An expired lease that nobody took over yet is still ours: renewing it is safe because a
     # takeover would have changed lease_owner inside the same transaction.
+
+
+def ensure_active(c: Creation, *, owner: str, now: datetime) -> Creation:
+    """No change; raises CancelRequested/LeaseLost/AlreadyFinished like a renewal would. The job
+    asks this before writing media, so a cancelled creation stores nothing."""
+    _require_lease(c, owner, now)
+    return c
 
 
 def renew(c: Creation, *, owner: str, now: datetime, lease: timedelta) -> Creation:
@@ -296,6 +354,8 @@ def fail(c: Creation, *, owner: str | None, now: datetime, error: CreationError)
         _require_lease(c, owner, now)
     elif c.lease_live(now):
         raise AlreadyClaimed(c.id)
+    elif c.cancel_requested_at is not None:
+        return _cancelled(c, now=now)  # the owner stopped wanting it: that is the outcome
     return _finish(c, now=now, status=Status.FAILED, error=error)
 
 
@@ -324,12 +384,63 @@ def release_for_retry(
         c,
         status=Status.PENDING,
         lease_owner=None,
-        lease_execution=None,
         lease_attempt=None,
         lease_expires_at=None,
         error=user_safe(error),
         updated_at=now,
     )
+
+
+def cancel(c: Creation, *, now: datetime) -> Creation:
+    """The owner's cancel. ``pending`` (or ``processing`` whose job died: its lease ran out) ->
+    ``cancelled`` at once; ``processing`` with a live lease -> cancel requested (the job stops at
+    its next renewal). Idempotent: cancelling a cancelled or already-requested creation returns
+    it unchanged. Raises AlreadyFinished for completed/failed (and deleting) creations."""
+    if c.status is Status.CANCELLED:
+        return c
+    if c.status.terminal:
+        raise AlreadyFinished(c.id)
+    if c.status is Status.PROCESSING and c.lease_live(now):
+        if c.cancel_requested_at is not None:
+            return c
+        return dataclasses.replace(c, cancel_requested_at=now, updated_at=now)
+    return _cancelled(c, now=now)
+
+
+def finish_cancel(
+    c: Creation, *, owner: str, now: datetime, provider_started: bool | None = None
+) -> Creation:
+    """The job that held the lease stopped because its cancel was requested: ``cancelled``.
+
+    ``provider_started``: the job knows whether it had already called the provider (an image's
+    synchronous call that returned); left None, a recorded operation (Veo) decides."""
+    _require_owner(c, owner)
+    if c.cancel_requested_at is None:
+        raise InvalidTransition("finish_cancel needs a cancel request")
+    return _cancelled(c, now=now, provider_started=provider_started)
+
+
+def _cancelled(c: Creation, *, now: datetime, provider_started: bool | None = None) -> Creation:
+    # A start of unknown outcome (``start_marker``) may have been accepted and billed.
+    recorded = bool(c.operation) or bool(c.start_marker)
+    started = recorded if provider_started is None else provider_started
+    return dataclasses.replace(
+        _finish(c, now=now, status=Status.CANCELLED, error=None),
+        cancel_requested_at=c.cancel_requested_at or now,
+        cancelled_at=now,
+        provider_started=started or recorded,
+    )
+
+
+def mark_deleting(c: Creation, *, now: datetime) -> Creation:
+    """The owner's delete, step one: a finished creation becomes a tombstone (idempotent).
+    Unfinished ones must be cancelled first (InvalidTransition): a running job could still
+    write media after we removed them."""
+    if c.status is Status.DELETING:
+        return c
+    if not c.status.terminal:
+        raise InvalidTransition(f"creation {c.id} is {c.status.value}: cancel it first")
+    return dataclasses.replace(c, status=Status.DELETING, updated_at=now)
 
 
 def mark_dispatched(c: Creation, *, now: datetime) -> Creation:
@@ -366,7 +477,6 @@ def _finish(
         media=media or c.media,
         progress=c.progress if progress is None else progress,
         lease_owner=None,
-        lease_execution=None,
         lease_attempt=None,
         lease_expires_at=None,
         finished_at=now,
@@ -418,13 +528,15 @@ def to_dict(c: Creation) -> dict[str, Any]:
         "dispatch_error": c.dispatch_error,
         "dispatches": c.dispatches,
         "traceparent": c.traceparent,
-        "extra": dict(c.extra),
-        "lease_execution": c.lease_execution,
         "lease_attempt": c.lease_attempt,
         "claims": c.claims,
         "resumes": c.resumes,
         "start_marker": c.start_marker,
         "start_marker_at": _ts(c.start_marker_at),
+        "execution": c.execution,
+        "cancel_requested_at": _ts(c.cancel_requested_at),
+        "cancelled_at": _ts(c.cancelled_at),
+        "provider_started": c.provider_started,
     }
 
 
@@ -456,11 +568,13 @@ def from_dict(d: Mapping[str, Any]) -> Creation:
         dispatch_error=d.get("dispatch_error"),
         dispatches=int(d.get("dispatches") or 0),
         traceparent=d.get("traceparent"),
-        extra=dict(d.get("extra") or {}),
-        lease_execution=d.get("lease_execution"),
         lease_attempt=None if d.get("lease_attempt") is None else int(d["lease_attempt"]),
         claims=int(d.get("claims") or 0),
         resumes=int(d.get("resumes") or 0),
         start_marker=d.get("start_marker"),
         start_marker_at=_parse_ts(d.get("start_marker_at")),
+        execution=d.get("execution"),
+        cancel_requested_at=_parse_ts(d.get("cancel_requested_at")),
+        cancelled_at=_parse_ts(d.get("cancelled_at")),
+        provider_started=d.get("provider_started"),
     )

@@ -46,6 +46,16 @@ class LeaseLost(StopWork):
     reason = "lease_lost"
 
 
+class CancelRequested(LeaseLost):
+    """The owner asked to cancel: the job holding the lease must stop and store nothing.
+
+    A LeaseLost, so any code that already stops on a lost lease (a heartbeat thread, the
+    generator's callbacks) stops on a cancel too; the job runner tells the two apart and ends
+    the record ``cancelled``."""
+
+    reason = "cancel_requested"
+
+
 class GenerationError(Exception):
     """A provider or generator failure, classified so the runner knows whether to retry.
 

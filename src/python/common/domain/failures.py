@@ -41,6 +41,8 @@ USER_MESSAGES: dict[str, str] = {
     # Lifecycle (the sweeper and the job runner)
     "dispatch_failed": "The creation could not be started. Please try again.",
     "timed_out": "The creation took too long and was stopped. Please try again.",
+    # the job was stopped (Cloud Run task timeout, SIGTERM); final only on its last attempt
+    "terminated": "The creation took too long and was stopped. Please try again.",
     "max_attempts_exceeded": "The creation failed several times and was stopped. Please try again.",
     "cancelled": "The creation was cancelled.",
 }

@@ -59,7 +59,7 @@ class TaskPayload:
         return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
 
     def to_env(self) -> dict[str, str]:
-        env = {"CREATION_ID": self.creation_id, "PHOENIX_JOB_KIND": self.kind.value}
+        env = {"CREATION_ID": self.creation_id}
         if self.traceparent:
             env["TRACEPARENT"] = self.traceparent
         return env

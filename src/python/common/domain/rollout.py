@@ -221,19 +221,15 @@ class _FileBackedRoute:
         return self.rollout.route(kind, user_id)
 
 
-def make_route(
-    settings: "Settings", env: Mapping[str, str] | None = None
-) -> Callable[[Kind, str], str]:
+def make_route(settings: "Settings") -> Callable[[Kind, str], str]:
     """The API's ``route`` seam. Raises RolloutError (a ConfigError) on a bad flag, so calling
     it from the app factory makes the API refuse to start with a message naming the problem.
 
     The returned callable also has ``.rollout`` (the current Rollout) for the admin dashboard.
     """
-    env = os.environ if env is None else env
     base = Rollout.parse(settings.rollout, settings.dispatch)
-    rollout_file = env.get("PHOENIX_ROLLOUT_FILE", "").strip()
-    if rollout_file:
-        return _FileBackedRoute(base, rollout_file, settings.dispatch)
+    if settings.rollout_file:
+        return _FileBackedRoute(base, settings.rollout_file, settings.dispatch)
 
     class _Static:
         rollout = base

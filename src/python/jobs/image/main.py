@@ -1,4 +1,6 @@
-"""The image generation job: what the Cloud Run Job `phoenix-image-job` runs, once per creation."""
+"""The image job as the repo runs it (`python -m jobs.image.main`: the local dispatcher's job
+processes, tests, `./pants run src/python/jobs/image:image-job-local`): every generator, the local
+one (the embedded default) included. Production runs `jobs.image.production` instead."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import sys
 
 from common.domain.creation import Kind
 from common.job_main import main
+from common.local_generators import ALL
 
 if __name__ == "__main__":
-    sys.exit(main(Kind.IMAGE))
+    sys.exit(main(Kind.IMAGE, generators=ALL))

@@ -22,16 +22,10 @@ Why each setting (see notes/platform-facts.md §3):
 
 from __future__ import annotations
 
-import os
-
 from celery import Celery
 
 from common.adapters.celery_dispatch import LEGACY_QUEUE
 from common.config import Settings
-
-# Longer than the longest job (a Veo generation is 1-2 min, its lease-renewed worst case is
-# bounded by the sweeper's max_age); overridable for tests that exercise redelivery.
-VISIBILITY_TIMEOUT_S = int(os.environ.get("PHOENIX_CELERY_VISIBILITY_TIMEOUT_SECONDS", 2 * 3600))
 
 
 def create_celery_app(settings: Settings) -> Celery:
@@ -41,7 +35,9 @@ def create_celery_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_transport_options={
-            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            # Longer than the longest job (a Veo generation is 1-2 min, its lease-renewed worst
+            # case is bounded by the sweeper's max_age); lowered by tests of redelivery.
+            "visibility_timeout": settings.celery_visibility_timeout_seconds,
             # Fail fast instead of hanging on a half-open connection (Memorystore failover,
             # VPC connector hiccup); the worker reconnects on its own.
             "socket_connect_timeout": 5,

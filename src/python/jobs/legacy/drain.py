@@ -292,8 +292,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     )
     parser.add_argument(
         "--rollout-file",
-        default=os.environ.get("PHOENIX_ROLLOUT_FILE") or None,
-        help="write the new flag here (the API re-reads it on change)",
+        default=None,
+        help="write the new flag here (the API re-reads it on change); default "
+        "PHOENIX_ROLLOUT_FILE",
     )
     parser.add_argument(
         "--to", default="cloud-tasks", choices=[p for p in PATH_ORDER if p != LEGACY_PATH]
@@ -309,6 +310,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
 
     try:
         settings = Settings.from_env()
+        args.rollout_file = args.rollout_file or settings.rollout_file or None
         if not args.no_flag:
             flag = current_flag(settings, args.rollout_file)
             new_flag, before = drained_flag(flag, settings.dispatch, args.to)

@@ -33,6 +33,7 @@ from common.domain.errors import ValidationError
 from common.domain.payload import TaskPayload
 from common.job_main import build_job_deps
 from common.job_runner import EXIT_RETRY, new_owner_id, run_job
+from common.local_generators import ALL as ALL_GENERATORS
 from jobs.legacy.celery_app import celery_app
 
 log = structlog.get_logger(__name__)
@@ -50,7 +51,8 @@ class _ProcessState:
         self.pid = os.getpid()
         self.settings = Settings.from_env()
         observability.configure_telemetry(self.settings, SERVICE)  # logging: the parent's
-        self.deps = build_job_deps(self.settings)
+        # The legacy VM ran every generator (local in tests and demos, Vertex in production).
+        self.deps = build_job_deps(self.settings, ALL_GENERATORS)
 
 
 @worker_process_shutdown.connect
@@ -69,9 +71,8 @@ def _process_state() -> _ProcessState:
     return _state
 
 
-def retry_backoff_seconds(retries: int) -> int:
-    """Exponential backoff from ``PHOENIX_LEGACY_RETRY_BACKOFF_SECONDS`` (default 30 s), capped."""
-    base = float(os.environ.get("PHOENIX_LEGACY_RETRY_BACKOFF_SECONDS", "30"))
+def retry_backoff_seconds(retries: int, base: float) -> int:
+    """Exponential backoff from ``base`` (``PHOENIX_LEGACY_RETRY_BACKOFF_SECONDS``), capped."""
     return int(min(MAX_BACKOFF_S, base * (2**retries)))
 
 
@@ -100,10 +101,16 @@ def _run(task: Any, raw_payload: Any, kind: Kind) -> str:
     ):
         log.info("job_started", task_id=task.request.id, retries=task.request.retries)
         outcome = run_job(
-            payload.creation_id, kind, state.deps, owner=new_owner_id(f"celery-{task.request.id}")
+            payload.creation_id,
+            kind,
+            state.deps,
+            owner=new_owner_id(f"celery-{task.request.id}"),
+            execution=f"celery/{task.request.id}",
         )
     if outcome.exit_code == EXIT_RETRY:
-        countdown = retry_backoff_seconds(task.request.retries)
+        countdown = retry_backoff_seconds(
+            task.request.retries, state.settings.legacy_retry_backoff_seconds
+        )
         try:
             raise task.retry(countdown=countdown, max_retries=state.settings.max_attempts)
         except MaxRetriesExceededError:
@@ -125,28 +132,25 @@ def generate_image_task(self: Any, payload: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.legacy.worker")
-    parser.add_argument(
-        "--pool",
-        default=os.environ.get("PHOENIX_LEGACY_POOL", "prefork"),
-        choices=("prefork", "threads", "solo"),
-        help="prefork isolates crashes (and makes task_reject_on_worker_lost apply); threads "
-        "suits I/O-bound Veo polling with less memory",
-    )
-    parser.add_argument(
-        "--concurrency", type=int, default=int(os.environ.get("PHOENIX_LEGACY_CONCURRENCY", "2"))
-    )
-    parser.add_argument("-Q", "--queues", default=LEGACY_QUEUE)
-    parser.add_argument("--loglevel", default=None)
-    args = parser.parse_args(argv)
-
-    from common.config import ConfigError
+    from common.config import LEGACY_POOLS, ConfigError
 
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"{SERVICE}: {exc}", file=sys.stderr)
         return 2
+    parser = argparse.ArgumentParser(prog="python -m jobs.legacy.worker")
+    parser.add_argument(
+        "--pool",
+        default=settings.legacy_pool,
+        choices=LEGACY_POOLS,
+        help="prefork isolates crashes (and makes task_reject_on_worker_lost apply); threads "
+        "suits I/O-bound Veo polling with less memory",
+    )
+    parser.add_argument("--concurrency", type=int, default=settings.legacy_concurrency)
+    parser.add_argument("-Q", "--queues", default=LEGACY_QUEUE)
+    parser.add_argument("--loglevel", default=None)
+    args = parser.parse_args(argv)
     # Task processes configure traces and metrics themselves (_ProcessState).
     observability.configure_logs(settings, SERVICE)
     log.info(

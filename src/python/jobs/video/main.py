@@ -1,4 +1,6 @@
-"""The video generation job: what the Cloud Run Job `phoenix-video-job` runs, once per creation."""
+"""The video job as the repo runs it (`python -m jobs.video.main`: the local dispatcher's job
+processes, tests, `./pants run src/python/jobs/video:video-job-local`): every generator, the local
+one (the embedded default) included. Production runs `jobs.video.production` instead."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import sys
 
 from common.domain.creation import Kind
 from common.job_main import main
+from common.local_generators import ALL
 
 if __name__ == "__main__":
-    sys.exit(main(Kind.VIDEO))
+    sys.exit(main(Kind.VIDEO, generators=ALL))
