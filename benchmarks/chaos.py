@@ -220,9 +220,10 @@ def child_main(work: Path, kind_name: str, creation_id: str) -> int:
 
     real_build = job_main.build_job_deps
 
-    def build(settings: Any) -> Any:
-        deps = real_build(settings)
-        deps.store = OutageStore(deps.store, flag)
+    def build(settings: Any, generators: Any = None) -> Any:
+        deps = real_build(settings, generators)
+        wrapped: Any = OutageStore(deps.store, flag)  # duck-typed: every store method
+        deps.store = wrapped
 
         def on_phase(phase: str, creation: Any) -> None:
             if once(phase):
@@ -354,7 +355,8 @@ class ZygoteProcess:
     """What the stand-in needs of ``subprocess.Popen`` for a zygote child."""
 
     def __init__(self, pid: int, args: list[str], status_dir: Path) -> None:
-        self.pid, self.args, self.returncode = pid, args, None
+        self.pid, self.args = pid, args
+        self.returncode: int | None = None
         self._status = status_dir / str(pid)
 
     def poll(self) -> int | None:
@@ -734,8 +736,10 @@ def run(
         ).start()
         try:
             settings = Settings(tasks_queue=QUEUE, cloud_tasks_endpoint=tasks.url)
+            from google.cloud import tasks_v2
+
             tasks_client(tasks.url).create_queue(
-                parent=QUEUE.rsplit("/queues/", 1)[0], queue={"name": QUEUE}
+                parent=QUEUE.rsplit("/queues/", 1)[0], queue=tasks_v2.Queue(name=QUEUE)
             )
             dup_of: dict[str, int] = {}
 
@@ -762,7 +766,9 @@ def run(
                 run_api_url=standin.url,
                 jobs={Kind.VIDEO: VIDEO_JOB, Kind.IMAGE: IMAGE_JOB},
             )
-            store = OutageStore(SqliteCreationStore(work / "creations.sqlite3"), _Flag(store_flag))
+            store: Any = OutageStore(
+                SqliteCreationStore(work / "creations.sqlite3"), _Flag(store_flag)
+            )
             service = CreationService(
                 store,  # type: ignore[arg-type]
                 lambda path: dispatcher,
@@ -946,7 +952,7 @@ def _collect(report, plan, store, ids, fake, standin, gcs, work) -> None:
                 report.exit_codes[a.get("exit_code")] += 1
                 report.timed_out_attempts += bool(a.get("timed_out"))
     report.veo_max_in_flight = fake.max_in_flight
-    writes = Counter()
+    writes: Counter[str] = Counter()
     log_file = work / "media-writes.log"
     if log_file.exists():
         writes.update(line for line in log_file.read_text().splitlines() if line)

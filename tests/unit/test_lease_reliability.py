@@ -178,6 +178,39 @@ def test_a_job_whose_lease_was_taken_stores_nothing_and_stops(tmp_path):
     assert store.get(cid).lease_owner == "thief"
 
 
+def test_the_heartbeat_thread_sees_a_cancel_during_a_blocked_call_and_the_job_ends_cancelled(
+    tmp_path,
+):
+    """Issue 15 meets issue 12: a cancel is reported by the lease renewal, and renewals now run
+    on the heartbeat thread. A cancel requested while the provider call blocks (no ctx call at
+    all) is seen by that thread; the job stores nothing and ends the record ``cancelled``, with
+    ``provider_started`` true (the call had returned)."""
+    store = InMemoryCreationStore()
+    cid = _new(store)
+    seen: list[str] = []
+
+    def cancel_then_wait_for_the_beat(ctx):
+        store.update(cid, lambda c: lc.cancel(c, now=lc.utcnow()))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and ctx._beat.stop_reason is None:
+            time.sleep(0.01)  # the blocked provider call: no ctx call, only the thread runs
+        seen.append(type(ctx._beat.stop_reason).__name__)
+
+    deps = JobDeps(
+        store=store,
+        generator=_Returns(PNG, during=cancel_then_wait_for_the_beat),
+        media=LocalMediaStore(tmp_path),
+        clock=lc.utcnow,
+        heartbeat_every=0.05,
+    )
+    out = run_job(cid, Kind.IMAGE, deps, owner="first")
+    assert seen == ["CancelRequested"]
+    assert (out.exit_code, out.status) == (EXIT_DONE, "cancelled")
+    done = store.get(cid)
+    assert done.status is Status.CANCELLED and done.provider_started is True
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
 def test_a_loser_never_overwrites_the_winners_media(tmp_path):
     """Before: media keys were ``<id>/<n>.<ext>``, the same for every execution, so a job that
     lost its lease mid-call and then wrote its output replaced the completed winner's file."""
