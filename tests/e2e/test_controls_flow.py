@@ -95,7 +95,8 @@ def test_delete_a_finished_image_removes_record_and_files(server: LocalServer) -
     urls = [m["url"] for m in done["media"]]
     assert all(call(server, "GET", u).status_code == 200 for u in urls)
     media_dir = Path(server.log_path).parent / "media" / image["id"]
-    assert sorted(p.name for p in media_dir.iterdir()) == ["0.png", "1.png"]
+    # Keyed per claim: media/<id>/<claim token>/<n>.png
+    assert sorted(p.name for p in media_dir.rglob("*") if p.is_file()) == ["0.png", "1.png"]
 
     resp = call(server, "DELETE", f"/api/creations/{image['id']}")
     assert resp.status_code == 204 and resp.content == b""

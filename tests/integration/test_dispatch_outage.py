@@ -203,6 +203,8 @@ def test_outage_submissions_get_503_then_all_complete_exactly_once(tmp_path: Pat
             "errors": 0,
             "cancelled": 0,
             "deleted": 0,
+            "slots_released": 0,
+            "queued": 0,
         }
     jobs.drain(timeout=60)
     jobs.close()

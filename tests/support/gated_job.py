@@ -25,8 +25,8 @@ GATE_TIMEOUT_S = 300.0
 
 
 def _gated_build(original):  # type: ignore[no-untyped-def]
-    def build(settings):  # type: ignore[no-untyped-def]
-        deps = original(settings)
+    def build(settings, generators=None):  # type: ignore[no-untyped-def]
+        deps = original(settings, generators)
         gate_dir = Path(os.environ["PHOENIX_TEST_GATE_DIR"])
         previous = deps.on_phase
 
@@ -48,6 +48,9 @@ def _gated_build(original):  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
+    from common.local_generators import ALL
+
     kind = Kind(sys.argv[1])
     job_main.build_job_deps = _gated_build(job_main.build_job_deps)  # type: ignore[assignment]
-    sys.exit(job_main.main(kind, sys.argv[2:]))
+    # Every generator, like the repo's job entrypoints (jobs/<kind>/main.py): the local one too.
+    sys.exit(job_main.main(kind, sys.argv[2:], ALL))

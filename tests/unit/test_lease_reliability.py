@@ -213,32 +213,42 @@ def test_the_heartbeat_thread_sees_a_cancel_during_a_blocked_call_and_the_job_en
 
 def test_a_loser_never_overwrites_the_winners_media(tmp_path):
     """Before: media keys were ``<id>/<n>.<ext>``, the same for every execution, so a job that
-    lost its lease mid-call and then wrote its output replaced the completed winner's file."""
+    lost its lease and then wrote its output replaced the completed winner's file.
+
+    The loser passes every lease check (its lease lapsed only after them) and its write lands
+    after the winner completed: the worst interleaving, which no check before the write can
+    exclude. Only a key unique per claim keeps the winner's file. Shown to fail with the claim
+    token made constant (scratch branch ``scratch/reliability-break-media-keys``)."""
     store = InMemoryCreationStore()
     cid = _new(store)
-    media = LocalMediaStore(tmp_path)
     clock = {"now": T0}
 
-    def winner_runs_meanwhile(ctx):
-        clock["now"] = T0 + LEASE + timedelta(seconds=1)  # the loser's lease lapsed
-        winner = JobDeps(
-            store=store, generator=_Returns(PNG), media=media, clock=lambda: clock["now"]
-        )
-        assert run_job(cid, Kind.IMAGE, winner, owner="winner").status == "completed"
+    class WinnerFinishesFirst(LocalMediaStore):
+        """The loser's write is delayed (a slow upload) until a winner has run to the end."""
+
+        def put(self, key, data, mime_type):
+            if data == b"\x89PNG loser":
+                clock["now"] = T0 + LEASE + timedelta(seconds=1)  # the loser's lease lapsed
+                winner = JobDeps(
+                    store=store,
+                    generator=_Returns(PNG),
+                    media=LocalMediaStore(tmp_path),
+                    clock=lambda: clock["now"],
+                )
+                assert run_job(cid, Kind.IMAGE, winner, owner="winner").status == "completed"
+            return super().put(key, data, mime_type)
 
     loser = JobDeps(
         store=store,
-        generator=_Returns(
-            [GeneratedMedia(mime_type="image/png", data=b"\x89PNG loser")],
-            during=winner_runs_meanwhile,
-        ),
-        media=media,
+        generator=_Returns([GeneratedMedia(mime_type="image/png", data=b"\x89PNG loser")]),
+        media=WinnerFinishesFirst(tmp_path),
         clock=lambda: clock["now"],
         heartbeat_every=3600,  # the lapse happened while no renewal ran
     )
     assert run_job(cid, Kind.IMAGE, loser, owner="loser").status == "lost"
     done = store.get(cid)
     assert done.status is Status.COMPLETED
+    media = LocalMediaStore(tmp_path)
     assert [media.read(m.key) for m in done.media] == [b"\x89PNG winner"]
 
 
