@@ -128,6 +128,80 @@ def test_job_image_runs_a_job_and_refuses_the_generator_it_lacks(name):
     assert "PHOENIX_GENERATOR='local' is not in this build" in local.stderr
 
 
+# What src/python/Dockerfile prunes from every image (its PRUNE list, as module names) and the
+# modules each service must still import (the API versions we call).
+PRUNED = [
+    "google.cloud.tasks_v2beta2",
+    "google.cloud.tasks_v2beta3",
+    "google.cloud.firestore_admin",
+    "google.cloud.firestore_admin_v1",
+]
+STILL_IMPORTS = {
+    "api": "api.main api.sweep google.cloud.tasks_v2 google.cloud.firestore google.cloud.storage",
+    "video-job": "jobs.video.production google.cloud.firestore google.cloud.storage google.genai",
+    "image-job": "jobs.image.production google.cloud.firestore google.cloud.storage google.genai",
+}
+# Run inside the image: every module named in argv[2] imports, and no module left in
+# site-packages imports a pruned one, except under `try: ... except ImportError` (optional by
+# the library's own design, like Celery's unused Cloud Storage result backend). Prints
+# {"offenders": [[file, module], ...], "parsed": N}.
+_SCAN = """
+import ast, importlib, json, pathlib, sys
+pruned, wanted = sys.argv[1].split(), sys.argv[2].split()
+for m in wanted:
+    importlib.import_module(m)
+site = pathlib.Path(sys.prefix, "lib", "python3.11", "site-packages")
+def names(node):
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return [node.module] + [node.module + "." + a.name for a in node.names]
+    return []
+def optional(tree):
+    out = set()
+    for t in ast.walk(tree):
+        if isinstance(t, ast.Try) and any(
+            "ImportError" in ast.unparse(h.type or ast.Name("BaseException")) for h in t.handlers
+        ):
+            out.update(id(n) for b in t.body for n in ast.walk(b))
+    return out
+offenders, parsed = [], 0
+for f in sorted(site.rglob("*.py")):
+    try:
+        tree = ast.parse(f.read_bytes())
+    except (SyntaxError, ValueError):
+        continue
+    parsed += 1
+    guarded = optional(tree)
+    for node in ast.walk(tree):
+        for n in names(node):
+            if id(node) not in guarded and any(n == p or n.startswith(p + ".") for p in pruned):
+                offenders.append([str(f.relative_to(site)), n])
+print(json.dumps({"offenders": offenders, "parsed": parsed}))
+"""
+
+
+@pytest.mark.parametrize("name", list(INFO))
+def test_pruned_api_versions_are_gone_and_nothing_left_imports_them(name):
+    files = own(name).site_packages()
+    prefixes = tuple(m.replace(".", "/") + "/" for m in PRUNED)
+    assert [p for p in files if p.startswith(prefixes)] == []
+    assert [p for p in files if p.endswith((".pyi", ".proto"))] == []
+    proc = run(
+        "--entrypoint",
+        "/app/venv/bin/python",
+        image_id(name),
+        "-c",
+        _SCAN,
+        " ".join(PRUNED),
+        STILL_IMPORTS[name],
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["parsed"] > 1000  # the scan read the venv, not an empty directory
+    assert result["offenders"] == []
+
+
 def test_api_image_imports_the_app():
     proc = run("--entrypoint", "/app/venv/bin/python", image_id("api"), "-c", "import api.main")
     assert proc.returncode == 0, proc.stderr

@@ -20,13 +20,14 @@ from pathlib import Path
 
 from common import job_main
 from common.domain.creation import Kind
+from common.local_generators import ALL
 
 GATE_TIMEOUT_S = 300.0
 
 
 def _gated_build(original):  # type: ignore[no-untyped-def]
-    def build(settings, generators=None):  # type: ignore[no-untyped-def]
-        deps = original(settings, generators)
+    def build(settings, *args, **kwargs):  # type: ignore[no-untyped-def]
+        deps = original(settings, *args, **kwargs)
         gate_dir = Path(os.environ["PHOENIX_TEST_GATE_DIR"])
         previous = deps.on_phase
 
@@ -48,9 +49,7 @@ def _gated_build(original):  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    from common.local_generators import ALL
-
     kind = Kind(sys.argv[1])
     job_main.build_job_deps = _gated_build(job_main.build_job_deps)  # type: ignore[assignment]
-    # Every generator, like the repo's job entrypoints (jobs/<kind>/main.py): the local one too.
-    sys.exit(job_main.main(kind, sys.argv[2:], ALL))
+    # Every generator, like `python -m jobs.<kind>.main`: the tests select the local one.
+    sys.exit(job_main.main(kind, sys.argv[2:], generators=ALL))

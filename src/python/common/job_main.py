@@ -59,15 +59,52 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     sys.exit(128 + signum)
 
 
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    # Cloud Run sends SIGTERM at the task timeout (or on cancellation), SIGKILL ~10 s later.
-    # Raising stops the job at once, wherever it waits (a Veo poll's sleep, an HTTP call);
-    # main() hands the lease back in one place. Later signals are ignored so that hand-back
-    # is not interrupted in turn.
-    from common.job_runner import Terminated  # already imported when this is installed
+class _StopOnSigterm:
+    """The SIGTERM handler while the job may hold a lease.
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated(signum)
+    Cloud Run sends SIGTERM at the task timeout (or on cancellation), SIGKILL ~10 s later.
+    Raising :class:`~common.job_runner.Terminated` stops the job at once, wherever it waits (a
+    Veo poll's sleep, an HTTP call); ``main()`` hands the lease back in one place.
+
+    A Python signal handler runs wherever the main thread happens to be, and an exception it
+    raises there can be lost: inside a ``__del__`` or a weakref callback the interpreter only
+    prints "Exception ignored", and a library's bare ``except:`` swallows it. The job then ran
+    to completion past the timeout (seen once in CI under load). So the first SIGTERM also
+    starts a thread that re-delivers it to the main thread every ``reassert_s`` until ``main()``
+    acknowledges it; once acknowledged, later signals are ignored so that the hand-back is not
+    interrupted in turn.
+    """
+
+    def __init__(self, reassert_s: float = 1.0) -> None:
+        import threading
+
+        self.reassert_s = reassert_s
+        self.requested = threading.Event()
+        self.acknowledged = threading.Event()
+
+    def __call__(self, signum: int, frame: object) -> None:
+        from common.job_runner import Terminated  # already imported when this is installed
+
+        if self.acknowledged.is_set():
+            return
+        if not self.requested.is_set():
+            self.requested.set()
+            import threading
+
+            threading.Thread(
+                target=self._reassert, args=(signum,), name="sigterm-reassert", daemon=True
+            ).start()
+        raise Terminated(signum)
+
+    def acknowledge(self) -> None:
+        """The main thread has stopped the work (or finished it): no more re-delivery."""
+        self.acknowledged.set()
+
+    def _reassert(self, signum: int) -> None:
+        import _thread
+
+        while not self.acknowledged.wait(self.reassert_s):
+            _thread.interrupt_main(signal.Signals(signum))
 
 
 def _attempt_from_env() -> int | None:
@@ -139,8 +176,9 @@ def main(
             "job_started", execution=execution, attempt=os.environ.get("CLOUD_RUN_TASK_ATTEMPT")
         )
         deps: JobDeps | None = None
+        stop = _StopOnSigterm()
         try:
-            signal.signal(signal.SIGTERM, _stop_on_sigterm)
+            signal.signal(signal.SIGTERM, stop)
             deps = build_job_deps(settings, generators)
             outcome = run_job(
                 payload.creation_id,
@@ -151,6 +189,7 @@ def main(
                 attempt=_attempt_from_env(),
             )
         except Terminated:
+            stop.acknowledge()
             log.warning("job_terminated", execution=execution)
             outcome = (
                 hand_back(payload.creation_id, deps, owner=owner)
@@ -158,6 +197,7 @@ def main(
                 else JobOutcome(EXIT_TERMINATED, "terminated")
             )
         finally:
+            stop.acknowledge()
             signal.signal(signal.SIGTERM, _exit_on_sigterm)
             if deps is not None:
                 deps.store.close()
