@@ -81,10 +81,17 @@ def test_another_execution_or_an_earlier_attempt_still_respects_a_live_lease():
 def test_run_job_passes_the_execution_so_the_retry_completes_instead_of_exiting_duplicate(
     tmp_path,
 ):
-    """Before: run_job had no execution/attempt, so the retry's outcome was "duplicate"."""
+    """Before: run_job had no execution/attempt, so the retry's outcome was "duplicate".
+
+    Attempt 0 was SIGKILLed 5 s ago: its lease is still live when attempt 1 starts."""
     store = InMemoryCreationStore()
     cid = _new(store, steps=[_claim("exec-1/a0", "exec-1", 0)])  # attempt 0 was SIGKILLed
-    deps = JobDeps(store=store, generator=_Returns(PNG), media=LocalMediaStore(tmp_path))
+    deps = JobDeps(
+        store=store,
+        generator=_Returns(PNG),
+        media=LocalMediaStore(tmp_path),
+        clock=lambda: T0 + timedelta(seconds=5),
+    )
     out = run_job(cid, Kind.IMAGE, deps, owner="exec-1/a1", execution="exec-1", attempt=1)
     assert out.status == "completed" and store.get(cid).status is Status.COMPLETED
 
