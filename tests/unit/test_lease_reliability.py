@@ -4,7 +4,9 @@ winner's media, and paid-for operations that are resumed instead of thrown away.
 
 Each test whose docstring starts with "Before:" was written before its fix and failed against
 the previous code in the way it names; tests marked "Guard" pin the other side of a rule (they
-passed before too, or could only fail by signature).
+passed before too, or could only fail by signature). After the merge with issue 15 each fix was
+also removed on its own on a scratch branch (``scratch/reliability-break-<name>``, never merged):
+the docstrings say which tests that made fail.
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ def _claim(owner, execution=None, attempt=None, now=T0, max_attempts=3):
 
 def test_a_later_attempt_of_the_same_execution_takes_a_live_lease_over_at_once():
     """Before: the retry of a SIGKILLed attempt met its own execution's live lease, exited 0 as
-    a duplicate, and the creation waited for the lease to expire and the sweeper."""
+    a duplicate, and the creation waited for the lease to expire and the sweeper.
+
+    Shown to fail on 2026-12-01 with the same-execution takeover rule removed from ``claim``
+    (``scratch/reliability-break-no-same-execution-takeover``).
+    """
     store = InMemoryCreationStore()
     cid = _new(store, steps=[_claim("exec-1/a0", "exec-1", 0)])
     taken = store.update(cid, _claim("exec-1/a1", "exec-1", 1, now=T0 + timedelta(seconds=5)))
@@ -83,7 +89,11 @@ def test_run_job_passes_the_execution_so_the_retry_completes_instead_of_exiting_
 ):
     """Before: run_job had no execution/attempt, so the retry's outcome was "duplicate".
 
-    Attempt 0 was SIGKILLed 5 s ago: its lease is still live when attempt 1 starts."""
+    Attempt 0 was SIGKILLed 5 s ago: its lease is still live when attempt 1 starts.
+
+    Shown to fail on 2026-12-01 with the same-execution takeover rule removed from ``claim``
+    (``scratch/reliability-break-no-same-execution-takeover``).
+    """
     store = InMemoryCreationStore()
     cid = _new(store, steps=[_claim("exec-1/a0", "exec-1", 0)])  # attempt 0 was SIGKILLed
     deps = JobDeps(
@@ -114,7 +124,11 @@ class _Returns(Generator):
 
 def test_the_lease_stays_live_while_one_provider_call_blocks_longer_than_the_lease(tmp_path):
     """Before: renewal happened only between provider calls, so a call longer than the lease
-    let it lapse and a second execution's claim succeeded mid-call (it would generate again)."""
+    let it lapse and a second execution's claim succeeded mid-call (it would generate again).
+
+    Shown to fail on 2026-12-01 with the heartbeat thread never started
+    (``scratch/reliability-break-no-heartbeat-thread``).
+    """
     store = InMemoryCreationStore()
     cid = _new(store)
     lease = timedelta(seconds=0.4)
@@ -191,7 +205,11 @@ def test_the_heartbeat_thread_sees_a_cancel_during_a_blocked_call_and_the_job_en
     """Issue 15 meets issue 12: a cancel is reported by the lease renewal, and renewals now run
     on the heartbeat thread. A cancel requested while the provider call blocks (no ctx call at
     all) is seen by that thread; the job stores nothing and ends the record ``cancelled``, with
-    ``provider_started`` true (the call had returned)."""
+    ``provider_started`` true (the call had returned).
+
+    Shown to fail on 2026-12-01 with the heartbeat thread never started
+    (``scratch/reliability-break-no-heartbeat-thread``).
+    """
     store = InMemoryCreationStore()
     cid = _new(store)
     seen: list[str] = []
@@ -224,8 +242,11 @@ def test_a_loser_never_overwrites_the_winners_media(tmp_path):
 
     The loser passes every lease check (its lease lapsed only after them) and its write lands
     after the winner completed: the worst interleaving, which no check before the write can
-    exclude. Only a key unique per claim keeps the winner's file. Shown to fail with the claim
-    token made constant (scratch branch ``scratch/reliability-break-media-keys``)."""
+    exclude. Only a key unique per claim keeps the winner's file.
+
+    Shown to fail on 2026-12-01 with one media key for every claim
+    (``scratch/reliability-break-media-keys-shared``).
+    """
     store = InMemoryCreationStore()
     cid = _new(store)
     clock = {"now": T0}
@@ -273,7 +294,11 @@ def _with_operation(attempts: int):
 
 def test_a_claim_at_the_attempt_limit_resumes_a_recorded_operation():
     """Before: ``claim`` at max_attempts failed the creation without looking at ``operation``,
-    discarding a video already paid for."""
+    discarding a video already paid for.
+
+    Shown to fail on 2026-12-01 with ``claim`` not resuming a recorded operation or unknown start
+    (``scratch/reliability-break-claim-ignores-operation``).
+    """
     store = InMemoryCreationStore()
     cid = _new(store, kind=Kind.VIDEO, steps=[_with_operation(3)])
     c = store.update(cid, _claim("resumer", max_attempts=3))
@@ -281,7 +306,11 @@ def test_a_claim_at_the_attempt_limit_resumes_a_recorded_operation():
 
 
 def test_resuming_a_recorded_operation_uses_no_attempt():
-    """Before: every claim counted an attempt, including one that only polls paid work."""
+    """Before: every claim counted an attempt, including one that only polls paid work.
+
+    Shown to fail on 2026-12-01 with ``claim`` not resuming a recorded operation or unknown start
+    (``scratch/reliability-break-claim-ignores-operation``).
+    """
     store = InMemoryCreationStore()
     cid = _new(store, kind=Kind.VIDEO, steps=[_with_operation(1)])
     c = store.update(cid, _claim("resumer"))
@@ -290,7 +319,11 @@ def test_resuming_a_recorded_operation_uses_no_attempt():
 
 def test_a_retryable_failure_at_the_limit_hands_a_recorded_operation_back():
     """Before: release_for_retry at max_attempts failed the record even with a live operation
-    (e.g. after a provider_timeout while Veo was still running)."""
+    (e.g. after a provider_timeout while Veo was still running).
+
+    Shown to fail on 2026-12-01 with ``claim`` not resuming a recorded operation or unknown start
+    (``scratch/reliability-break-claim-ignores-operation``).
+    """
     store = InMemoryCreationStore()
     cid = _new(store, kind=Kind.VIDEO, steps=[_with_operation(3), _claim("a")])
     c = store.update(
@@ -303,7 +336,11 @@ def test_a_retryable_failure_at_the_limit_hands_a_recorded_operation_back():
 
 
 def test_resumes_are_bounded_so_a_crash_loop_still_ends():
-    """Guard for the resume rule: resumes use no attempt, but MAX_RESUMES still ends a loop."""
+    """Guard for the resume rule: resumes use no attempt, but MAX_RESUMES still ends a loop.
+
+    Shown to fail on 2026-12-01 with ``claim`` not resuming a recorded operation or unknown start
+    (``scratch/reliability-break-claim-ignores-operation``).
+    """
     store = InMemoryCreationStore()
     cid = _new(store, kind=Kind.VIDEO, steps=[_with_operation(1)])
     for n in range(lc.MAX_RESUMES):
@@ -329,7 +366,11 @@ def test_a_job_without_the_lease_cannot_mark_a_provider_start():
 
 def test_a_failed_operation_write_does_not_throw_the_generation_away(tmp_path):
     """Before: a store error while recording Veo's operation name ended the attempt (retryable),
-    and the retry started a second operation. Now the job keeps polling the name it holds."""
+    and the retry started a second operation. Now the job keeps polling the name it holds.
+
+    Shown to fail on 2026-12-01 with a failed operation write ending the attempt
+    (``scratch/reliability-break-operation-write-fails-attempt``).
+    """
 
     class FlakyOnce(InMemoryCreationStore):
         failed = False
@@ -379,7 +420,11 @@ class _Raises(Generator):
 
 def test_a_claim_that_finds_an_unknown_outcome_start_uses_no_attempt():
     """Guard (the marker is new): a retry that only looks for the output of a start whose
-    answer was lost resumes paid-for work, like polling a recorded operation."""
+    answer was lost resumes paid-for work, like polling a recorded operation.
+
+    Shown to fail on 2026-12-01 with ``claim`` not resuming a recorded operation or unknown start
+    (``scratch/reliability-break-claim-ignores-operation``).
+    """
     store = InMemoryCreationStore()
     cid = _new(store, kind=Kind.VIDEO, steps=[_claim("a0")])
     store.update(cid, lambda c: lc.mark_start(c, owner="a0", now=T0, marker="m"))

@@ -84,7 +84,11 @@ def _accepted(store, queue, n: int, now: datetime) -> list[str]:
 def test_a_backlog_far_beyond_the_queue_rate_is_neither_resent_nor_failed():
     """Before: with 1000 creations queued at 9 launches a minute, every creation waiting longer
     than the 5-minute pending timeout was re-sent (each later starting an execution) and after
-    5 dispatches failed with ``dispatch_failed`` although it was only waiting."""
+    5 dispatches failed with ``dispatch_failed`` although it was only waiting.
+
+    Shown to fail on 2026-12-01 with the sweeper not asking the queue (``exists = None``)
+    (``scratch/reliability-break-sweeper-ignores-queue``).
+    """
     store = InMemoryCreationStore()
     queue = BacklogQueue(store)
     ids = _accepted(store, queue, 1000, T0)
@@ -103,7 +107,11 @@ def test_a_backlog_far_beyond_the_queue_rate_is_neither_resent_nor_failed():
 
 def test_a_task_known_gone_is_resent_and_not_failed_for_its_dispatch_count():
     """Before: after ``max_dispatches`` re-sends of a creation whose tasks vanished without a
-    claim, the sweeper failed it with ``dispatch_failed``; now only max_age ends it."""
+    claim, the sweeper failed it with ``dispatch_failed``; now only max_age ends it.
+
+    Shown to fail on 2026-12-01 with the sweeper not asking the queue (``exists = None``)
+    (``scratch/reliability-break-sweeper-ignores-queue``).
+    """
     store = InMemoryCreationStore()
     queue = BacklogQueue(store, rate_per_minute=0)
     (cid,) = _accepted(store, queue, 1, T0)
@@ -123,7 +131,11 @@ def test_a_task_known_gone_is_resent_and_not_failed_for_its_dispatch_count():
 
 def test_an_expired_lease_is_resent_but_not_again_while_that_task_waits():
     """Before: a creation re-sent after its lease expired was re-sent again every pending
-    timeout while its task still waited in the queue."""
+    timeout while its task still waited in the queue.
+
+    Shown to fail on 2026-12-01 with the sweeper not asking the queue (``exists = None``)
+    (``scratch/reliability-break-sweeper-ignores-queue``).
+    """
     store = InMemoryCreationStore()
     queue = BacklogQueue(store, rate_per_minute=0)
     (cid,) = _accepted(store, queue, 1, T0)
@@ -141,7 +153,11 @@ def test_an_expired_lease_is_resent_but_not_again_while_that_task_waits():
 
 
 def test_a_queue_that_cannot_answer_leaves_the_record_alone_and_reports_it():
-    """Guard: an outage of the queue's read API is not "the task is gone"."""
+    """Guard: an outage of the queue's read API is not "the task is gone".
+
+    Shown to fail on 2026-12-01 with the sweeper not asking the queue (``exists = None``)
+    (``scratch/reliability-break-sweeper-ignores-queue``).
+    """
 
     class Down(BacklogQueue):
         def task_exists(self, payload):

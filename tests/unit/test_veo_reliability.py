@@ -138,7 +138,11 @@ def _setup(*script, limit=10, polls=1, polling=FAST):
 def test_a_start_of_unknown_outcome_is_found_not_paid_for_again():
     """Before: a ``generate_videos`` that timed out after Veo accepted it was classed
     retryable and the retry started a second (billed) operation. Now the marker written before
-    the call leads the retry to the first operation's output."""
+    the call leads the retry to the first operation's output.
+
+    Shown to fail on 2026-12-01 with the unknown-outcome marker ignored by the generator
+    (``scratch/reliability-break-unknown-outcome-ignored``).
+    """
     store, cid, deps, fake, _, _ = _setup("accept-then-timeout")
     first = run_job(cid, Kind.VIDEO, deps, owner="attempt-0")
     assert first.exit_code == EXIT_RETRY
@@ -156,7 +160,12 @@ def test_an_unknown_start_whose_output_never_appears_is_started_again_after_the_
     """Guard naming the remaining window: if the accepted start's output does not appear within
     ``unknown_window`` (Veo's longest run), the attempt that looked hands the creation back
     without having used an attempt, and the next one starts again; a second payment is then
-    possible only for a start Veo accepted and ran longer than that window."""
+    possible only for a start Veo accepted and ran longer than that window.
+
+    Shown to fail on 2026-12-01 with the unknown-outcome marker ignored by the generator
+    (``scratch/reliability-break-unknown-outcome-ignored``); ``claim`` not resuming a recorded
+    operation or unknown start (``scratch/reliability-break-claim-ignores-operation``).
+    """
     window = dataclasses.replace(FAST, unknown_window=0.3)
     store, cid, deps, fake, _, _ = _setup("accept-silently-then-timeout", polling=window)
     assert run_job(cid, Kind.VIDEO, deps, owner="a0").exit_code == EXIT_RETRY
@@ -185,7 +194,12 @@ def test_a_definite_refusal_clears_the_marker_and_the_retry_starts_at_once():
 def test_polling_a_recorded_operation_needs_no_slot_and_no_attempt():
     """Before: a resumed job had to win a Veo slot before it could poll its recorded operation
     (here it waited, gave up with ``provider_busy`` and burned an attempt), and ``claim`` at
-    the attempt limit failed the creation without looking at its operation."""
+    the attempt limit failed the creation without looking at its operation.
+
+    Shown to fail on 2026-12-01 with a resume queueing for a Veo slot (``scratch/reliability-break-
+    resume-waits-for-slot``); ``claim`` not resuming a recorded operation or unknown start
+    (``scratch/reliability-break-claim-ignores-operation``).
+    """
     store, cid, deps, fake, guard, gen = _setup(limit=1)
     op = fake.generate_videos(model="veo", source=None, config=types.GenerateVideosConfig(
         output_gcs_uri=f"{BUCKET_HEAD}{cid}/m/"))  # fmt: skip
@@ -239,7 +253,11 @@ class _Ctx:
 def test_overlapping_executions_of_one_creation_never_free_each_others_slot():
     """Before: the slot was keyed by creation id, so when a job whose lease had lapsed
     overlapped its successor, the loser's ``finally`` released the winner's slot while the
-    winner's operation still ran (uncounted against the cap)."""
+    winner's operation still ran (uncounted against the cap).
+
+    Shown to fail on 2026-12-01 with the Veo slot keyed by creation id (``scratch/reliability-break-
+    slot-per-creation``).
+    """
     store, cid, deps, fake, guard, gen = _setup(limit=5, polls=40)
     winner = _Ctx(cid, "exec-2/a0")
     t = threading.Thread(target=gen.generate, args=(Kind.VIDEO, "a fox", {}, winner))
