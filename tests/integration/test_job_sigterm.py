@@ -2,6 +2,10 @@
 grace period): the real job process stops at once, hands its lease back and exits, so the next
 attempt claims the creation immediately and resumes it instead of starting over.
 
+Shown failing: with ``hand_back`` returning before its store update (scratch break), both tests
+failed. A SIGTERM whose exception a library or finalizer swallows is re-delivered
+(test_job_sigterm_reassert.py; that test failed with the re-delivery disabled).
+
 Processes here run the job entrypoint from source; the same behaviour in a real container,
 stopped by the ``jobs:run`` stand-in at a short task timeout, is in test_container_runtime.py.
 """
