@@ -625,8 +625,8 @@ def test_page_and_static_assets_are_served(env):
     html = page.get_data(as_text=True)
     for marker in (
         'id="prompt"',
-        'id="kind-image"',
-        'id="kind-video"',
+        'id="kinds"',  # app.js fills it from the OpenAPI document (tests/browser)
+        'id="kind-options"',
         'id="submit"',
         'id="error"',
         "/static/app.js",

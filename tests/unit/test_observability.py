@@ -141,7 +141,8 @@ def test_only_gcp_export_asks_the_gcp_detector_and_our_attributes_win(
 
 def test_a_job_on_embedded_defaults_imports_no_instrumentation_before_its_claim() -> None:
     """What a job process has imported once observability is configured and its store built
-    (the claim's prerequisites): no instrumentation, propagator, detector, gRPC or requests."""
+    (the claim's prerequisites): no instrumentation, propagator, detector, gRPC or requests,
+    and no pydantic (only the API imports the request models)."""
     result = run_python(
         """
         import os, sys, tempfile
@@ -154,7 +155,7 @@ def test_a_job_on_embedded_defaults_imports_no_instrumentation_before_its_claim(
         job_main.build_job_deps(settings, ALL).store.close()
         heavy = ("grpc", "requests", "flask", "opentelemetry.instrumentation",
                  "opentelemetry.propagators.cloud_trace_propagator",
-                 "opentelemetry.resourcedetector", "google")
+                 "opentelemetry.resourcedetector", "google", "pydantic")
         print(sorted(m for m in sys.modules if m.startswith(heavy)))
         """,
         drop=("PHOENIX_TRACE_EXPORTER", "PHOENIX_METRICS_EXPORTER", "PHOENIX_STORE"),

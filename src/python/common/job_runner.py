@@ -31,6 +31,7 @@ from common.domain.errors import (
     NotFound,
     StopWork,
 )
+from common.domain.kinds import KINDS
 from common.ports import CreationStore, GeneratedMedia, Generator, MediaStore
 from common.tracing import tracer
 
@@ -41,8 +42,6 @@ EXIT_RETRY = 1
 # 128 + SIGTERM: the process was told to stop. Cloud Run counts a stopped task as failed (and
 # retries it within maxRetries) whatever the code; a shell or the stand-in sees why it ended.
 EXIT_TERMINATED = 143
-
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "video/mp4": "mp4"}
 
 
 @dataclass
@@ -386,7 +385,7 @@ def _store_media(
     refs = []
     for index, item in enumerate(produced):
         if item.data is not None:
-            ext = _EXTENSIONS.get(item.mime_type, "bin")
+            ext = KINDS.extension(item.mime_type)
             refs.append(
                 deps.media.put(f"{creation.id}/{token}/{index}.{ext}", item.data, item.mime_type)
             )

@@ -12,6 +12,8 @@ from datetime import datetime, timedelta
 from typing import Callable, Iterable, Protocol
 
 from common.domain.creation import Creation, Kind, MediaRef, Status
+from common.domain.errors import GenerationError
+from common.domain.kinds import KINDS, KindRegistry, UnknownKind
 from common.domain.payload import TaskPayload
 from common.domain.quota import QuotaPolicy, Refusal, UserQuota
 
@@ -214,13 +216,28 @@ class GenerationContext(Protocol):
 
 
 class Generator(abc.ABC):
-    """Turns a prompt into media. Raises GenerationError(code, message, retryable)."""
+    """Turns a prompt into media: one method per kind it can make, named by the kind's registry
+    entry (``KindSpec.generator``, e.g. ``generate_video``). Raises GenerationError(code,
+    message, retryable); a kind it has no method for is a permanent ``unsupported_kind``, never
+    a silent fall-through to another kind's provider."""
 
-    @abc.abstractmethod
+    kinds: KindRegistry = KINDS
+
     def generate(
         self, kind: Kind, prompt: str, params: dict, ctx: GenerationContext
     ) -> list[GeneratedMedia]:
-        ...
+        try:
+            method_name = self.kinds.spec(kind).generator
+        except UnknownKind as exc:
+            raise GenerationError("unsupported_kind", str(exc), retryable=False) from None
+        method: Callable[..., list[GeneratedMedia]] | None = getattr(self, method_name, None)
+        if method is None:
+            raise GenerationError(
+                "unsupported_kind",
+                f"{type(self).__name__} cannot make a {kind}: it has no {method_name}()",
+                retryable=False,
+            )
+        return method(prompt, params, ctx)
 
 
 # --- Added with the Vertex adapter: a global cap on a scarce provider resource ----------------

@@ -39,11 +39,7 @@ from common.domain.errors import (
     InvalidTransition,
     LeaseLost,
 )
-
-
-class Kind(str, enum.Enum):
-    VIDEO = "video"
-    IMAGE = "image"
+from common.domain.kinds import Kind as Kind  # defined with the kind registry; re-exported
 
 
 class Status(str, enum.Enum):
