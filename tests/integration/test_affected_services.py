@@ -212,39 +212,37 @@ def test_untracked_package_data_affects_only_the_api(repo):
     assert names(repo, base) == [API]
 
 
-def new_kind_folder(kind: str, job: str) -> dict[str, str]:
-    """What adding a kind puts beside its registry entry: jobs/<kind>/ with its entrypoint,
-    BUILD (PEX + a docker_image tagged cloud-run, named by the entry's job) and deploy/."""
+def new_kind_folder(kind: str) -> dict[str, str]:
+    """What adding a kind puts beside its registry entry: jobs/<kind>/ with its two one-line
+    entrypoints, deploy/ and a BUILD of one macro call (PEXes + a docker_image tagged
+    cloud-run, phoenix-<kind>-job), plus an untagged image for local use."""
+    entry = """
+        import sys
+
+        from common.domain.kinds import Kind
+        from common.generators import PRODUCTION
+        from common.job_main import main
+
+        if __name__ == "__main__":
+            sys.exit(main(Kind({kind!r}), generators=PRODUCTION))
+        """
     return {
         f"src/python/jobs/{kind}/__init__.py": "",
-        f"src/python/jobs/{kind}/main.py": f"""
-            import sys
-
-            from common.domain.kinds import Kind
-            from common.job_main import main
-            from common.local_generators import ALL
-
-            if __name__ == "__main__":
-                sys.exit(main(Kind({kind!r}), generators=ALL))
-            """,
+        f"src/python/jobs/{kind}/production.py": entry.format(kind=kind),
+        f"src/python/jobs/{kind}/main.py": entry.format(kind=kind)
+        .replace("common.generators import PRODUCTION", "common.local_generators import ALL")
+        .replace("generators=PRODUCTION", "generators=ALL"),
         f"src/python/jobs/{kind}/Dockerfile": "FROM python:3.11-slim-bookworm\n",
         f"src/python/jobs/{kind}/deploy/job.yaml": "kind: Job\n",
         f"src/python/jobs/{kind}/BUILD": f"""
-            python_sources(name="lib")
-            pex_binary(name="{kind}-job", entry_point="main.py")
-            docker_image(
-                name="docker",
-                source="Dockerfile",
-                dependencies=[":{kind}-job"],
-                repository="{job}",
-                tags=["cloud-run"],
-            )
-            # An image for local use only: not tagged, never deployed.
-            docker_image(
+            phoenix_job("{kind}")
+            # An image for local use only: not tagged cloud-run, never deployed.
+            phoenix_image(
                 name="docker-dev",
-                source="Dockerfile",
-                dependencies=[":{kind}-job"],
-                repository="{job}-dev",
+                pex="{kind}-job-local",
+                pex_path="src.python.jobs.{kind}/{kind}-job-local.pex",
+                repository="phoenix-{kind}-dev",
+                deployed=False,
             )
             """,
     }
@@ -254,7 +252,7 @@ def test_a_new_kind_is_its_job_folder_only_and_untagged_images_are_not_deployed(
     """The test-only third kind's registry entry (tests/support/third_kind.py) names its job;
     its folder is all Pants needs to answer for it."""
     job = AUDIO.job
-    base = scenario(repo, "new-kind", new_kind_folder(AUDIO.kind.value, job))
+    base = scenario(repo, "new-kind", new_kind_folder(AUDIO.kind.value))
     result = aff.affected_services(repo, base)
     assert result.names == [job]
     assert result.affected[0].deploy_dir == f"src/python/jobs/{AUDIO.kind.value}/deploy"

@@ -20,14 +20,22 @@ from common.domain.kinds import KINDS, Kind, KindRegistry, KindSpec
 from common.domain.requests import request_json_schema
 
 
-def _error_response(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+def _json_response(
+    component: str, description: str, headers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A response whose JSON body is ``#/components/schemas/<component>``."""
+    schema = {"$ref": f"#/components/schemas/{component}"}
     response: dict[str, Any] = {
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        "content": {"application/json": {"schema": schema}},
     }
     if headers:
         response["headers"] = headers
     return response
+
+
+def _error_response(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    return _json_response("Error", description, headers)
 
 
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
@@ -93,13 +101,7 @@ def _id_param() -> dict[str, Any]:
 
 
 def _creation_response(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Creation"}}},
-    }
-    if headers:
-        response["headers"] = headers
-    return response
+    return _json_response("Creation", description, headers)
 
 
 def _control_ops() -> dict[str, Any]:

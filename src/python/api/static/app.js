@@ -215,20 +215,24 @@
       schedulePoll(0);
     } catch (err) {
       showError(err.message);
-      // 503: saved, not started yet; it is retried automatically, so show it in the list.
-      const id = err.body && err.body.error && err.body.error.creation_id;
-      if (id) {
-        try {
-          const { data, etag } = await api("/api/creations/" + encodeURIComponent(id));
-          upsert(data, etag, { prepend: true });
-          schedulePoll(POLL_MS);
-        } catch (ignored) {
-          /* the message above already says what happened */
-        }
-      }
+      await showSavedCreation(err);
     } finally {
       submitButton.disabled = false;
       submitButton.textContent = "Generate";
+    }
+  }
+
+  // A 503 from a generate or retry call: the creation was saved and starts by itself (the
+  // sweeper dispatches it), so it is shown in the list like any other.
+  async function showSavedCreation(err) {
+    const id = err.body && err.body.error && err.body.error.creation_id;
+    if (!id) return;
+    try {
+      const { data, etag } = await api("/api/creations/" + encodeURIComponent(id));
+      upsert(data, etag, { prepend: true });
+      schedulePoll(POLL_MS);
+    } catch (ignored) {
+      /* the message already shown says what happened */
     }
   }
 
@@ -413,17 +417,7 @@
       schedulePoll(0);
     } catch (err) {
       showError(err.message);
-      const newId = err.body && err.body.error && err.body.error.creation_id;
-      if (newId) {
-        // 503: the new creation was saved and will start by itself; show it.
-        try {
-          const r = await api("/api/creations/" + encodeURIComponent(newId));
-          upsert(r.data, r.etag, { prepend: true });
-          schedulePoll(POLL_MS);
-        } catch (ignored) {
-          /* the message above already says what happened */
-        }
-      }
+      await showSavedCreation(err);
       if (err.status === 404) removeCard(id);
     } finally {
       button.disabled = false;
