@@ -116,7 +116,6 @@ def _all_envs() -> dict[str, dict[str, str]]:
 def test_every_env_name_is_read_by_the_code():
     import api.main
     import common.config
-
     from common.domain.kinds import KINDS
 
     readers = inspect.getsource(common.config) + inspect.getsource(api.main)

@@ -8,6 +8,7 @@ tests/integration/test_affected_services.py::test_a_new_kind_is_its_job_folder_o
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -25,7 +26,7 @@ from common.domain.kinds import KINDS, Kind, KindRegistry
 from common.domain.payload import TaskPayload
 from common.domain.requests import parse_generation_request
 from common.domain.rollout import Rollout, RolloutError
-from common.ports import GeneratedMedia, Generator
+from common.ports import GeneratedMedia, GenerationContext, Generator
 from tests.support.openapi_routes import documented_operations, flask_operations
 from tests.support.third_kind import AUDIO, WITH_AUDIO
 
@@ -136,24 +137,26 @@ def test_payloads_and_the_rollout_flag_accept_only_registered_kinds():
         Rollout.parse("audio=local:100", "local")
 
 
-class _RecordingCtx:
+class _NoProviderCalls:
+    """A generation context that fails the test on anything a provider call would use."""
+
     creation_id = "c1"
-    existing_operation: str | None = None
-    output_prefix: str | None = None
+    lease_owner = "job/test"
+    existing_operation = None
+    output_prefix = None
+    start_marker = None
 
-    def report_progress(self, percent: int) -> None:
-        pass
+    def __getattr__(self, name: str):
+        raise AssertionError(f"ctx.{name} used: no provider call may start for this kind")
 
-    def record_operation(self, operation: str) -> None:
-        raise AssertionError("no provider operation may start for an unknown kind")
 
-    def heartbeat(self) -> None:
-        pass
+def _ctx() -> GenerationContext:
+    return cast(GenerationContext, _NoProviderCalls())
 
 
 def _refusal(generator: Generator, kind: Kind) -> GenerationError:
     with pytest.raises(GenerationError) as err:
-        generator.generate(kind, "a prompt", {}, _RecordingCtx())
+        generator.generate(kind, "a prompt", {}, _ctx())
     assert err.value.code == "unsupported_kind" and err.value.retryable is False
     return err.value
 
@@ -185,6 +188,6 @@ def test_generators_raise_on_a_kind_they_do_not_know():
         def generate_audio(self, prompt, params, ctx):
             return [GeneratedMedia(mime_type="audio/mpeg", data=prompt.encode())]
 
-    made = AudioGenerator().generate(AUDIO_KIND, "hum", {"seconds": 3}, _RecordingCtx())
+    made = AudioGenerator().generate(AUDIO_KIND, "hum", {"seconds": 3}, _ctx())
     assert made == [GeneratedMedia(mime_type="audio/mpeg", data=b"hum")]
     assert AUDIO.generator == "generate_audio"
