@@ -32,7 +32,7 @@ from common.domain import quota as quotas
 from common.domain.creation import Creation, Status
 from common.domain.errors import NotFound
 from common.domain.quota import QuotaPolicy, Refusal, UserQuota
-from common.ports import CreationStore
+from common.ports import AdmissionAsk, CreationStore, ScanQuery
 
 COLLECTION = "creations"
 # Admission: quotas/u_<hash of user id> per user, quotas/global for the optional ceiling. The
@@ -173,14 +173,8 @@ class FirestoreCreationStore(CreationStore):
         )
         return [_from_document(s.to_dict()) for s in query.stream()]
 
-    def scan(
-        self,
-        *,
-        statuses: Iterable[Status] | None = None,
-        updated_before: datetime | None = None,
-        created_after: datetime | None = None,
-        limit: int = 1000,
-    ) -> list[Creation]:
+    def _scan(self, query: ScanQuery) -> list[Creation]:
+        statuses, updated_before, created_after, limit = query
         """Oldest ``updated_at`` first, like the other stores.
 
         Firestore orders only by a field it also range-filters first, so ``created_after``
@@ -236,15 +230,8 @@ class FirestoreCreationStore(CreationStore):
         if released is not user:
             tx.set(qref, quotas.user_to_dict(released))
 
-    def admit(
-        self,
-        user_id: str,
-        creation_id: str,
-        policy: QuotaPolicy,
-        now: datetime,
-        *,
-        insert: Creation | None = None,
-    ) -> Refusal | None:
+    def _admit(self, ask: AdmissionAsk) -> Refusal | None:
+        user_id, creation_id, policy, now, insert = ask
         qref = self._quota_ref(user_id)
         gref = self._quotas.document(_GLOBAL_QUOTA)
         cref = self._collection.document(insert.id) if insert is not None else None
