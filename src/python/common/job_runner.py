@@ -4,6 +4,9 @@ The Cloud Run Jobs, the local processes and the legacy Celery worker all call ``
 the three paths differ only in how the creation id arrives. Exit codes follow Cloud Run's retry
 contract: 0 when there is nothing left to do (done, failed for good, or a duplicate delivery),
 1 only when a retry could succeed (the record was handed back as ``pending`` first).
+
+(Longer than our ~350-line norm: the claim, the heartbeat thread, the unknown-outcome markers,
+storing media and the hand-back all act on one lease; they are one protocol, read together.)
 """
 
 from __future__ import annotations
