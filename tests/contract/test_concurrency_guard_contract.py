@@ -8,15 +8,13 @@ on the same transaction retry path the creation store's contract test exercises.
 
 from __future__ import annotations
 
-from tests.support.race import race_processes, threads_at_once
-
-import multiprocessing
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from common.adapters.concurrency_guard import InMemoryConcurrencyGuard, SqliteConcurrencyGuard
+from tests.support.race import race_processes, threads_at_once
 from tools.servers import firestore_emulator
 
 TTL = timedelta(seconds=30)

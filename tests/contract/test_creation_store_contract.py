@@ -10,10 +10,7 @@ by injecting the Aborted a contended commit gets in production (``test_firestore
 
 from __future__ import annotations
 
-from tests.support.race import race_processes, threads_at_once
-
 import dataclasses
-import multiprocessing
 import random
 import threading
 import time
@@ -35,6 +32,7 @@ from common.domain.errors import (
     NotFound,
 )
 from common.domain.quota import QuotaPolicy, Refusal
+from tests.support.race import race_processes, threads_at_once
 from tools.servers import firestore_emulator
 
 LEASE = timedelta(seconds=60)

@@ -18,8 +18,6 @@ Two versions:
 
 from __future__ import annotations
 
-from tests.support.sweep_counts import sweep_counts
-
 import shutil
 import subprocess
 import tempfile
@@ -45,6 +43,7 @@ from common.domain.payload import TaskPayload
 from common.job_runner import JobDeps, new_owner_id, run_job
 from common.ports import Dispatcher, GenerationContext, Generator
 from common.sweeper import SweepPolicy, sweep
+from tests.support.sweep_counts import sweep_counts
 from tools.servers import free_port, redis_argv, stop_process_group, wait_for_port
 
 SUBMISSIONS = 100

@@ -95,7 +95,9 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _handed_back(store: SqliteCreationStore, cid: str, code: int, took: float, log: Path) -> Creation:
+def _handed_back(
+    store: SqliteCreationStore, cid: str, code: int, took: float, log: Path
+) -> Creation:
     """The record after the SIGTERM: the job exited 143 in time, the creation is pending again
     with no lease owner."""
     assert code == EXIT_TERMINATED, log.read_text()[-3000:]

@@ -3,8 +3,6 @@ is re-dispatched by the real command, and its (local) job completes it."""
 
 from __future__ import annotations
 
-from tests.support.sweep_counts import sweep_counts
-
 import json
 import os
 import subprocess
@@ -14,6 +12,7 @@ from datetime import timedelta
 from common.adapters.sqlite_store import SqliteCreationStore
 from common.domain import creation as lc
 from common.domain.creation import Kind, Status
+from tests.support.sweep_counts import sweep_counts
 
 
 def test_sweep_command_recovers_a_creation_whose_dispatch_failed(tmp_path):

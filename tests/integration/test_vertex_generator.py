@@ -10,8 +10,6 @@ service's latency, quota numbers or filter decisions (the fake scripts them from
 
 from __future__ import annotations
 
-from tests.support.generation_context import BareContext
-
 import threading
 import time
 from datetime import timedelta
@@ -26,6 +24,7 @@ from common.config import Settings
 from common.domain import creation as lc
 from common.domain.creation import Kind, Status
 from common.job_runner import EXIT_DONE, EXIT_RETRY, JobDeps, run_job
+from tests.support.generation_context import BareContext
 from tools.emulator_profile import write_signing_key
 from tools.servers import gcs_emulator
 from tools.standins.fake_vertex import FakeVertexServer

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from tests.support.sweep_counts import sweep_counts
-
 from datetime import UTC, datetime, timedelta
 
 from common.adapters.local_dispatch import RecordingDispatcher
@@ -12,6 +10,7 @@ from common.domain import creation as lc
 from common.domain.creation import Kind, Status
 from common.domain.errors import DispatchError
 from common.sweeper import SweepPolicy, sweep
+from tests.support.sweep_counts import sweep_counts
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = SweepPolicy(

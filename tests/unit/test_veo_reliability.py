@@ -6,8 +6,6 @@ Tests whose docstring starts with "Before:" failed against the previous generato
 
 from __future__ import annotations
 
-from tests.support.generation_context import BareContext
-
 import dataclasses
 import itertools
 import threading
@@ -23,6 +21,7 @@ from common.domain import creation as lc
 from common.domain.creation import Kind, MediaRef, Status
 from common.job_runner import EXIT_RETRY, JobDeps, run_job
 from common.ports import MediaStore
+from tests.support.generation_context import BareContext
 
 BUCKET_HEAD = "gs://bucket/creations/"
 FAST = Polling(

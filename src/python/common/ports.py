@@ -71,7 +71,7 @@ class CreationStore(abc.ABC):
         return self._scan(ScanQuery(statuses, updated_before, created_after, limit))
 
     @abc.abstractmethod
-    def _scan(self, query: ScanQuery) -> list[Creation]:
+    def _scan(self, filters: ScanQuery) -> list[Creation]:
         """What each store implements for ``scan`` (its filters in one tuple)."""
 
     @abc.abstractmethod

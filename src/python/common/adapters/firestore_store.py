@@ -18,7 +18,7 @@ import dataclasses
 import hashlib
 import os
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -29,9 +29,9 @@ from common.adapters.process_wide import process_wide
 from common.config import Settings
 from common.domain import creation as lifecycle
 from common.domain import quota as quotas
-from common.domain.creation import Creation, Status
+from common.domain.creation import Creation
 from common.domain.errors import NotFound
-from common.domain.quota import QuotaPolicy, Refusal, UserQuota
+from common.domain.quota import Refusal, UserQuota
 from common.ports import AdmissionAsk, CreationStore, ScanQuery
 
 COLLECTION = "creations"
@@ -173,8 +173,7 @@ class FirestoreCreationStore(CreationStore):
         )
         return [_from_document(s.to_dict()) for s in query.stream()]
 
-    def _scan(self, query: ScanQuery) -> list[Creation]:
-        statuses, updated_before, created_after, limit = query
+    def _scan(self, filters: ScanQuery) -> list[Creation]:
         """Oldest ``updated_at`` first, like the other stores.
 
         Firestore orders only by a field it also range-filters first, so ``created_after``
@@ -182,6 +181,7 @@ class FirestoreCreationStore(CreationStore):
         here; combined with ``updated_before`` it is applied in memory after the
         ``updated_at`` query (no caller combines them; the limit then counts before it).
         """
+        statuses, updated_before, created_after, limit = filters
         query: Any = self._collection
         if statuses is not None:
             values = [s.value for s in statuses]

@@ -4,13 +4,12 @@ contract tests hold the real adapters to. A lock gives it the same atomic ``upda
 from __future__ import annotations
 
 import threading
-from datetime import datetime
-from typing import Callable, Iterable
+from typing import Callable
 
 from common.domain import quota as quotas
-from common.domain.creation import Creation, Status
+from common.domain.creation import Creation
 from common.domain.errors import NotFound
-from common.domain.quota import GlobalQuota, QuotaPolicy, Refusal, UserQuota
+from common.domain.quota import GlobalQuota, Refusal, UserQuota
 from common.ports import AdmissionAsk, CreationStore, ScanQuery
 
 
@@ -46,8 +45,8 @@ class InMemoryCreationStore(CreationStore):
         mine.sort(key=lambda c: (c.created_at, c.id), reverse=True)
         return mine[:limit]
 
-    def _scan(self, query: ScanQuery) -> list[Creation]:
-        statuses, updated_before, created_after, limit = query
+    def _scan(self, filters: ScanQuery) -> list[Creation]:
+        statuses, updated_before, created_after, limit = filters
         wanted = set(statuses) if statuses is not None else None
         found = [
             c

@@ -13,13 +13,13 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from common.domain import creation as lifecycle
 from common.domain import quota as quotas
-from common.domain.creation import Creation, Status
+from common.domain.creation import Creation
 from common.domain.errors import NotFound
-from common.domain.quota import QuotaPolicy, Refusal, UserQuota
+from common.domain.quota import Refusal, UserQuota
 from common.ports import AdmissionAsk, CreationStore, ScanQuery
 
 _GLOBAL_KEY = "global"
@@ -167,8 +167,8 @@ class SqliteCreationStore(CreationStore):
         )
         return [lifecycle.from_dict(json.loads(r[0])) for r in rows]
 
-    def _scan(self, query: ScanQuery) -> list[Creation]:
-        statuses, updated_before, created_after, limit = query
+    def _scan(self, filters: ScanQuery) -> list[Creation]:
+        statuses, updated_before, created_after, limit = filters
         where: list[str] = []
         args: list[object] = []
         if statuses is not None:
