@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "python"
@@ -40,45 +40,88 @@ PYTHON = Path(sys.executable)
 RESULTS_DIR = REPO / "dist" / "benchmarks"
 LOOPBACK = "127.0.0.1"
 
+
+def _output(address: str, suffix: str = ".pex") -> tuple[str, Path]:
+    """A target and what ``./pants package`` writes for it: dist/<its dir, dotted>/<name><suffix>."""
+    spec, _, name = address.partition(":")
+    return address, REPO / "dist" / spec.replace("/", ".") / f"{name}{suffix}"
+
+
 PEX = {
-    "api": ("src/python/api:api", REPO / "dist" / "src.python.api" / "api.pex"),
-    "image-job": (
-        "src/python/jobs/image:image-job",
-        REPO / "dist" / "src.python.jobs.image" / "image-job.pex",
-    ),
-    "video-job": (
-        "src/python/jobs/video:video-job",
-        REPO / "dist" / "src.python.jobs.video" / "video-job.pex",
-    ),
+    "api": _output("src/python/api:api"),
+    "image-job": _output("src/python/jobs/image:image-job"),
+    "video-job": _output("src/python/jobs/video:video-job"),
     # The repo's job targets (every generator, the local one included): what benchmarks that
     # generate on the embedded defaults run. The production PEXes above hold Vertex only.
-    "image-job-local": (
-        "src/python/jobs/image:image-job-local",
-        REPO / "dist" / "src.python.jobs.image" / "image-job-local.pex",
-    ),
-    "video-job-local": (
-        "src/python/jobs/video:video-job-local",
-        REPO / "dist" / "src.python.jobs.video" / "video-job-local.pex",
-    ),
-    "eager-image-job": (
-        "benchmarks:eager-image-job",
-        REPO / "dist" / "benchmarks" / "eager-image-job.pex",
-    ),
+    "image-job-local": _output("src/python/jobs/image:image-job-local"),
+    "video-job-local": _output("src/python/jobs/video:video-job-local"),
+    "eager-image-job": _output("benchmarks:eager-image-job"),
 }
 
 
 # The docker_image targets and the docker-info.json Pants writes for each (image id, tags).
 IMAGES = {
-    "api": ("src/python/api:docker", REPO / "dist" / "src.python.api" / "docker.docker-info.json"),
-    "video-job": (
-        "src/python/jobs/video:docker",
-        REPO / "dist" / "src.python.jobs.video" / "docker.docker-info.json",
-    ),
-    "image-job": (
-        "src/python/jobs/image:docker",
-        REPO / "dist" / "src.python.jobs.image" / "docker.docker-info.json",
-    ),
+    name: _output(f"{spec}:docker", ".docker-info.json")
+    for name, spec in (
+        ("api", "src/python/api"),
+        ("video-job", "src/python/jobs/video"),
+        ("image-job", "src/python/jobs/image"),
+    )
 }
+
+
+def time_to_claim(
+    store: Any, cid: str, label: str, run: Callable[[], subprocess.CompletedProcess[bytes]]
+) -> tuple[float, float]:
+    """Runs ``run`` (a job process for creation ``cid``, from exec) and returns (ms to the
+    record's ``claimed_at``, ms to the process's exit); the job must have completed."""
+    t0 = time.time()
+    proc = run()
+    t_exit = time.time()
+    rec = store.get(cid)
+    if proc.returncode != 0 or rec is None or rec.claimed_at is None:
+        output = (proc.stdout or b"") + (proc.stderr or b"")
+        raise RuntimeError(
+            f"{label} exited {proc.returncode}, record={rec and rec.status}: "
+            f"{output.decode(errors='replace')[-3000:]}"
+        )
+    if rec.status.value != "completed":
+        raise RuntimeError(f"job did not complete: {rec.status} {rec.error}")
+    return (rec.claimed_at.timestamp() - t0) * 1000, (t_exit - t0) * 1000
+
+
+def claim_stats(
+    claim: Mapping[str, Sequence[float]], total: Mapping[str, Sequence[float]]
+) -> dict[str, dict[str, float]]:
+    """Per variant: median, p90 and min ms to the claim, median ms to the process's exit."""
+    return {
+        k: {
+            "claim_p50_ms": r1(percentile(v, 50)),
+            "claim_p90_ms": r1(percentile(v, 90)),
+            "claim_min_ms": r1(min(v)),
+            "exit_p50_ms": r1(percentile(total[k], 50)),
+        }
+        for k, v in claim.items()
+    }
+
+
+def new_pending_image(store: Any, prompt: str, path: str = "local") -> str:
+    """A pending image creation in ``store`` (what a job benchmark then claims); its id."""
+    from common.domain import creation as lifecycle
+    from common.domain.creation import Kind
+    from common.domain.requests import parse_generation_request
+
+    req = parse_generation_request(Kind.IMAGE, {"prompt": prompt})
+    creation = lifecycle.new(
+        user_id="bench",
+        kind=Kind.IMAGE,
+        prompt=req.prompt,
+        params=req.params,
+        path=path,
+        now=lifecycle.utcnow(),
+    )
+    store.add(creation)
+    return str(creation.id)
 
 
 # --- statistics and output ----------------------------------------------------------------------
@@ -137,22 +180,16 @@ def emit_json(benchmark: str, data: Mapping[str, Any]) -> Path:
     return out
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10
+    ).stdout.strip()
+
+
 def _git_commit() -> str:
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
+        head = _git("rev-parse", "--short=12", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{head}{'+dirty' if dirty else ''}" if head else "unknown"

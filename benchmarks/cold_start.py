@@ -68,21 +68,7 @@ def _store(data_dir: Path) -> Any:
 
 
 def _new_pending(store: Any) -> str:
-    from common.domain import creation as lifecycle
-    from common.domain.creation import Kind
-    from common.domain.requests import parse_generation_request
-
-    req = parse_generation_request(Kind.IMAGE, {"prompt": "cold start benchmark"})
-    creation = lifecycle.new(
-        user_id="bench",
-        kind=Kind.IMAGE,
-        prompt=req.prompt,
-        params=req.params,
-        path="local",
-        now=lifecycle.utcnow(),
-    )
-    store.add(creation)
-    return str(creation.id)
+    return c.new_pending_image(store, "cold start benchmark")
 
 
 def _job_env(data_dir: Path, pex_root: Path) -> dict[str, str]:
@@ -136,26 +122,20 @@ def _production_store(env: dict[str, str]) -> Any:
 def _run_once(argv: list[str], env: dict[str, str], store: Any, cwd: Path) -> tuple[float, float]:
     """Returns (ms to claimed_at, ms to process exit)."""
     cid = _new_pending(store)
-    t0 = time.time()
-    proc = subprocess.run(
-        [*argv, "--creation-id", cid],
-        env=env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        timeout=600,  # generous: a busy shared machine can take minutes for a first run
+    return c.time_to_claim(
+        store,
+        cid,
+        argv[0],
+        lambda: subprocess.run(
+            [*argv, "--creation-id", cid],
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=600,  # generous: a busy shared machine can take minutes for a first run
+        ),
     )
-    t_exit = time.time()
-    rec = store.get(cid)
-    if proc.returncode != 0 or rec is None or rec.claimed_at is None:
-        raise RuntimeError(
-            f"{argv[0]} exited {proc.returncode}, record={rec and rec.status}: "
-            f"{proc.stderr.decode(errors='replace')[-3000:]}"
-        )
-    if rec.status.value != "completed":
-        raise RuntimeError(f"job did not complete: {rec.status} {rec.error}")
-    return (rec.claimed_at.timestamp() - t0) * 1000, (t_exit - t0) * 1000
 
 
 def _build_venv(py: str, pex: Path, dest: Path, pex_root: Path) -> float:
@@ -350,15 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
         prod_store.close()
 
-    stats = {
-        k: {
-            "claim_p50_ms": c.r1(c.percentile(v, 50)),
-            "claim_p90_ms": c.r1(c.percentile(v, 90)),
-            "claim_min_ms": c.r1(min(v)),
-            "exit_p50_ms": c.r1(c.percentile(total[k], 50)),
-        }
-        for k, v in claim.items()
-    }
+    stats = c.claim_stats(claim, total)
     c.table(
         f"Job cold start: exec -> claimed_at ({args.runs} runs each, after 1 warm-up)",
         ["variant", "median ms", "p90 ms", "min ms", "exit median ms"],

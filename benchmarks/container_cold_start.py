@@ -108,41 +108,14 @@ def pull_size(docker: str, ref: str, base: str) -> dict[str, float]:
     }
 
 
-def _pending_image(store: Any) -> str:
-    from common.domain import creation as lifecycle
-    from common.domain.creation import Kind
-    from common.domain.requests import parse_generation_request
-
-    req = parse_generation_request(Kind.IMAGE, {"prompt": "container cold start benchmark"})
-    creation = lifecycle.new(
-        user_id="bench",
-        kind=Kind.IMAGE,
-        prompt=req.prompt,
-        params=req.params,
-        path="cloud-tasks",
-        now=lifecycle.utcnow(),
-    )
-    store.add(creation)
-    return str(creation.id)
-
-
 def _run_once(docker: str, ref: str, env: dict[str, str], store: Any) -> tuple[float, float]:
-    cid = _pending_image(store)
+    cid = c.new_pending_image(store, "container cold start benchmark", "cloud-tasks")
     argv = [docker, "run", "--rm", "--network", "host"]
     argv += [f"--env={k}={v}" for k, v in env.items()]
     argv += [ref, "--creation-id", cid]
-    t0 = time.time()
-    proc = subprocess.run(argv, capture_output=True, timeout=180)
-    t_exit = time.time()
-    rec = store.get(cid)
-    if proc.returncode != 0 or rec is None or rec.claimed_at is None:
-        raise RuntimeError(
-            f"{ref} exited {proc.returncode}, record={rec and rec.status}: "
-            f"{(proc.stdout + proc.stderr).decode(errors='replace')[-3000:]}"
-        )
-    if rec.status.value != "completed":
-        raise RuntimeError(f"job did not complete: {rec.status} {rec.error}")
-    return (rec.claimed_at.timestamp() - t0) * 1000, (t_exit - t0) * 1000
+    return c.time_to_claim(
+        store, cid, ref, lambda: subprocess.run(argv, capture_output=True, timeout=180)
+    )
 
 
 def measure(runs: int, build: bool) -> dict[str, Any]:
@@ -202,15 +175,7 @@ def measure(runs: int, build: bool) -> dict[str, Any]:
                 total[label].append(tot)
         os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
 
-    stats = {
-        k: {
-            "claim_p50_ms": c.r1(c.percentile(v, 50)),
-            "claim_p90_ms": c.r1(c.percentile(v, 90)),
-            "claim_min_ms": c.r1(min(v)),
-            "exit_p50_ms": c.r1(c.percentile(total[k], 50)),
-        }
-        for k, v in claim.items()
-    }
+    stats = c.claim_stats(claim, total)
     ratio = stats["real"]["claim_p50_ms"] / stats["eager"]["claim_p50_ms"]
     print("[setup] measuring pull sizes (docker save + gzip of every layer)", flush=True)
     sizes = {label: pull_size(docker, img.ref, images.BASE_IMAGE) for label, img in refs.items()}

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # self-locating
 from benchmarks import _common as c  # noqa: E402
-from common.ports import CreationStore  # noqa: E402
+from common.ports import CreationStore, ScanQuery  # noqa: E402
 
 USER = "poller"
 GCS_BUCKET = "phoenix-bench-media"
@@ -70,9 +70,9 @@ class CountingStore(CreationStore):
         self._count("list_for_user")
         return self.inner.list_for_user(user_id, limit)
 
-    def scan(self, **kwargs: Any) -> list[Any]:
+    def _scan(self, query: ScanQuery) -> list[Any]:
         self._count("scan")
-        return self.inner.scan(**kwargs)
+        return self.inner.scan(**query._asdict())
 
     def ping(self) -> None:
         self._count("ping")

@@ -43,7 +43,7 @@ from typing import Sequence
 DEPLOY_TAG = "cloud-run"
 
 # Inputs of every build that are not in Pants' graph (exact repo-relative paths).
-GLOBAL_INPUTS: tuple[str, ...] = ("pants.toml", "pants")
+GLOBAL_INPUTS: tuple[str, ...] = ("pants.toml", "pants", "pants-plugins/macros.py")
 
 ZERO_SHA = "0" * 40
 

@@ -279,6 +279,28 @@ def _redis_ping(host: str, port: int, timeout: float, proc: subprocess.Popen[byt
     raise TimeoutError(f"redis on {host}:{port} did not answer PING after {timeout:.1f}s: {last}")
 
 
+def redis_argv(binary: str, port: int, data_dir: str) -> list[str]:
+    """A throw-away Redis in the foreground: loopback only, no persistence, files in
+    ``data_dir``."""
+    return [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        LOOPBACK,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        data_dir,
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "yes",
+    ]
+
+
 @contextlib.contextmanager
 def redis_server(timeout: float = DEFAULT_START_TIMEOUT) -> Iterator[ServerHandle]:
     """A throw-away Redis (no persistence, loopback only) on a free port."""
@@ -289,23 +311,7 @@ def redis_server(timeout: float = DEFAULT_START_TIMEOUT) -> Iterator[ServerHandl
         raise ToolMissingError("redis-server is not installed; run `tools/provision`")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="phoenix-redis-") as data_dir:
-        argv = [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            LOOPBACK,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            data_dir,
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "yes",
-        ]
+        argv = redis_argv(binary, port, data_dir)
         with managed_process(
             "redis", argv, lambda p: _redis_ping(LOOPBACK, port, timeout, p), env=_clean_env()
         ) as (proc, log, secs):

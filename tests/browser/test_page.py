@@ -88,7 +88,7 @@ def test_image_and_video_appear_inline_when_finished(page: Page, tmp_path: Path)
     expect(page.locator("#options-image")).to_be_visible()
     expect(page.locator("#options-video")).to_be_hidden()
     page.select_option("#image-aspect-ratio", "16:9")
-    page.fill("#count", "2")
+    page.fill("#image-count", "2")
     page.click("#submit")
 
     image_card = page.locator("[data-testid=creation][data-kind=image]").first
@@ -110,7 +110,7 @@ def test_image_and_video_appear_inline_when_finished(page: Page, tmp_path: Path)
     page.fill("#prompt", "A paper boat drifting down a rainy street")
     page.click("label[for=kind-video]")
     page.select_option("#video-aspect-ratio", "9:16")
-    page.select_option("#duration", "4")
+    page.select_option("#video-duration-seconds", "4")
     page.click("#submit")
 
     cards = page.locator("[data-testid=creation]")
@@ -178,7 +178,7 @@ def test_cancel_retry_and_delete_from_the_page_with_the_keyboard(page: Page) -> 
     # A slow video: Cancel is offered while it is queued or generating.
     page.fill("#prompt", "A slow pan over a glacier [slow:30]")
     page.click("label[for=kind-video]")
-    page.select_option("#duration", "4")
+    page.select_option("#video-duration-seconds", "4")
     page.click("#submit")
     cards = page.locator("[data-testid=creation]")
     first = cards.first

@@ -8,13 +8,13 @@ on the same transaction retry path the creation store's contract test exercises.
 
 from __future__ import annotations
 
-import multiprocessing
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from common.adapters.concurrency_guard import InMemoryConcurrencyGuard, SqliteConcurrencyGuard
+from tests.support.race import race_processes, threads_at_once
 from tools.servers import firestore_emulator
 
 TTL = timedelta(seconds=30)
@@ -106,7 +106,7 @@ def test_resources_are_independent_and_release_is_idempotent(guard_and_clock):
     assert guard.holders("veo/us") == {} and list(guard.holders("veo/eu")) == ["a"]
 
 
-def _race(path: str, start, holders: list[str], limit: int, results) -> None:
+def _race(path: str, holders: list[str], limit: int, start, results) -> None:
     import threading
 
     guard = SqliteConcurrencyGuard(path)
@@ -119,12 +119,7 @@ def _race(path: str, start, holders: list[str], limit: int, results) -> None:
             with lock:
                 won.append(holder)
 
-    start.wait()
-    threads = [threading.Thread(target=one, args=(h,)) for h in holders]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    threads_at_once(start, one, [(h,) for h in holders])
     results.extend(won)
 
 
@@ -133,23 +128,8 @@ def test_sqlite_guard_never_overcommits_under_a_cross_process_race(tmp_path):
     (SQLite's write lock taken by BEGIN IMMEDIATE before the count is read)."""
     path = str(tmp_path / "race.sqlite3")
     SqliteConcurrencyGuard(path).close()  # create the schema once
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Manager() as manager:
-        results = manager.list()
-        start = ctx.Event()
-        procs = [
-            ctx.Process(
-                target=_race, args=(path, start, [f"p{p}-t{t}" for t in range(8)], 5, results)
-            )
-            for p in range(4)
-        ]
-        for p in procs:
-            p.start()
-        start.set()
-        for p in procs:
-            p.join(60)
-            assert p.exitcode == 0
-        winners = list(results)
+    holders = [[f"p{p}-t{t}" for t in range(8)] for p in range(4)]
+    winners = race_processes(_race, [(path, h, 5) for h in holders], timeout=60)
     assert len(winners) == 5
     assert set(SqliteConcurrencyGuard(path).holders("veo")) == set(winners)
 

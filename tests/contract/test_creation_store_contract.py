@@ -11,7 +11,6 @@ by injecting the Aborted a contended commit gets in production (``test_firestore
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import random
 import threading
 import time
@@ -33,6 +32,7 @@ from common.domain.errors import (
     NotFound,
 )
 from common.domain.quota import QuotaPolicy, Refusal
+from tests.support.race import race_processes, threads_at_once
 from tools.servers import firestore_emulator
 
 LEASE = timedelta(seconds=60)
@@ -471,12 +471,7 @@ def _claim_everything(path: str, ids: list[str], tag: str, start, out) -> None:
             with lock:
                 wins.append((cid, owner))
 
-    start.wait()
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    threads_at_once(start, worker, [(n,) for n in range(8)])
     out.extend(wins)
 
 
@@ -490,21 +485,7 @@ def test_sqlite_claim_race_across_processes_has_exactly_one_winner_per_creation(
         seed.add(c)
         ids.append(c.id)
     seed.close()
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Manager() as manager:
-        out = manager.list()
-        start = ctx.Event()
-        procs = [
-            ctx.Process(target=_claim_everything, args=(path, ids, f"p{i}", start, out))
-            for i in range(2)
-        ]
-        for p in procs:
-            p.start()
-        start.set()
-        for p in procs:
-            p.join(120)
-            assert p.exitcode == 0
-        wins = list(out)
+    wins = race_processes(_claim_everything, [(path, ids, f"p{i}") for i in range(2)])
     winners: dict[str, list[str]] = {}
     for cid, owner in wins:
         winners.setdefault(cid, []).append(owner)
@@ -528,12 +509,7 @@ def _admit_from_threads(path: str, user: str, policy: QuotaPolicy, attempts: int
             with lock:
                 results.append(ok)
 
-    start.wait()
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    threads_at_once(start, worker, [()] * 8)
     out.extend(results)
 
 
@@ -546,21 +522,7 @@ def test_sqlite_admission_holds_across_processes_and_threads(tmp_path, policy, e
     """4 processes x 8 threads x 5 attempts (160) for one user: exactly the limit admitted."""
     path = str(tmp_path / "quota.sqlite3")
     SqliteCreationStore(path).close()
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Manager() as manager:
-        out = manager.list()
-        start = ctx.Event()
-        procs = [
-            ctx.Process(target=_admit_from_threads, args=(path, "alice", policy, 5, start, out))
-            for _ in range(4)
-        ]
-        for p in procs:
-            p.start()
-        start.set()
-        for p in procs:
-            p.join(120)
-            assert p.exitcode == 0
-        results = list(out)
+    results = race_processes(_admit_from_threads, [(path, "alice", policy, 5)] * 4)
     assert len(results) == 160
     assert results.count(True) == expected
     check = SqliteCreationStore(path)

@@ -117,8 +117,7 @@ def target(request, tmp_path, job_command, monkeypatch):
             cloud_tasks_endpoint=emulator.url,
             run_api_url=run_api.url,
             tasks_service_account="phoenix-tasks@phoenix-test.iam.gserviceaccount.com",
-            video_job=JOBS[Kind.VIDEO],
-            image_job=JOBS[Kind.IMAGE],
+            jobs=tuple((k.value, job) for k, job in JOBS.items()),
         )
         dispatcher = CloudTasksDispatcher.from_settings(settings)
         dispatcher.run_api = run_api  # type: ignore[attr-defined]  # for assertions below

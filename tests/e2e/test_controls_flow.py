@@ -3,7 +3,6 @@ gunicorn, SQLite, real job processes, real media files), as a client script woul
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,6 +14,7 @@ import api.local  # noqa: F401
 import jobs.image.main  # noqa: F401
 import jobs.video.main  # noqa: F401
 from tests.support.local_server import LocalServer, start_local_server, stop_server
+from tests.support.polling import wait_for_view
 
 USER = "e2e-controls"
 
@@ -43,16 +43,8 @@ def create(server: LocalServer, kind: str, body: dict[str, Any]) -> dict[str, An
 
 
 def wait_status(server: LocalServer, cid: str, wanted: set[str], timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    view: dict = {}
-    while time.monotonic() < deadline:
-        resp = call(server, "GET", f"/api/creations/{cid}")
-        assert resp.status_code == 200, resp.text
-        view = resp.json()
-        if view["status"] in wanted:
-            return view
-        time.sleep(0.2)
-    raise AssertionError(f"{cid} never reached {wanted}: {view}\n{server.log_tail()}")
+    fetch = lambda: call(server, "GET", f"/api/creations/{cid}")  # noqa: E731
+    return wait_for_view(fetch, wanted, timeout=timeout, describe=server.log_tail)
 
 
 def error_code(resp: requests.Response, status: int) -> str:

@@ -25,6 +25,7 @@ import jobs.image.main  # noqa: F401
 import jobs.video.main  # noqa: F401
 from tests.support.local_server import LocalServer, start_local_server, stop_server
 from tests.support.media_probe import probe_mp4, probe_png
+from tests.support.procs import pids_whose
 
 COMPLETION_TIMEOUT_S = 120.0
 
@@ -102,17 +103,7 @@ def download(server: LocalServer, url: str, user: str) -> bytes:
 
 def job_processes_for(creation_id: str) -> list[int]:
     """PIDs whose command line names this creation (the local job processes)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if creation_id.encode() in cmdline:
-            found.append(int(entry.name))
-    return found
+    return pids_whose("cmdline", creation_id.encode())
 
 
 # --- the flows ---------------------------------------------------------------------------------

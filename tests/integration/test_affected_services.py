@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.third_kind import AUDIO
 from tools import affected_services as aff
 
 API, VIDEO, IMAGE = "phoenix-api", "phoenix-video-job", "phoenix-image-job"
@@ -211,48 +212,57 @@ def test_untracked_package_data_affects_only_the_api(repo):
     assert names(repo, base) == [API]
 
 
-NEW_SERVICE = {
-    "src/python/jobs/audio/__init__.py": "",
-    "src/python/jobs/audio/main.py": """
-        from common.domain.creation import Status
+def new_kind_folder(kind: str) -> dict[str, str]:
+    """What adding a kind puts beside its registry entry: jobs/<kind>/ with its two one-line
+    entrypoints, deploy/ and a BUILD of one macro call (PEXes + a docker_image tagged
+    cloud-run, phoenix-<kind>-job), plus an untagged image for local use."""
+    entry = """
+        import sys
 
-        print(Status.PENDING)
-        """,
-    "src/python/jobs/audio/Dockerfile": "FROM python:3.11-slim-bookworm\n",
-    "src/python/jobs/audio/deploy/job.yaml": "kind: Job\n",
-    "src/python/jobs/audio/BUILD": """
-        python_sources(name="lib")
-        pex_binary(name="audio-job", entry_point="main.py")
-        docker_image(
-            name="docker",
-            source="Dockerfile",
-            dependencies=[":audio-job"],
-            repository="phoenix-audio-job",
-            tags=["cloud-run"],
-        )
-        # An image for local use only: not tagged, never deployed.
-        docker_image(
-            name="docker-dev",
-            source="Dockerfile",
-            dependencies=[":audio-job"],
-            repository="phoenix-audio-dev",
-        )
-        """,
-}
+        from common.domain.kinds import Kind
+        from common.generators import PRODUCTION
+        from common.job_main import main
+
+        if __name__ == "__main__":
+            sys.exit(main(Kind({kind!r}), generators=PRODUCTION))
+        """
+    return {
+        f"src/python/jobs/{kind}/__init__.py": "",
+        f"src/python/jobs/{kind}/production.py": entry.format(kind=kind),
+        f"src/python/jobs/{kind}/main.py": entry.format(kind=kind)
+        .replace("common.generators import PRODUCTION", "common.local_generators import ALL")
+        .replace("generators=PRODUCTION", "generators=ALL"),
+        f"src/python/jobs/{kind}/Dockerfile": "FROM python:3.11-slim-bookworm\n",
+        f"src/python/jobs/{kind}/deploy/job.yaml": "kind: Job\n",
+        f"src/python/jobs/{kind}/BUILD": f"""
+            phoenix_job("{kind}")
+            # An image for local use only: not tagged cloud-run, never deployed.
+            phoenix_image(
+                name="docker-dev",
+                pex="{kind}-job-local",
+                pex_path="src.python.jobs.{kind}/{kind}-job-local.pex",
+                repository="phoenix-{kind}-dev",
+                deployed=False,
+            )
+            """,
+    }
 
 
-def test_a_new_service_is_its_build_target_only_and_untagged_images_are_not_deployed(repo):
-    base = scenario(repo, "new-service", NEW_SERVICE)
+def test_a_new_kind_is_its_job_folder_only_and_untagged_images_are_not_deployed(repo):
+    """The test-only third kind's registry entry (tests/support/third_kind.py) names its job;
+    its folder is all Pants needs to answer for it."""
+    job = AUDIO.job
+    base = scenario(repo, "new-kind", new_kind_folder(AUDIO.kind.value))
     result = aff.affected_services(repo, base)
-    assert result.names == ["phoenix-audio-job"]
-    assert result.affected[0].deploy_dir == "src/python/jobs/audio/deploy"
+    assert result.names == [job]
+    assert result.affected[0].deploy_dir == f"src/python/jobs/{AUDIO.kind.value}/deploy"
     # From now on it is one of the deployables: a shared change reaches it too.
     git(repo, "tag", "-f", "with-audio")
     (repo / "src/python/common/domain/creation.py").write_text(
         (repo / "src/python/common/domain/creation.py").read_text() + "\n# shared\n"
     )
     git(repo, "commit", "-q", "-am", "shared change")
-    assert names(repo, "with-audio") == [API, "phoenix-audio-job", IMAGE, VIDEO]
+    assert names(repo, "with-audio") == [API, job, IMAGE, VIDEO]
 
 
 def test_cli_github_outputs_and_manual_service(repo, capsys):

@@ -13,7 +13,6 @@ more, its Veo slot is released, and its Cloud Run execution simply exits 0 (the 
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +26,7 @@ import api.local  # noqa: F401
 import api.main  # noqa: F401
 import jobs.video.main  # noqa: F401
 from tests.support.local_server import start_local_server, stop_server
+from tests.support.procs import alive, pids_whose
 
 LEASE_SECONDS = 4  # the job heartbeats every lease/4 = 1 s
 HEARTBEAT_S = 1.0
@@ -46,19 +46,7 @@ def seen_at(log_text: str, cid: str, event: str = "job_cancel_seen") -> float:
 
 def job_pids(creation_id: str) -> list[int]:
     """Live processes whose environment carries this creation (the job execution)."""
-    needle = f"CREATION_ID={creation_id}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = (entry / "environ").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if needle in env and state != "Z":
-            pids.append(int(entry.name))
-    return pids
+    return pids_whose("environ", f"CREATION_ID={creation_id}".encode())
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -194,7 +182,7 @@ def test_emulator_chain_cancel_mid_generation_stops_polling_veo_and_the_executio
     cancel = requests.post(f"{base}/api/creations/{cid}/cancel", timeout=15)
     assert cancel.status_code == 202, cancel.text
     try:
-        wait_for(lambda: not _alive(pid), 30, "the job process to exit")
+        wait_for(lambda: not alive(pid), 30, "the job process to exit")
     except AssertionError:
         log = Path(execution["tasks"][0]["attempts"][-1]["log"]).read_text(errors="replace")
         raise AssertionError(f"job {pid} still running; its log:\n{log[-4000:]}") from None
@@ -260,18 +248,6 @@ def get_execution_suffix(chain, cid: str) -> str:
     execution = record.execution
     assert execution and execution.startswith("jobs/phoenix-video-job/executions/"), execution
     return execution
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_emulator_chain_delivery_after_cancel_exits_zero_without_calling_veo(chain):

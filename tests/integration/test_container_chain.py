@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.polling import wait_for_view
 from tools.emulator_profile import IMAGE_JOB, VIDEO_JOB, production_chain
 
 TERMINAL = {"completed", "failed"}
@@ -38,16 +39,8 @@ def chain():
 
 
 def _wait_terminal(api: str, cid: str, timeout: float = 180.0) -> dict:
-    deadline = time.monotonic() + timeout
-    last: dict = {}
-    while time.monotonic() < deadline:
-        resp = requests.get(f"{api}/api/creations/{cid}", timeout=10)
-        assert resp.status_code == 200, resp.text
-        last = resp.json()
-        if last["status"] in TERMINAL:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"{cid} not finished after {timeout}s: {last}")
+    fetch = lambda: requests.get(f"{api}/api/creations/{cid}", timeout=10)  # noqa: E731
+    return wait_for_view(fetch, TERMINAL, timeout=timeout, interval=0.25)
 
 
 def _execution_for(chain, cid: str, timeout: float = 60.0) -> dict:

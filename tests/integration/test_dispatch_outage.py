@@ -43,15 +43,15 @@ from common.domain.payload import TaskPayload
 from common.job_runner import JobDeps, new_owner_id, run_job
 from common.ports import Dispatcher, GenerationContext, Generator
 from common.sweeper import SweepPolicy, sweep
-from tools.servers import free_port, stop_process_group, wait_for_port
+from tests.support.sweep_counts import sweep_counts
+from tools.servers import free_port, redis_argv, stop_process_group, wait_for_port
 
 SUBMISSIONS = 100
 USERS = 10
 # The sweeper's policy for this test: re-dispatch a refused creation 0.2 s after the refusal
 # (production: 10 s), and never re-send one that was dispatched (pending_timeout) within it.
 POLICY = SweepPolicy(
-    dispatch_grace=timedelta(seconds=0.2),
-    pending_timeout=timedelta(minutes=5),
+    dispatch_grace=timedelta(seconds=0.2),  # pending_timeout: the default, 5 min
     max_dispatches=5,
     max_age=timedelta(hours=1),
 )
@@ -197,15 +197,7 @@ def test_outage_submissions_get_503_then_all_complete_exactly_once(tmp_path: Pat
     # Later sweeps find nothing to do: no creation is dispatched twice.
     for _ in range(2):
         again = sweep(store, lambda path: queue, now=lc.utcnow(), policy=POLICY)
-        assert again.as_dict() == {
-            "redispatched": 0,
-            "failed": 0,
-            "errors": 0,
-            "cancelled": 0,
-            "deleted": 0,
-            "slots_released": 0,
-            "queued": 0,
-        }
+        assert again.as_dict() == sweep_counts()
     jobs.drain(timeout=60)
     jobs.close()
 
@@ -241,21 +233,7 @@ def test_outage_submissions_get_503_then_all_complete_exactly_once(tmp_path: Pat
 def _start_redis(port: int, data_dir: str) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            data_dir,
-            "--protected-mode",
-            "yes",
-        ],
+        redis_argv(binary, port, data_dir),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,

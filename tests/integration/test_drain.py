@@ -61,6 +61,16 @@ def start_drain(env, *args):
     )
 
 
+def run_drain(env, *args) -> tuple[int, str]:
+    """The drain command to its end: (exit code, output)."""
+    drain = start_drain(env, *args)
+    try:
+        out, _ = drain.communicate(timeout=60)
+    finally:
+        stop_process_group(drain)
+    return drain.returncode, out
+
+
 def read_until(proc, predicate, timeout: float) -> list[str]:
     """Lines read so far, stopping at the first line satisfying ``predicate``."""
     lines: list[str] = []
@@ -126,12 +136,8 @@ def test_drain_reports_a_stuck_legacy_creation_and_exits_non_zero(legacy, tmp_pa
     # A creation on the new path is none of the drain's business.
     add_creation(store, Kind.VIDEO, "new path", path="cloud-tasks")
 
-    drain = start_drain(env, "--timeout", "2")
-    try:
-        out, _ = drain.communicate(timeout=60)
-    finally:
-        stop_process_group(drain)
-    assert drain.returncode == 1, out
+    returncode, out = run_drain(env, "--timeout", "2")
+    assert returncode == 1, out
     assert "NOT drained after 2s" in out
     assert f"creation {stuck.id} (video) is processing on path celery" in out
     assert "Do not delete" in out
@@ -141,12 +147,8 @@ def test_drain_reports_a_stuck_legacy_creation_and_exits_non_zero(legacy, tmp_pa
 
 def test_drain_with_nothing_left_succeeds_at_once_and_prints_the_flag(legacy):
     env, _, _ = legacy
-    drain = start_drain(env, "--timeout", "30")
-    try:
-        out, _ = drain.communicate(timeout=60)
-    finally:
-        stop_process_group(drain)
-    assert drain.returncode == 0, out
+    returncode, out = run_drain(env, "--timeout", "30")
+    assert returncode == 0, out
     assert "PHOENIX_ROLLOUT=video=cloud-tasks:100;image=cloud-tasks:100" in out
     assert "(or pass --rollout-file)" in out
     assert len(polls(out.splitlines())) == 1

@@ -96,6 +96,8 @@ def listing(monkeypatch: pytest.MonkeyPatch, tmp_path):  # type: ignore[no-untyp
 
 
 def test_listing_signs_each_object_once_not_once_per_request(listing) -> None:  # type: ignore[no-untyped-def]
+    """Shown failing: with the signed-URL cache bypassed (scratch break in
+    ``common/adapters/gcs_media.py``), the second listing signed every object again."""
     listing.add(100, 4)  # the worst listing: 100 creations x 4 images
     first_calls, creations = listing.get()
     urls = [m["url"] for c in creations for m in c["media"]]

@@ -56,7 +56,7 @@ from common.adapters.sqlite_store import SqliteCreationStore
 from common.config import Settings
 from common.domain import creation as lc
 from common.domain.creation import CreationError, Kind, MediaRef
-from common.domain.requests import SCHEMAS, normalise_prompt
+from common.domain.requests import defaults, normalise_prompt
 
 MIN_REQUESTS = 1000
 # Accepted (202) generation requests that are read back; a few hundred in practice.
@@ -270,7 +270,7 @@ def test_fuzzed_requests_never_5xx_and_always_match_the_document(fuzz_app: Any) 
             and a.body["prompt"].isprintable()
         ):
             assert view["prompt"] == a.body["prompt"]  # nothing to normalise: stored verbatim
-        expected = {name: spec.default for name, spec in SCHEMAS[Kind(a.kind)].items()}
+        expected = defaults(a.kind)
         expected.update({k: v for k, v in a.body.items() if k != "prompt"})
         assert view["params"] == expected, (a.body, view["params"])
         for name, value in view["params"].items():

@@ -20,6 +20,7 @@ import requests
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
+from tests.support.polling import wait_for_view
 from tools.emulator_profile import IMAGE_JOB, PROJECT, VIDEO_JOB, production_chain
 
 TERMINAL = {"completed", "failed"}
@@ -32,16 +33,8 @@ def chain():
 
 
 def _wait_terminal(api: str, cid: str, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    last: dict = {}
-    while time.monotonic() < deadline:
-        resp = requests.get(f"{api}/api/creations/{cid}", timeout=10)
-        assert resp.status_code == 200, resp.text
-        last = resp.json()
-        if last["status"] in TERMINAL:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{cid} not finished after {timeout}s: {last}")
+    fetch = lambda: requests.get(f"{api}/api/creations/{cid}", timeout=10)  # noqa: E731
+    return wait_for_view(fetch, TERMINAL, timeout=timeout)
 
 
 def test_a_video_and_an_image_complete_through_the_production_adapters(chain):

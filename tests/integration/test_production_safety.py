@@ -23,6 +23,8 @@ PRODUCTION_SIGNS = [
 @pytest.mark.parametrize("signs", PRODUCTION_SIGNS, ids=lambda d: next(iter(d)))
 @pytest.mark.parametrize("auth", [None, "local"], ids=["auth unset", "auth=local"])
 def test_header_identity_is_refused_where_production_may_run(signs, auth):
+    """Shown failing: with the production signs ignored in ``common/config.py`` (header
+    identity allowed everywhere, scratch break), this and the entrypoint test failed (12 cases)."""
     env = dict(signs)
     if auth is not None:
         env["PHOENIX_AUTH"] = auth

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support.procs import alive
 from tools import servers
 from tools.standins.fake_vertex import FakeVertexServer
 from tools.standins.run_api import JobSpec, RunApiStandin
@@ -530,7 +531,7 @@ def test_stop_terminates_running_jobs_and_their_children(tmp_path: Path) -> None
     finally:
         standin.stop()
     for pid in map(int, pid_file.read_text().split()):
-        assert not _alive(pid), f"pid {pid} survived stop()"
+        assert not alive(pid), f"pid {pid} survived stop()"
     (execution,) = standin.executions()
     assert execution["status"] == "cancelled"
 
@@ -560,25 +561,12 @@ def test_executions_cancel_stops_the_running_task_and_starts_no_retry(tmp_path: 
         assert time.monotonic() - started < 5
         assert execution["status"] == "cancelled"
         assert len(execution["tasks"][0]["attempts"]) == 1  # SIGTERM's exit is not retried
-        assert not _alive(pid)
+        assert not alive(pid)
         # Cancelling a finished execution, or an unknown one, is refused like the Admin API.
         again = http.post(f"{standin.url}/v2/{name}:cancel", json={})
         assert again.status_code == 400 and again.json()["error"]["status"] == "FAILED_PRECONDITION"
         unknown = http.post(f"{standin.url}/v2/{name}x:cancel", json={})
         assert unknown.status_code == 404
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead for our purposes, but the stand-in must have reaped its own children
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_run_api_cli(tmp_path: Path) -> None:

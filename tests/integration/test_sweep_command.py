@@ -12,6 +12,7 @@ from datetime import timedelta
 from common.adapters.sqlite_store import SqliteCreationStore
 from common.domain import creation as lc
 from common.domain.creation import Kind, Status
+from tests.support.sweep_counts import sweep_counts
 
 
 def test_sweep_command_recovers_a_creation_whose_dispatch_failed(tmp_path):
@@ -36,15 +37,7 @@ def test_sweep_command_recovers_a_creation_whose_dispatch_failed(tmp_path):
         [sys.executable, "-m", "api.sweep"], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
-        "redispatched": 1,
-        "failed": 0,
-        "errors": 0,
-        "cancelled": 0,
-        "deleted": 0,
-        "slots_released": 0,
-        "queued": 0,
-    }
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == sweep_counts(redispatched=1)
     done = store.get(c.id)
     assert done.status is Status.COMPLETED and done.dispatches == 1
     (ref,) = done.media  # keyed per claim: <id>/<claim token>/0.png

@@ -116,6 +116,8 @@ def _run(world: dict[str, Any], cid: str, gen: Generator, *, kind=Kind.IMAGE, me
 
 
 def test_no_failure_path_shows_a_user_internal_detail(world: dict[str, Any]) -> None:
+    """Shown failing: with the API rendering the stored detail instead of the code's message
+    (scratch break in ``api/creation_service.py``), this failed."""
     client, store = world["client"], world["store"]
     failed: dict[str, str] = {}  # creation id -> the path that failed it
 

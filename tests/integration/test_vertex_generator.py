@@ -24,6 +24,7 @@ from common.config import Settings
 from common.domain import creation as lc
 from common.domain.creation import Kind, Status
 from common.job_runner import EXIT_DONE, EXIT_RETRY, JobDeps, run_job
+from tests.support.generation_context import BareContext
 from tools.emulator_profile import write_signing_key
 from tools.servers import gcs_emulator
 from tools.standins.fake_vertex import FakeVertexServer
@@ -340,34 +341,11 @@ def test_an_unreachable_vertex_endpoint_is_a_retryable_provider_outage(env, tmp_
         polling=FAST,
     )
 
-    class Ctx:
-        creation_id, existing_operation, output_prefix = "c1", None, None
-        lease_owner, start_marker = "exec/1", None
+    class Ctx(BareContext):
         cleared = 0
-
-        def mark_start(self):
-            return "m1"
 
         def clear_start(self):
             Ctx.cleared += 1  # a refused connection: definitely nothing was started
-
-        def start_marker_age(self):
-            return 0.0
-
-        def output_prefix_for(self, marker):
-            return None
-
-        def find_outputs(self, marker):
-            return []
-
-        def report_progress(self, p):
-            ...
-
-        def record_operation(self, o):
-            ...
-
-        def heartbeat(self):
-            ...
 
     started = time.monotonic()
     with pytest.raises(GenerationError) as info:

@@ -48,6 +48,16 @@ class PingFailsStore(InMemoryCreationStore):
         raise ConnectionError("store unreachable")
 
 
+def _app(tmp_path, store, dispatcher):
+    """An app over ``store`` whose every dispatch path is ``dispatcher``."""
+    return create_app(
+        Settings(data_dir=tmp_path),
+        store=store,
+        media=LocalMediaStore(tmp_path),
+        dispatchers=lambda path: dispatcher,
+    )
+
+
 @pytest.fixture
 def env(tmp_path):
     """A fresh app with its fakes: (client, store, dispatcher, media)."""
@@ -306,12 +316,7 @@ def test_unexpected_exception_is_500_json_without_internals(tmp_path):
         def get(self, creation_id):
             raise RuntimeError("secret internals")
 
-    app = create_app(
-        Settings(data_dir=tmp_path),
-        store=BrokenStore(),
-        media=LocalMediaStore(tmp_path),
-        dispatchers=lambda p: RecordingDispatcher(),
-    )
+    app = _app(tmp_path, BrokenStore(), RecordingDispatcher())
     resp = app.test_client().get("/api/creations/abc")
     body = assert_error(resp, 500, "internal_error")
     assert "secret" not in json.dumps(body)
@@ -374,12 +379,7 @@ def test_list_is_newest_first_limited_and_only_mine(tmp_path):
             creation_id="o1",
         )
     )
-    app = create_app(
-        Settings(data_dir=tmp_path),
-        store=store,
-        media=LocalMediaStore(tmp_path),
-        dispatchers=lambda p: RecordingDispatcher(),
-    )
+    app = _app(tmp_path, store, RecordingDispatcher())
     client = app.test_client()
     me = {"X-Phoenix-User": "me"}
     body = client.get("/api/creations", headers=me).get_json()
@@ -500,12 +500,7 @@ def test_etag_does_not_reveal_foreign_creations(env):
 
 def test_dispatch_failure_is_503_and_the_record_stays_pending_for_the_sweeper(tmp_path):
     store = InMemoryCreationStore()
-    app = create_app(
-        Settings(data_dir=tmp_path),
-        store=store,
-        media=LocalMediaStore(tmp_path),
-        dispatchers=lambda p: DownDispatcher(),
-    )
+    app = _app(tmp_path, store, DownDispatcher())
     client = app.test_client()
     resp = post(client, "video", {"prompt": "x"})
     body = assert_error(resp, 503, "dispatch_unavailable")
@@ -607,12 +602,7 @@ def test_healthz_and_readyz(env, tmp_path):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
 
-    app = create_app(
-        Settings(data_dir=tmp_path),
-        store=PingFailsStore(),
-        media=LocalMediaStore(tmp_path),
-        dispatchers=lambda p: RecordingDispatcher(),
-    )
+    app = _app(tmp_path, PingFailsStore(), RecordingDispatcher())
     down = app.test_client()
     assert_error(down.get("/readyz"), 503, "not_ready")
     assert down.get("/healthz").status_code == 200  # liveness does no I/O
@@ -625,8 +615,8 @@ def test_page_and_static_assets_are_served(env):
     html = page.get_data(as_text=True)
     for marker in (
         'id="prompt"',
-        'id="kind-image"',
-        'id="kind-video"',
+        'id="kinds"',  # app.js fills it from the OpenAPI document (tests/browser)
+        'id="kind-options"',
         'id="submit"',
         'id="error"',
         "/static/app.js",

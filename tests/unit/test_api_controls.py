@@ -230,6 +230,8 @@ def test_delete_of_a_generating_creation_is_409_and_requests_the_cancel(env):
 
 
 def test_a_failed_media_deletion_keeps_a_tombstone_that_the_sweeper_finishes(env):
+    """Shown failing: with ``finish_delete`` removing the record before the media (scratch
+    break), the failed media deletion left no tombstone and this failed."""
     client, store, spy, media = env
     cid = create(client)
     run_to(store, cid, "completed", media.root)

@@ -116,10 +116,15 @@ def _all_envs() -> dict[str, dict[str, str]]:
 def test_every_env_name_is_read_by_the_code():
     import api.main
     import common.config
+    from common.domain.kinds import KINDS
 
     readers = inspect.getsource(common.config) + inspect.getsource(api.main)
     for service, env in _all_envs().items():
         for name in env:
+            per_kind = [m for p in common.config.PER_KIND_VARIABLES if (m := p.fullmatch(name))]
+            if per_kind:  # PHOENIX_<KIND>_JOB and the like: the kind must be registered
+                assert per_kind[0].group(1).lower() in KINDS, f"{service}: {name}: no such kind"
+                continue
             assert f'"{name}"' in readers, f"{service}: nothing reads {name} (typo?)"
         assert "GOOGLE_APPLICATION_CREDENTIALS" not in env, "no key files: use the runtime SA"
 

@@ -86,6 +86,9 @@ def test_a_delivery_after_a_cancel_exits_zero_without_calling_the_generator(stor
 
 
 def test_a_cancel_mid_generation_stops_at_the_next_renewal_and_stores_nothing(store, tmp_path):
+    """Shown failing: with the cancel check removed from ``_require_lease`` (scratch break),
+    this file failed 5 cases, test_cancel_lifecycle 9 and test_cancel_running both running-job
+    cases."""
     cid = add(store)
     gen = PollingGenerator(polls=10, at_poll=3, on_poll=request_cancel(store, cid))
     out = run_job(

@@ -141,7 +141,8 @@ def test_only_gcp_export_asks_the_gcp_detector_and_our_attributes_win(
 
 def test_a_job_on_embedded_defaults_imports_no_instrumentation_before_its_claim() -> None:
     """What a job process has imported once observability is configured and its store built
-    (the claim's prerequisites): no instrumentation, propagator, detector, gRPC or requests."""
+    (the claim's prerequisites): no instrumentation, propagator, detector, gRPC or requests,
+    and no pydantic (only the API imports the request models)."""
     result = run_python(
         """
         import os, sys, tempfile
@@ -154,10 +155,54 @@ def test_a_job_on_embedded_defaults_imports_no_instrumentation_before_its_claim(
         job_main.build_job_deps(settings, ALL).store.close()
         heavy = ("grpc", "requests", "flask", "opentelemetry.instrumentation",
                  "opentelemetry.propagators.cloud_trace_propagator",
-                 "opentelemetry.resourcedetector", "google")
+                 "opentelemetry.resourcedetector", "google", "pydantic")
         print(sorted(m for m in sys.modules if m.startswith(heavy)))
         """,
         drop=("PHOENIX_TRACE_EXPORTER", "PHOENIX_METRICS_EXPORTER", "PHOENIX_STORE"),
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_a_job_on_firestore_loads_client_instrumentation_only_at_its_claim() -> None:
+    """The production store: the Firestore client the claim goes through is built with no
+    instrumentation imported (it used to import the gRPC instrumentation, ~0.3 s, first); at
+    the claim (``on_phase("claimed")``, which run_job calls right after it) the
+    instrumentation loads and the store is rebuilt on a new, intercepted channel, so the
+    job's later store calls are CLIENT spans. No network: channels connect on first call."""
+    result = run_python(
+        """
+        import os, sys, tempfile
+        os.environ.update(
+            PHOENIX_DATA_DIR=tempfile.mkdtemp(),
+            PHOENIX_STORE="firestore",
+            PHOENIX_GCP_PROJECT="phoenix-test",
+            FIRESTORE_EMULATOR_HOST="127.0.0.1:9",
+            PHOENIX_ALLOW_HEADER_IDENTITY="yes",
+        )
+        from common.config import Settings
+        from common import job_main, observability
+        from common.local_generators import ALL
+        settings = Settings.from_env()
+        observability.configure(settings, "phoenix-image-job")
+        observability.defer_client_instrumentation()  # what job_main.main does first
+        deps = job_main.build_job_deps(settings, ALL)
+        job_main.instrument_after_claim(settings, deps)
+        claim_store = deps.store
+        clients = ("opentelemetry.instrumentation.grpc", "opentelemetry.instrumentation.requests")
+        loaded = lambda: sorted(m for m in sys.modules if m.startswith(clients))
+        channel = lambda store: type(store._client._firestore_api._transport.grpc_channel)
+        print("firestore", "google.cloud.firestore" in sys.modules)
+        print("before", loaded(), channel(claim_store).__module__)
+        deps.on_phase("claimed", None)
+        print("after", "opentelemetry.instrumentation.grpc" in loaded(), deps.store is claim_store)
+        print("channel", channel(deps.store).__module__)
+        """,
+        drop=("PHOENIX_TRACE_EXPORTER", "PHOENIX_METRICS_EXPORTER"),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
+    assert lines["firestore"] == "True"  # the claim's store is the real Firestore adapter
+    assert lines["before"] == "[] grpc._channel", lines["before"]
+    assert lines["after"] == "True False"  # instrumentation loaded, store rebuilt
+    assert lines["channel"].startswith("opentelemetry.instrumentation.grpc"), lines["channel"]

@@ -15,10 +15,7 @@ from common.adapters.local_dispatch import RecordingDispatcher
 from common.adapters.local_media import LocalMediaStore
 from common.adapters.memory_store import InMemoryCreationStore
 from common.config import Settings
-
-IGNORED_METHODS = {"HEAD", "OPTIONS"}  # Werkzeug adds them to every rule
-_ANY = re.compile(r"<any\(([^)]*)\):(\w+)>")
-_PARAM = re.compile(r"<(?:[a-z]+(?:\([^)]*\))?:)?(\w+)>")
+from tests.support.openapi_routes import documented_operations, flask_operations, openapi_paths
 
 
 def _app(tmp_path: Path):
@@ -30,38 +27,6 @@ def _app(tmp_path: Path):
         media=LocalMediaStore(tmp_path / "media"),
         dispatchers=lambda path: recorder,
     )
-
-
-def _openapi_paths(rule: str) -> list[str]:
-    """A Werkzeug rule as the OpenAPI path(s) it serves: ``<any(a, b):kind>`` becomes one
-    concrete path per choice (that is how the document lists /api/generate/video|image), other
-    converters become ``{name}``."""
-    match = _ANY.search(rule)
-    if match:
-        choices = [c.strip().strip("'\"") for c in match.group(1).split(",")]
-        return [p for c in choices for p in _openapi_paths(rule.replace(match.group(0), c, 1))]
-    return [_PARAM.sub(lambda m: "{" + m.group(1) + "}", rule)]
-
-
-def flask_operations(app) -> set[tuple[str, str]]:
-    ops = set()
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static" or rule.endpoint.endswith(".static"):
-            continue
-        for path in _openapi_paths(rule.rule):
-            for method in (rule.methods or set()) - IGNORED_METHODS:
-                ops.add((method, path))
-    return ops
-
-
-def documented_operations(doc: dict) -> set[tuple[str, str]]:
-    methods = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
-    return {
-        (method.upper(), path)
-        for path, item in doc["paths"].items()
-        for method in item
-        if method in methods
-    }
 
 
 def test_every_served_route_is_documented_and_every_documented_route_is_served(tmp_path):
@@ -96,9 +61,9 @@ def test_the_served_document_is_the_built_one(tmp_path):
 
 
 def test_the_rule_translation_itself():
-    assert _openapi_paths("/api/generate/<any(video, image):kind>") == [
+    assert openapi_paths("/api/generate/<any(video, image):kind>") == [
         "/api/generate/video",
         "/api/generate/image",
     ]
-    assert _openapi_paths("/api/creations/<creation_id>") == ["/api/creations/{creation_id}"]
-    assert _openapi_paths("/media/<path:key>") == ["/media/{key}"]
+    assert openapi_paths("/api/creations/<creation_id>") == ["/api/creations/{creation_id}"]
+    assert openapi_paths("/media/<path:key>") == ["/media/{key}"]

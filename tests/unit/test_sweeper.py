@@ -10,11 +10,11 @@ from common.domain import creation as lc
 from common.domain.creation import Kind, Status
 from common.domain.errors import DispatchError
 from common.sweeper import SweepPolicy, sweep
+from tests.support.sweep_counts import sweep_counts
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = SweepPolicy(
-    dispatch_grace=timedelta(seconds=10),
-    pending_timeout=timedelta(minutes=5),
+    dispatch_grace=timedelta(seconds=10),  # pending_timeout: the default, 5 min
     max_dispatches=3,
     max_age=timedelta(hours=1),
 )
@@ -115,15 +115,7 @@ def test_finished_creations_are_never_touched():
     report = sweep(
         store, lambda p: RecordingDispatcher(), now=T0 + timedelta(hours=9), policy=POLICY
     )
-    assert report.as_dict() == {
-        "redispatched": 0,
-        "failed": 0,
-        "errors": 0,
-        "cancelled": 0,
-        "deleted": 0,
-        "slots_released": 0,
-        "queued": 0,
-    }
+    assert report.as_dict() == sweep_counts()
 
 
 def test_a_drained_path_sends_stuck_creations_to_the_users_current_path():

@@ -21,6 +21,7 @@ from common.domain import creation as lc
 from common.domain.creation import Kind, MediaRef, Status
 from common.job_runner import EXIT_RETRY, JobDeps, run_job
 from common.ports import MediaStore
+from tests.support.generation_context import BareContext
 
 BUCKET_HEAD = "gs://bucket/creations/"
 FAST = Polling(
@@ -218,36 +219,8 @@ def test_polling_a_recorded_operation_needs_no_slot_and_no_attempt():
 FAST_TTL = __import__("datetime").timedelta(minutes=5)
 
 
-class _Ctx:
-    """A bare generation context for one execution attempt (what the job runner passes)."""
-
-    def __init__(self, creation_id, owner, operation=None):
-        self.creation_id, self.lease_owner = creation_id, owner
-        self.existing_operation, self.output_prefix, self.start_marker = operation, None, None
-
-    def report_progress(self, percent):
-        pass
-
-    def record_operation(self, operation):
-        self.existing_operation = operation
-
-    def heartbeat(self):
-        pass
-
-    def mark_start(self):
-        return "m"
-
-    def clear_start(self):
-        pass
-
-    def start_marker_age(self):
-        return 0.0
-
-    def output_prefix_for(self, marker):
-        return None
-
-    def find_outputs(self, marker):
-        return []
+# A bare generation context for one execution attempt (what the job runner passes).
+_Ctx = BareContext
 
 
 def test_overlapping_executions_of_one_creation_never_free_each_others_slot():

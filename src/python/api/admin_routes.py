@@ -26,7 +26,7 @@ from api import charts
 from common import cost as cost_model
 from common import migration_stats
 from common.config import Settings
-from common.domain.creation import Kind
+from common.domain.kinds import KINDS
 from common.ports import CreationStore
 
 MAX_RECORDS = 50_000
@@ -114,7 +114,7 @@ def admin_blueprint(
         rollout = getattr(route, "rollout", None)
         if rollout is None:
             return None
-        return {k.value: rollout.weights(k) for k in Kind}
+        return {k.value: rollout.weights(k) for k in KINDS}
 
     def _authorized_report() -> tuple[Any, bool, tuple[Response, int] | None]:
         """(report, truncated, None) for an admin with a valid window, else (None, False,

@@ -33,6 +33,7 @@ from common import bootstrap
 from common.auth import FirebaseTokenVerifier
 from common.config import Settings
 from common.dispatchers import build_dispatcher
+from common.domain.kinds import KINDS, KindRegistry
 from common.domain.rollout import make_route
 from common.ports import CreationStore, MediaStore
 
@@ -62,7 +63,7 @@ def _ops_blueprint(services: PhoenixServices) -> Blueprint:
     def openapi() -> Response:
         from api.openapi import build_openapi
 
-        return jsonify(build_openapi())
+        return jsonify(build_openapi(services.creations.kinds))
 
     return bp
 
@@ -75,6 +76,7 @@ def create_app(
     dispatchers: DispatcherFor | None = None,
     route: Route | None = None,
     token_verifier: FirebaseTokenVerifier | None = None,
+    kinds: KindRegistry = KINDS,
 ) -> Flask:
     """Raises ConfigError (e.g. a bad PHOENIX_ROLLOUT) so the server refuses to start."""
     settings = settings or Settings.from_env()
@@ -109,6 +111,7 @@ def create_app(
             # A job renews its lease every lease/4: one full lease without it stopping means
             # it is stuck (e.g. inside a provider call), and only then is it stopped by force.
             cancel_backstop_seconds=float(settings.lease_seconds),
+            kinds=kinds,
         ),
         token_verifier=token_verifier,
     )

@@ -9,6 +9,9 @@ no outbox table: the creation record already carries everything an outbox row wo
 Which dispatch path a creation takes is decided by ``route(kind, user_id)`` (constant
 ``settings.dispatch`` by default; the percentage rollout plugs in here), and the path is stored
 on the record so the sweeper and the migration dashboard know where each creation went.
+
+(Longer than our ~350-line norm: create, cancel, delete and retry share admission, dispatch
+and the cancel backstop; one module keeps that one story of a creation's life at the API.)
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from common.domain import creation as lifecycle
 from common.domain import failures
 from common.domain.creation import Creation, Kind, Status
 from common.domain.errors import AlreadyFinished, InvalidTransition, NotFound
+from common.domain.kinds import KINDS, KindRegistry
 from common.domain.payload import TaskPayload
 from common.domain.quota import QuotaPolicy, Refusal
 from common.domain.requests import GenerationRequest, parse_generation_request
@@ -199,8 +203,10 @@ class CreationService:
         traceparent: Callable[[], str | None] = current_traceparent,
         admission: Admission | None = None,
         cancel_backstop_seconds: float | None = None,
+        kinds: KindRegistry = KINDS,
     ) -> None:
         self.store = store
+        self.kinds = kinds
         self.dispatchers = dispatchers
         self.route = route
         self.clock = clock
@@ -367,7 +373,7 @@ class CreationService:
                 f"{c.status.value}",
             )
         # Re-validated with today's rules: a stored request from an older build could differ.
-        req = parse_generation_request(c.kind, {"prompt": c.prompt, **dict(c.params)})
+        req = parse_generation_request(c.kind, {"prompt": c.prompt, **dict(c.params)}, self.kinds)
         return self.create(user_id, req)
 
     # --- queries ------------------------------------------------------------------------------

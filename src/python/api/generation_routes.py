@@ -1,4 +1,4 @@
-"""``POST /api/generate/video`` and ``POST /api/generate/image``: thin HTTP over the service.
+"""``POST /api/generate/<kind>`` for every kind of the registry: thin HTTP over the service.
 
 The route's job is HTTP only: check the content type, decode JSON (bad JSON is the caller's
 mistake, a 400, never a 500), hand the body to ``parse_generation_request`` (the single source
@@ -17,7 +17,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from api.creation_service import CreationService, DispatchFailed, RateLimited
 from api.errors import ApiError
 from api.identity import current_user
-from common.domain.creation import Creation, Kind
+from common.domain.creation import Creation
+from common.domain.kinds import KindRegistry
 from common.domain.requests import parse_generation_request
 
 RETRY_AFTER_SECONDS = 30
@@ -79,13 +80,18 @@ def accepted(service: CreationService, create: Callable[[], Creation]) -> Respon
     return response
 
 
+def generate_rule(kinds: KindRegistry) -> str:
+    """One rule for every kind of the registry: ``/api/generate/<any(video, image):kind>``."""
+    return f"/api/generate/<any({', '.join(kinds.names)}):kind>"
+
+
 def generation_blueprint(service: CreationService) -> Blueprint:
     bp = Blueprint("generation", __name__)
 
-    @bp.post("/api/generate/<any(video, image):kind>")
+    @bp.post(generate_rule(service.kinds))
     def generate(kind: str) -> Response:
         user = current_user()
-        req = parse_generation_request(Kind(kind), read_json_body())
+        req = parse_generation_request(kind, read_json_body(), service.kinds)
         return accepted(service, lambda: service.create(user, req))
 
     return bp

@@ -4,6 +4,7 @@ fresh checkout runs with no configuration at all. Read once per process into ``S
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
@@ -103,6 +104,18 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
 
 
+# One per kind of the registry (common.domain.kinds), so a new kind needs no new setting.
+_JOB_ENV = re.compile(r"PHOENIX_([A-Z][A-Z0-9]*)_JOB")
+_LOCAL_JOB_CMD_ENV = re.compile(r"PHOENIX_LOCAL_JOB_CMD_([A-Z][A-Z0-9]*)")
+PER_KIND_VARIABLES = (_JOB_ENV, _LOCAL_JOB_CMD_ENV)
+
+
+def _per_kind(env: Mapping[str, str], pattern: re.Pattern[str]) -> tuple[tuple[str, str], ...]:
+    """(kind name, value) for every set variable the pattern matches, e.g. PHOENIX_VIDEO_JOB."""
+    found = ((pattern.fullmatch(name), value.strip()) for name, value in env.items())
+    return tuple(sorted((m.group(1).lower(), v) for m, v in found if m and v))
+
+
 def telemetry_from_env(env: Mapping[str, str]) -> tuple[str, str, str]:
     """(trace exporter, metrics exporter, GCP project): the part of ``Settings`` that tracing
     and metrics need, readable on its own so a process (or a test) can configure telemetry
@@ -142,8 +155,9 @@ class Settings:
     tasks_service_account: str = ""
     cloud_tasks_endpoint: str = ""
     run_api_url: str = "https://run.googleapis.com"
-    video_job: str = "phoenix-video-job"
-    image_job: str = "phoenix-image-job"
+    # Cloud Run Job names that differ from the kind registry's defaults: (kind, job) pairs from
+    # PHOENIX_<KIND>_JOB. Pairs, not a dict, so Settings stays hashable.
+    jobs: tuple[tuple[str, str], ...] = ()
     media_bucket: str = ""
     media_public_base_url: str = ""
     signed_url_seconds: int = 900
@@ -185,9 +199,9 @@ class Settings:
     global_rate_limit_per_minute: int = 0
     # Flag file that overrides ``rollout`` and is re-read when it changes (jobs.legacy.drain).
     rollout_file: str = ""
-    # Local dispatcher: the command that runs a job (e.g. a built PEX); default the job module.
-    local_job_cmd_video: str = ""
-    local_job_cmd_image: str = ""
+    # Local dispatcher: the command that runs a kind's job (e.g. a built PEX), as (kind,
+    # command) pairs from PHOENIX_LOCAL_JOB_CMD_<KIND>; default the job module.
+    local_job_cmds: tuple[tuple[str, str], ...] = ()
     # Legacy Celery path (phase 1-2).
     celery_visibility_timeout_seconds: int = 7200
     legacy_pool: str = "prefork"
@@ -239,8 +253,7 @@ class Settings:
             tasks_service_account=env.get("PHOENIX_TASKS_SERVICE_ACCOUNT", ""),
             cloud_tasks_endpoint=env.get("PHOENIX_CLOUD_TASKS_ENDPOINT", ""),
             run_api_url=env.get("PHOENIX_RUN_API_URL", "https://run.googleapis.com").rstrip("/"),
-            video_job=env.get("PHOENIX_VIDEO_JOB", "phoenix-video-job"),
-            image_job=env.get("PHOENIX_IMAGE_JOB", "phoenix-image-job"),
+            jobs=_per_kind(env, _JOB_ENV),
             media_bucket=env.get("PHOENIX_MEDIA_BUCKET", ""),
             media_public_base_url=env.get("PHOENIX_MEDIA_PUBLIC_BASE_URL", ""),
             signed_url_seconds=_int(env, "PHOENIX_SIGNED_URL_SECONDS", 900, minimum=1),
@@ -275,8 +288,7 @@ class Settings:
                 env, "PHOENIX_GLOBAL_RATE_LIMIT_PER_MINUTE", 0, minimum=0
             ),
             rollout_file=env.get("PHOENIX_ROLLOUT_FILE", "").strip(),
-            local_job_cmd_video=env.get("PHOENIX_LOCAL_JOB_CMD_VIDEO", "").strip(),
-            local_job_cmd_image=env.get("PHOENIX_LOCAL_JOB_CMD_IMAGE", "").strip(),
+            local_job_cmds=_per_kind(env, _LOCAL_JOB_CMD_ENV),
             celery_visibility_timeout_seconds=_int(
                 env, "PHOENIX_CELERY_VISIBILITY_TIMEOUT_SECONDS", 7200, minimum=1
             ),

@@ -17,6 +17,10 @@ Two presets: ``Prices()``/``LegacyShape()`` are list prices and a realistic work
 ``SEED`` reproduces the ADR's inputs (Redis ~$30, connector ~$8, worker not counted).
 
 CLI: ``python -m common.cost --creations N [--video-seconds 120] [--from-store] [--preset seed]``.
+
+(Longer than our ~350-line norm: the dated price parameters with their sources, the two cost
+models, the cancel saving and the command that prints the README's table are one model, read
+together when a price changes.)
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import sys
 from datetime import timedelta
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from common.domain.creation import Kind
+from common.domain.creation import Creation, Kind
 
 if TYPE_CHECKING:
     from common.config import Settings
@@ -41,6 +41,26 @@ def build_job_deps(
         lease=timedelta(seconds=settings.lease_seconds),
         max_attempts=settings.max_attempts,
     )
+
+
+def instrument_after_claim(settings: Settings, deps: JobDeps) -> None:
+    """Load the gRPC/requests client instrumentation only once the creation is claimed.
+
+    The store the claim goes through is built while instrumentation is deferred (no
+    instrumentation imported: ~0.3 s less before the claim); at the claim it is switched on and
+    the store rebuilt on a new, instrumented channel, so every later store call (lease renewals,
+    progress, completion) is a CLIENT span. A store that asked for nothing (SQLite) stays."""
+    from common import bootstrap, observability
+
+    observed = deps.on_phase
+
+    def on_phase(phase: str, creation: Creation) -> None:
+        if phase == "claimed" and observability.resume_client_instrumentation():
+            before, deps.store = deps.store, bootstrap.build_store(settings)
+            before.close()
+        observed(phase, creation)
+
+    deps.on_phase = on_phase
 
 
 def execution_name(env: Mapping[str, str]) -> str | None:
@@ -179,7 +199,9 @@ def main(
         stop = _StopOnSigterm()
         try:
             signal.signal(signal.SIGTERM, stop)
+            observability.defer_client_instrumentation()
             deps = build_job_deps(settings, generators)
+            instrument_after_claim(settings, deps)
             outcome = run_job(
                 payload.creation_id,
                 kind,
@@ -199,6 +221,7 @@ def main(
         finally:
             stop.acknowledge()
             signal.signal(signal.SIGTERM, _exit_on_sigterm)
+            observability.drop_deferred_instrumentation()
             if deps is not None:
                 deps.store.close()
     observability.shutdown()

@@ -4,6 +4,9 @@ The Cloud Run Jobs, the local processes and the legacy Celery worker all call ``
 the three paths differ only in how the creation id arrives. Exit codes follow Cloud Run's retry
 contract: 0 when there is nothing left to do (done, failed for good, or a duplicate delivery),
 1 only when a retry could succeed (the record was handed back as ``pending`` first).
+
+(Longer than our ~350-line norm: the claim, the heartbeat thread, the unknown-outcome markers,
+storing media and the hand-back all act on one lease; they are one protocol, read together.)
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from common.domain.errors import (
     NotFound,
     StopWork,
 )
+from common.domain.kinds import KINDS
 from common.ports import CreationStore, GeneratedMedia, Generator, MediaStore
 from common.tracing import tracer
 
@@ -41,8 +45,6 @@ EXIT_RETRY = 1
 # 128 + SIGTERM: the process was told to stop. Cloud Run counts a stopped task as failed (and
 # retries it within maxRetries) whatever the code; a shell or the stand-in sees why it ended.
 EXIT_TERMINATED = 143
-
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "video/mp4": "mp4"}
 
 
 @dataclass
@@ -386,7 +388,7 @@ def _store_media(
     refs = []
     for index, item in enumerate(produced):
         if item.data is not None:
-            ext = _EXTENSIONS.get(item.mime_type, "bin")
+            ext = KINDS.extension(item.mime_type)
             refs.append(
                 deps.media.put(f"{creation.id}/{token}/{index}.{ext}", item.data, item.mime_type)
             )

@@ -24,6 +24,12 @@ library at start):
   SDK it instruments. Vertex AI calls go through google-genai's own HTTP client (httpx2),
   which no maintained instrumentation covers: ``common.adapters.vertex_generator`` opens a
   CLIENT span around each call instead.
+* A job imports nothing extra before its claim: ``common.job_main`` calls
+  ``defer_client_instrumentation`` first, so the store built for the claim (Firestore) gets an
+  uninstrumented channel and the instrumentation (~0.3 s of imports) is not loaded; right after
+  the claim ``resume_client_instrumentation`` switches it on and the job rebuilds its store
+  on a new, instrumented channel (``client_instrumentation_active`` is part of the process-wide
+  client's key). A duplicate delivery that backs off never loads it at all.
 
 Cost: importing this module imports only our logging/tracing/metrics modules (no SDK).
 """
@@ -31,7 +37,7 @@ Cost: importing this module imports only our logging/tracing/metrics modules (no
 from __future__ import annotations
 
 import functools
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from common import logs, metrics, tracing
 from common.config import Settings
@@ -40,8 +46,12 @@ __all__ = [
     "configure",
     "configure_logs",
     "configure_telemetry",
+    "client_instrumentation_active",
+    "defer_client_instrumentation",
+    "drop_deferred_instrumentation",
     "instrument_grpc",
     "instrument_requests",
+    "resume_client_instrumentation",
     "shutdown",
 ]
 
@@ -88,9 +98,59 @@ def shutdown() -> None:
         metrics.shutdown_metrics()
 
 
-@functools.cache
+# Instrumentations asked for while deferred, run by resume_client_instrumentation; None when
+# not deferred (the default: the API, the sweeper, the legacy worker instrument at once).
+_deferred: list[Callable[[], None]] | None = None
+
+
+def defer_client_instrumentation() -> None:
+    """From now until ``resume_client_instrumentation``, ``instrument_grpc`` and
+    ``instrument_requests`` only take note (a job, before its claim)."""
+    global _deferred
+    if _deferred is None:
+        _deferred = []
+
+
+def resume_client_instrumentation() -> bool:
+    """Run what was asked for while deferred; True if anything was (the caller then rebuilds
+    the clients it made meanwhile, whose channels carry no instrumentation)."""
+    global _deferred
+    pending, _deferred = _deferred or [], None
+    for instrument in dict.fromkeys(pending):
+        instrument()
+    return bool(pending)
+
+
+def drop_deferred_instrumentation() -> None:
+    """Stop deferring without instrumenting (a job that never claimed, at its end)."""
+    global _deferred
+    _deferred = None
+
+
+def client_instrumentation_active() -> bool:
+    """False while deferred: a client built now is not instrumented (part of a process-wide
+    client's key, so the one built after ``resume_client_instrumentation`` is a new one)."""
+    return _deferred is None
+
+
 def instrument_grpc() -> None:
     """CLIENT spans for every gRPC channel created from now on (Firestore, Cloud Tasks)."""
+    if _deferred is not None:
+        _deferred.append(_instrument_grpc)
+    else:
+        _instrument_grpc()
+
+
+def instrument_requests() -> None:
+    """CLIENT spans for every ``requests`` call (Cloud Storage, OAuth token fetches)."""
+    if _deferred is not None:
+        _deferred.append(_instrument_requests)
+    else:
+        _instrument_requests()
+
+
+@functools.cache
+def _instrument_grpc() -> None:
     from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
 
     # skip_dep_check: the lockfile pins grpcio; the check reads every distribution's metadata.
@@ -98,8 +158,7 @@ def instrument_grpc() -> None:
 
 
 @functools.cache
-def instrument_requests() -> None:
-    """CLIENT spans for every ``requests`` call (Cloud Storage, OAuth token fetches)."""
+def _instrument_requests() -> None:
     from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
     RequestsInstrumentor().instrument(skip_dep_check=True)
@@ -107,6 +166,7 @@ def instrument_requests() -> None:
 
 def _reset_for_tests() -> Any:
     """Forgets the configuration of all three signals (tests configure repeatedly)."""
+    drop_deferred_instrumentation()
     logs._reset_for_tests()
     tracing._reset_for_tests()
     metrics._reset_for_tests()

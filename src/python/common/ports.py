@@ -9,11 +9,32 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, NamedTuple, Protocol
 
 from common.domain.creation import Creation, Kind, MediaRef, Status
+from common.domain.errors import GenerationError
+from common.domain.kinds import KINDS, KindRegistry, UnknownKind
 from common.domain.payload import TaskPayload
 from common.domain.quota import QuotaPolicy, Refusal, UserQuota
+
+
+class ScanQuery(NamedTuple):
+    """``CreationStore.scan``'s filters."""
+
+    statuses: Iterable[Status] | None
+    updated_before: datetime | None
+    created_after: datetime | None
+    limit: int
+
+
+class AdmissionAsk(NamedTuple):
+    """``CreationStore.admit``'s arguments."""
+
+    user_id: str
+    creation_id: str
+    policy: QuotaPolicy
+    now: datetime
+    insert: Creation | None
 
 
 class CreationStore(abc.ABC):
@@ -38,7 +59,6 @@ class CreationStore(abc.ABC):
     def list_for_user(self, user_id: str, limit: int) -> list[Creation]:
         """The user's creations, newest first."""
 
-    @abc.abstractmethod
     def scan(
         self,
         *,
@@ -48,6 +68,11 @@ class CreationStore(abc.ABC):
         limit: int = 1000,
     ) -> list[Creation]:
         """Creations matching all given filters, oldest ``updated_at`` first (sweeper, dashboard)."""
+        return self._scan(ScanQuery(statuses, updated_before, created_after, limit))
+
+    @abc.abstractmethod
+    def _scan(self, filters: ScanQuery) -> list[Creation]:
+        """What each store implements for ``scan`` (its filters in one tuple)."""
 
     @abc.abstractmethod
     def ping(self) -> None:
@@ -78,6 +103,10 @@ class CreationStore(abc.ABC):
         """In ONE transaction: apply ``quota.admit`` to the user's (and the global) quota
         record and, when admitted, insert ``insert``. Returns None when admitted, else the
         Refusal (nothing written). Raises ValueError if ``insert``'s id exists."""
+        return self._admit(AdmissionAsk(user_id, creation_id, policy, now, insert))
+
+    def _admit(self, ask: AdmissionAsk) -> Refusal | None:
+        """What each store implements for ``admit`` (its arguments in one tuple)."""
         raise NotImplementedError(f"{type(self).__name__} does not keep quotas")
 
     def release_quota(self, user_id: str, creation_id: str) -> None:
@@ -214,13 +243,28 @@ class GenerationContext(Protocol):
 
 
 class Generator(abc.ABC):
-    """Turns a prompt into media. Raises GenerationError(code, message, retryable)."""
+    """Turns a prompt into media: one method per kind it can make, named by the kind's registry
+    entry (``KindSpec.generator``, e.g. ``generate_video``). Raises GenerationError(code,
+    message, retryable); a kind it has no method for is a permanent ``unsupported_kind``, never
+    a silent fall-through to another kind's provider."""
 
-    @abc.abstractmethod
+    kinds: KindRegistry = KINDS
+
     def generate(
         self, kind: Kind, prompt: str, params: dict, ctx: GenerationContext
     ) -> list[GeneratedMedia]:
-        ...
+        try:
+            method_name = self.kinds.spec(kind).generator
+        except UnknownKind as exc:
+            raise GenerationError("unsupported_kind", str(exc), retryable=False) from None
+        method: Callable[..., list[GeneratedMedia]] | None = getattr(self, method_name, None)
+        if method is None:
+            raise GenerationError(
+                "unsupported_kind",
+                f"{type(self).__name__} cannot make a {kind}: it has no {method_name}()",
+                retryable=False,
+            )
+        return method(prompt, params, ctx)
 
 
 # --- Added with the Vertex adapter: a global cap on a scarce provider resource ----------------

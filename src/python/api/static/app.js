@@ -89,10 +89,89 @@
     return { status: response.status, etag: response.headers.get("ETag"), data, response };
   }
 
+  // --- Kinds: what the API makes, read from its OpenAPI document -------------------------
+  // One POST /api/generate/<kind> operation per kind; its request schema (pydantic's, with a
+  // title, and x-labels / x-unit for display) gives the form's fields. Nothing here names a kind.
+
+  const kinds = new Map(); // kind -> {label, fields: [[name, schema], ...]}
+
+  async function loadKinds() {
+    const { data } = await api("/api/openapi.json");
+    for (const [path, item] of Object.entries(data.paths)) {
+      const match = /^\/api\/generate\/([a-z][a-z0-9]*)$/.exec(path);
+      if (!match || !item.post) continue;
+      const ref = item.post.requestBody.content["application/json"].schema.$ref;
+      const schema = data.components.schemas[ref.split("/").pop()];
+      const fields = Object.entries(schema.properties).filter(([name]) => name !== "prompt");
+      kinds.set(match[1], { label: item.post["x-kind-label"] || match[1], fields });
+    }
+    buildKindControls();
+  }
+
+  function buildKindControls() {
+    const choice = $("kinds");
+    const holder = $("kind-options");
+    for (const [kind, spec] of kinds) {
+      const radio = document.createElement("input");
+      radio.type = "radio";
+      radio.name = "kind";
+      radio.id = "kind-" + kind;
+      radio.value = kind;
+      radio.checked = choice.childElementCount === 0;
+      radio.addEventListener("change", () => showOptionsFor(selectedKind()));
+      const label = document.createElement("label");
+      label.htmlFor = radio.id;
+      label.textContent = spec.label;
+      choice.append(radio, label);
+      const options = document.createElement("div");
+      options.className = "options";
+      options.id = "options-" + kind;
+      options.dataset.kind = kind;
+      for (const [name, schema] of spec.fields) options.appendChild(fieldControl(kind, name, schema));
+      holder.appendChild(options);
+    }
+    showOptionsFor(selectedKind());
+  }
+
+  // A <select> for a choice (enum), a number input for an integer range; id "<kind>-<field>".
+  function fieldControl(kind, name, schema) {
+    const label = document.createElement("label");
+    label.append(schema.title || name);
+    let control;
+    if (schema.enum) {
+      control = document.createElement("select");
+      schema.enum.forEach((value, i) => {
+        const option = document.createElement("option");
+        option.value = String(value);
+        option.textContent = (schema["x-labels"] || [])[i] || String(value);
+        option.selected = value === schema.default;
+        control.appendChild(option);
+      });
+    } else {
+      control = document.createElement("input");
+      control.type = schema.type === "integer" ? "number" : "text";
+      if (schema.type === "integer") control.step = "1";
+      if (schema.minimum !== undefined) control.min = String(schema.minimum);
+      if (schema.maximum !== undefined) control.max = String(schema.maximum);
+      if (schema.default !== undefined) control.value = String(schema.default);
+    }
+    control.id = kind + "-" + name.replace(/_/g, "-");
+    control.name = name;
+    control.dataset.type = schema.type;
+    label.appendChild(control);
+    return label;
+  }
+
+  function kindLabel(kind) {
+    const spec = kinds.get(kind);
+    return spec ? spec.label : kind;
+  }
+
   // --- Form ------------------------------------------------------------------------------
 
   function selectedKind() {
-    return form.querySelector('input[name="kind"]:checked').value;
+    const checked = form.querySelector('input[name="kind"]:checked');
+    return checked ? checked.value : null;
   }
 
   function showOptionsFor(kind) {
@@ -107,19 +186,11 @@
   }
 
   function requestBody(kind) {
-    const prompt = promptInput.value;
-    if (kind === "video") {
-      return {
-        prompt,
-        aspect_ratio: $("video-aspect-ratio").value,
-        duration_seconds: Number($("duration").value),
-      };
+    const body = { prompt: promptInput.value };
+    for (const el of $("options-" + kind).querySelectorAll("select, input")) {
+      body[el.name] = el.dataset.type === "integer" ? Number(el.value) : el.value;
     }
-    return {
-      prompt,
-      aspect_ratio: $("image-aspect-ratio").value,
-      count: Number($("count").value),
-    };
+    return body;
   }
 
   async function submit(event) {
@@ -127,6 +198,10 @@
     if (submitButton.disabled) return;
     showError("");
     const kind = selectedKind();
+    if (!kind) {
+      showError("The page is still loading; try again in a moment.");
+      return;
+    }
     submitButton.disabled = true;
     submitButton.textContent = "Sending…";
     try {
@@ -140,20 +215,24 @@
       schedulePoll(0);
     } catch (err) {
       showError(err.message);
-      // 503: saved, not started yet; it is retried automatically, so show it in the list.
-      const id = err.body && err.body.error && err.body.error.creation_id;
-      if (id) {
-        try {
-          const { data, etag } = await api("/api/creations/" + encodeURIComponent(id));
-          upsert(data, etag, { prepend: true });
-          schedulePoll(POLL_MS);
-        } catch (ignored) {
-          /* the message above already says what happened */
-        }
-      }
+      await showSavedCreation(err);
     } finally {
       submitButton.disabled = false;
       submitButton.textContent = "Generate";
+    }
+  }
+
+  // A 503 from a generate or retry call: the creation was saved and starts by itself (the
+  // sweeper dispatches it), so it is shown in the list like any other.
+  async function showSavedCreation(err) {
+    const id = err.body && err.body.error && err.body.error.creation_id;
+    if (!id) return;
+    try {
+      const { data, etag } = await api("/api/creations/" + encodeURIComponent(id));
+      upsert(data, etag, { prepend: true });
+      schedulePoll(POLL_MS);
+    } catch (ignored) {
+      /* the message already shown says what happened */
     }
   }
 
@@ -165,10 +244,14 @@
 
   function paramsText(c) {
     const p = c.params || {};
+    const spec = kinds.get(c.kind);
     const parts = [];
-    if (p.aspect_ratio) parts.push(p.aspect_ratio);
-    if (c.kind === "video" && p.duration_seconds) parts.push(p.duration_seconds + " s");
-    if (c.kind === "image" && p.count) parts.push(p.count + (p.count === 1 ? " image" : " images"));
+    for (const [name, schema] of spec ? spec.fields : []) {
+      const value = p[name];
+      if (value === undefined || value === null) continue;
+      const unit = schema["x-unit"]; // [singular, plural]
+      parts.push(unit ? value + " " + unit[value === 1 ? 0 : 1] : String(value));
+    }
     return parts.join(" · ");
   }
 
@@ -183,6 +266,12 @@
         video.src = m.url;
         video.dataset.testid = "result-video";
         container.appendChild(video);
+      } else if (m.mime_type.startsWith("audio/")) {
+        const audio = document.createElement("audio");
+        audio.controls = true;
+        audio.preload = "metadata";
+        audio.src = m.url;
+        container.appendChild(audio);
       } else {
         const link = document.createElement("a");
         link.href = m.url;
@@ -204,7 +293,7 @@
     const statusChanged = card.status !== c.status;
     el.dataset.status = c.status;
     el.dataset.kind = c.kind;
-    el.querySelector('[data-testid="kind"]').textContent = c.kind === "video" ? "Video" : "Image";
+    el.querySelector('[data-testid="kind"]').textContent = kindLabel(c.kind);
     const statusEl = el.querySelector('[data-testid="status"]');
     const stopping = !TERMINAL.has(c.status) && c.cancel_requested_at;
     statusEl.textContent = stopping
@@ -269,7 +358,7 @@
 
   function label(c) {
     const text = c.prompt.length > 40 ? c.prompt.slice(0, 40) + "…" : c.prompt;
-    return (c.kind === "video" ? "video" : "image") + " “" + text + "”";
+    return c.kind + " “" + text + "”";
   }
 
   async function cancelCreation(id, card, button) {
@@ -328,17 +417,7 @@
       schedulePoll(0);
     } catch (err) {
       showError(err.message);
-      const newId = err.body && err.body.error && err.body.error.creation_id;
-      if (newId) {
-        // 503: the new creation was saved and will start by itself; show it.
-        try {
-          const r = await api("/api/creations/" + encodeURIComponent(newId));
-          upsert(r.data, r.etag, { prepend: true });
-          schedulePoll(POLL_MS);
-        } catch (ignored) {
-          /* the message above already says what happened */
-        }
-      }
+      await showSavedCreation(err);
       if (err.status === 404) removeCard(id);
     } finally {
       button.disabled = false;
@@ -441,16 +520,15 @@
 
   // --- Start -----------------------------------------------------------------------------
 
-  for (const radio of form.querySelectorAll('input[name="kind"]')) {
-    radio.addEventListener("change", () => showOptionsFor(selectedKind()));
-  }
   form.addEventListener("submit", submit);
   promptInput.addEventListener("input", updateCount);
   promptInput.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) form.requestSubmit();
   });
   $("who").textContent = "Signed in as " + (user || "local");
-  showOptionsFor(selectedKind());
   updateCount();
-  loadList();
+  // The list's cards show each kind's label and options: kinds first.
+  loadKinds()
+    .catch((err) => showError(err.message))
+    .finally(loadList);
 })();

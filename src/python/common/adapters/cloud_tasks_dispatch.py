@@ -38,6 +38,7 @@ from common.adapters.process_wide import process_wide
 from common.config import ConfigError, Settings
 from common.domain.creation import Creation, Kind
 from common.domain.errors import DispatchError
+from common.domain.kinds import KINDS, KindRegistry
 from common.domain.payload import TaskPayload
 from common.ports import Dispatcher
 
@@ -125,13 +126,15 @@ class CloudTasksDispatcher(Dispatcher):
         self._listing_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "CloudTasksDispatcher":
+    def from_settings(
+        cls, settings: Settings, kinds: KindRegistry = KINDS
+    ) -> "CloudTasksDispatcher":
         parse_queue(settings.tasks_queue)  # a bad queue is a ConfigError before any client
         return cls(
             tasks_client(settings.cloud_tasks_endpoint),
             queue=settings.tasks_queue,
             run_api_url=settings.run_api_url,
-            jobs={Kind.VIDEO: settings.video_job, Kind.IMAGE: settings.image_job},
+            jobs=kinds.job_names(dict(settings.jobs)),
             service_account=settings.tasks_service_account,
         )
 

@@ -18,7 +18,7 @@ import dataclasses
 import hashlib
 import os
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -29,10 +29,10 @@ from common.adapters.process_wide import process_wide
 from common.config import Settings
 from common.domain import creation as lifecycle
 from common.domain import quota as quotas
-from common.domain.creation import Creation, Status
+from common.domain.creation import Creation
 from common.domain.errors import NotFound
-from common.domain.quota import QuotaPolicy, Refusal, UserQuota
-from common.ports import CreationStore
+from common.domain.quota import Refusal, UserQuota
+from common.ports import AdmissionAsk, CreationStore, ScanQuery
 
 COLLECTION = "creations"
 # Admission: quotas/u_<hash of user id> per user, quotas/global for the optional ceiling. The
@@ -64,11 +64,18 @@ def firestore_client(project: str, database: str = "(default)") -> firestore.Cli
     """The process-wide client for ``project``/``database`` (``process_wide``). The key
     includes FIRESTORE_EMULATOR_HOST so a test switching emulators never gets a stale channel.
     """
-    return _firestore_client(project, database, os.environ.get("FIRESTORE_EMULATOR_HOST", ""))
+    return _firestore_client(
+        project,
+        database,
+        os.environ.get("FIRESTORE_EMULATOR_HOST", ""),
+        observability.client_instrumentation_active(),  # a job's claim client is not
+    )
 
 
 @process_wide
-def _firestore_client(project: str, database: str, emulator: str) -> firestore.Client:
+def _firestore_client(
+    project: str, database: str, emulator: str, instrumented: bool
+) -> firestore.Client:
     observability.instrument_grpc()  # before the channel exists: its calls become spans
     # With FIRESTORE_EMULATOR_HOST set the library connects there without credentials, but it
     # still needs a project id to build document paths.
@@ -166,14 +173,7 @@ class FirestoreCreationStore(CreationStore):
         )
         return [_from_document(s.to_dict()) for s in query.stream()]
 
-    def scan(
-        self,
-        *,
-        statuses: Iterable[Status] | None = None,
-        updated_before: datetime | None = None,
-        created_after: datetime | None = None,
-        limit: int = 1000,
-    ) -> list[Creation]:
+    def _scan(self, filters: ScanQuery) -> list[Creation]:
         """Oldest ``updated_at`` first, like the other stores.
 
         Firestore orders only by a field it also range-filters first, so ``created_after``
@@ -181,6 +181,7 @@ class FirestoreCreationStore(CreationStore):
         here; combined with ``updated_before`` it is applied in memory after the
         ``updated_at`` query (no caller combines them; the limit then counts before it).
         """
+        statuses, updated_before, created_after, limit = filters
         query: Any = self._collection
         if statuses is not None:
             values = [s.value for s in statuses]
@@ -229,15 +230,8 @@ class FirestoreCreationStore(CreationStore):
         if released is not user:
             tx.set(qref, quotas.user_to_dict(released))
 
-    def admit(
-        self,
-        user_id: str,
-        creation_id: str,
-        policy: QuotaPolicy,
-        now: datetime,
-        *,
-        insert: Creation | None = None,
-    ) -> Refusal | None:
+    def _admit(self, ask: AdmissionAsk) -> Refusal | None:
+        user_id, creation_id, policy, now, insert = ask
         qref = self._quota_ref(user_id)
         gref = self._quotas.document(_GLOBAL_QUOTA)
         cref = self._collection.document(insert.id) if insert is not None else None

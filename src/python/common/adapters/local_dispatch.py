@@ -32,14 +32,13 @@ log = structlog.get_logger(__name__)
 
 def default_job_command(kind: str) -> list[str]:
     """This interpreter running the job module from the same sources/venv the API runs from
-    (``Settings.local_job_cmd_<kind>`` replaces it, e.g. with a built PEX)."""
+    (``PHOENIX_LOCAL_JOB_CMD_<KIND>`` replaces it, e.g. with a built PEX)."""
     return [sys.executable, "-m", f"jobs.{kind}.main"]
 
 
 def job_commands(settings: Settings) -> dict[str, list[str]]:
-    """The configured job commands (``PHOENIX_LOCAL_JOB_CMD_VIDEO`` / ``_IMAGE``)."""
-    configured = {"video": settings.local_job_cmd_video, "image": settings.local_job_cmd_image}
-    return {kind: shlex.split(cmd) for kind, cmd in configured.items() if cmd}
+    """The configured job commands (``PHOENIX_LOCAL_JOB_CMD_<KIND>``, e.g. ``..._VIDEO``)."""
+    return {kind: shlex.split(cmd) for kind, cmd in settings.local_job_cmds}
 
 
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:

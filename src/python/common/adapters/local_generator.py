@@ -54,7 +54,6 @@ from typing import Any, Callable
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from common.domain.creation import Kind
 from common.domain.errors import GenerationError
 from common.domain.requests import (
     IMAGE_ASPECT_RATIOS,
@@ -138,16 +137,27 @@ class LocalGenerator(Generator):
         self._sleep = sleep
         self._clock = clock
 
-    def generate(
-        self, kind: Kind, prompt: str, params: dict, ctx: GenerationContext
+    # One method per kind (the registry's ``generator`` entry); ``Generator.generate`` picks
+    # it and refuses a kind this class has no method for. Parameters are checked before the
+    # fault hooks sleep: a bad request fails at once.
+
+    def generate_image(
+        self, prompt: str, params: dict, ctx: GenerationContext
     ) -> list[GeneratedMedia]:
-        kind = Kind(kind)
+        size, count = _image_params(params)
+        text = self._hooks(prompt, ctx)
+        return _render_images(text, size, count, ctx)
+
+    def generate_video(
+        self, prompt: str, params: dict, ctx: GenerationContext
+    ) -> list[GeneratedMedia]:
+        size, duration = _video_params(params)
+        text = self._hooks(prompt, ctx)
+        return [_render_video(text, size, duration, ctx)]
+
+    def _hooks(self, prompt: str, ctx: GenerationContext) -> str:
+        """Apply the prompt's fault markers (sleep, fail); the text left to draw."""
         hooks = parse_fault_hooks(prompt)
-        # Check the parameters before any sleeping: a bad request should fail at once.
-        if kind is Kind.IMAGE:
-            size, count = _image_params(params)
-        else:
-            size, duration = _video_params(params)
         if hooks.slow_seconds > 0:
             self._wait(hooks.slow_seconds, ctx)
         if hooks.fail_code is not None:
@@ -157,9 +167,7 @@ class LocalGenerator(Generator):
                 f"local generator: failure requested by the prompt ([{marker}:{hooks.fail_code}])",
                 retryable=hooks.fail_retryable,
             )
-        if kind is Kind.IMAGE:
-            return _render_images(hooks.text, size, count, ctx)
-        return [_render_video(hooks.text, size, duration, ctx)]
+        return hooks.text
 
     def _wait(self, seconds: float, ctx: GenerationContext) -> None:
         start = self._clock()

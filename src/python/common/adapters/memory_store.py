@@ -4,14 +4,13 @@ contract tests hold the real adapters to. A lock gives it the same atomic ``upda
 from __future__ import annotations
 
 import threading
-from datetime import datetime
-from typing import Callable, Iterable
+from typing import Callable
 
 from common.domain import quota as quotas
-from common.domain.creation import Creation, Status
+from common.domain.creation import Creation
 from common.domain.errors import NotFound
-from common.domain.quota import GlobalQuota, QuotaPolicy, Refusal, UserQuota
-from common.ports import CreationStore
+from common.domain.quota import GlobalQuota, Refusal, UserQuota
+from common.ports import AdmissionAsk, CreationStore, ScanQuery
 
 
 class InMemoryCreationStore(CreationStore):
@@ -46,14 +45,8 @@ class InMemoryCreationStore(CreationStore):
         mine.sort(key=lambda c: (c.created_at, c.id), reverse=True)
         return mine[:limit]
 
-    def scan(
-        self,
-        *,
-        statuses: Iterable[Status] | None = None,
-        updated_before: datetime | None = None,
-        created_after: datetime | None = None,
-        limit: int = 1000,
-    ) -> list[Creation]:
+    def _scan(self, filters: ScanQuery) -> list[Creation]:
+        statuses, updated_before, created_after, limit = filters
         wanted = set(statuses) if statuses is not None else None
         found = [
             c
@@ -74,15 +67,8 @@ class InMemoryCreationStore(CreationStore):
 
     # --- admission ------------------------------------------------------------------------
 
-    def admit(
-        self,
-        user_id: str,
-        creation_id: str,
-        policy: QuotaPolicy,
-        now: datetime,
-        *,
-        insert: Creation | None = None,
-    ) -> Refusal | None:
+    def _admit(self, ask: AdmissionAsk) -> Refusal | None:
+        user_id, creation_id, policy, now, insert = ask
         with self._lock:
             if insert is not None and insert.id in self._items:
                 raise ValueError(f"creation {insert.id} already exists")

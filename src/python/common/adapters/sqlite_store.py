@@ -13,14 +13,14 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from common.domain import creation as lifecycle
 from common.domain import quota as quotas
-from common.domain.creation import Creation, Status
+from common.domain.creation import Creation
 from common.domain.errors import NotFound
-from common.domain.quota import QuotaPolicy, Refusal, UserQuota
-from common.ports import CreationStore
+from common.domain.quota import Refusal, UserQuota
+from common.ports import AdmissionAsk, CreationStore, ScanQuery
 
 _GLOBAL_KEY = "global"
 
@@ -167,14 +167,8 @@ class SqliteCreationStore(CreationStore):
         )
         return [lifecycle.from_dict(json.loads(r[0])) for r in rows]
 
-    def scan(
-        self,
-        *,
-        statuses: Iterable[Status] | None = None,
-        updated_before: datetime | None = None,
-        created_after: datetime | None = None,
-        limit: int = 1000,
-    ) -> list[Creation]:
+    def _scan(self, filters: ScanQuery) -> list[Creation]:
+        statuses, updated_before, created_after, limit = filters
         where: list[str] = []
         args: list[object] = []
         if statuses is not None:
@@ -230,15 +224,8 @@ class SqliteCreationStore(CreationStore):
                 conn, _user_key(user_id), quotas.user_to_dict(released), len(released.active)
             )
 
-    def admit(
-        self,
-        user_id: str,
-        creation_id: str,
-        policy: QuotaPolicy,
-        now: datetime,
-        *,
-        insert: Creation | None = None,
-    ) -> Refusal | None:
+    def _admit(self, ask: AdmissionAsk) -> Refusal | None:
+        user_id, creation_id, policy, now, insert = ask
         conn = self._connect()
         try:
             # Inside the try: an exception landing right after BEGIN (the job's SIGTERM

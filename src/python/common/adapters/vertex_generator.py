@@ -36,7 +36,6 @@ from opentelemetry.trace import SpanKind
 
 from common.adapters.process_wide import process_wide
 from common.config import Settings
-from common.domain.creation import Kind
 from common.domain.errors import GenerationError
 from common.ports import ConcurrencyGuard, GeneratedMedia, GenerationContext, Generator
 from common.tracing import tracer
@@ -172,16 +171,14 @@ class VertexGenerator(Generator):
     def veo_resource(self) -> str:
         return self._veo_resource
 
-    def generate(
-        self, kind: Kind, prompt: str, params: dict, ctx: GenerationContext
-    ) -> list[GeneratedMedia]:
-        if kind is Kind.IMAGE:
-            return self._images(prompt, params, ctx)
-        return self._video(prompt, params, ctx)
+    # One method per kind (the registry's ``generator`` entry); ``Generator.generate`` picks
+    # it and refuses a kind this class has no method for.
 
     # --- Imagen ----------------------------------------------------------------------------
 
-    def _images(self, prompt: str, params: dict, ctx: GenerationContext) -> list[GeneratedMedia]:
+    def generate_image(
+        self, prompt: str, params: dict, ctx: GenerationContext
+    ) -> list[GeneratedMedia]:
         # Imagen bills per call and has no operation to resume, so the same marker rule as
         # Veo's start applies: written before the call; with our bucket as ``storageUri`` the
         # images land under the marker's prefix, so a retry after a lost answer (or a crash
@@ -226,7 +223,9 @@ class VertexGenerator(Generator):
 
     # --- Veo -------------------------------------------------------------------------------
 
-    def _video(self, prompt: str, params: dict, ctx: GenerationContext) -> list[GeneratedMedia]:
+    def generate_video(
+        self, prompt: str, params: dict, ctx: GenerationContext
+    ) -> list[GeneratedMedia]:
         # The slot belongs to this execution attempt (the lease owner), not to the creation:
         # when two executions of one creation overlap, neither can free or renew the other's.
         holder = ctx.lease_owner

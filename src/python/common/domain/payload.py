@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from common.domain.creation import Kind
 from common.domain.errors import ValidationError
+from common.domain.kinds import KINDS, UnknownKind
 
 PAYLOAD_VERSION = 1
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
@@ -75,9 +76,9 @@ class TaskPayload:
         if unknown:
             raise ValidationError(sorted(unknown)[0], "unknown field")
         try:
-            kind = Kind(d.get("kind"))
-        except ValueError:
-            raise ValidationError("kind", "must be 'video' or 'image'") from None
+            kind = KINDS.kind(d.get("kind"))
+        except UnknownKind:
+            raise ValidationError("kind", f"must be one of {', '.join(KINDS.names)}") from None
         creation_id = d.get("creation_id")
         if not isinstance(creation_id, str):
             raise ValidationError("creation_id", "is required")

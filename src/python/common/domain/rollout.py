@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from common.config import ConfigError
 from common.domain.creation import Kind
+from common.domain.kinds import KINDS, UnknownKind
 
 if TYPE_CHECKING:
     from common.config import Settings
@@ -77,11 +78,11 @@ class Rollout:
                 )
             kind_name = kind_text.strip()
             try:
-                kind = Kind(kind_name)
-            except ValueError:
+                kind = KINDS.kind(kind_name)
+            except UnknownKind:
                 raise RolloutError(
                     f"PHOENIX_ROLLOUT: unknown kind {kind_name!r} (expected one of "
-                    f"{', '.join(k.value for k in Kind)})"
+                    f"{', '.join(KINDS.names)})"
                 ) from None
             if kind in splits:
                 raise RolloutError(f"PHOENIX_ROLLOUT: kind {kind.value!r} is given twice")
@@ -137,7 +138,7 @@ class Rollout:
     def to_flag(self) -> str:
         """Canonical text, every kind explicit (so the default path no longer matters)."""
         parts = []
-        for kind in Kind:
+        for kind in KINDS:
             w = self.weights(kind)
             if any(p not in PATHS for p in w):
                 continue  # a non-rollout default (e.g. "record") can only stay implicit
@@ -153,7 +154,7 @@ class Rollout:
         if to not in PATHS:
             raise RolloutError(f"cannot move traffic to unknown path {to!r}")
         splits: dict[Kind, tuple[tuple[str, int], ...]] = {}
-        for kind in Kind:
+        for kind in KINDS:
             w = self.weights(kind)
             moved = w.pop(path, 0)
             if moved:
@@ -166,7 +167,7 @@ class Rollout:
         return Rollout(splits, default)
 
     def share(self, path: str) -> dict[Kind, int]:
-        return {kind: self.weights(kind).get(path, 0) for kind in Kind}
+        return {kind: self.weights(kind).get(path, 0) for kind in KINDS}
 
 
 class _FileBackedRoute:
