@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                 claim[key].append(cl)
                 total[key].append(tot)
 
-        breakdown = import_breakdown(tmp / "venv-real", venv_env, store, tmp)
+        # The production venv holds Vertex only: its breakdown runs on the production config.
+        breakdown = import_breakdown(tmp / "venv-real", prod_env, prod_store, tmp)
         eager_breakdown = import_breakdown(tmp / "venv-eager", venv_env, store, tmp, top=5)
         prod_imports = prod_adapter_imports(tmp / "venv-real", venv_env)
         store.close()
