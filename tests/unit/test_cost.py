@@ -158,3 +158,10 @@ def test_cli_from_store_uses_the_measured_median(tmp_path, monkeypatch, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["job_seconds"] == 45.0
     assert "median of 3" in data["job_seconds_source"]
+
+
+def test_provider_prices_are_per_kind_and_an_unpriced_kind_is_never_priced_as_another():
+    p = cost.LIST.provider
+    assert cost.provider_price("video", {"duration_seconds": 4}) == 4 * p.veo_usd_per_second
+    assert cost.provider_price("image", {"count": 3}) == 3 * p.imagen_usd_per_image
+    assert cost.provider_price("audio", {"count": 3, "duration_seconds": 4}) == 0.0

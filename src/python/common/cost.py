@@ -241,10 +241,14 @@ class CancelSaving:
 
 
 def provider_price(kind: str, params: dict, preset: Preset = LIST) -> float:
-    """Price of one generation as requested (video: per generated second; image: per image)."""
+    """Price of one generation as requested (video: per generated second; image: per image).
+    A kind with no price parameter here is priced 0 (nothing is claimed saved for it), never as
+    another kind: a new kind's price is added here with it."""
     if kind == "video":
         return float(params.get("duration_seconds") or 8) * preset.provider.veo_usd_per_second
-    return float(params.get("count") or 1) * preset.provider.imagen_usd_per_image
+    if kind == "image":
+        return float(params.get("count") or 1) * preset.provider.imagen_usd_per_image
+    return 0.0
 
 
 def cancel_saving(
