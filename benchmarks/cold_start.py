@@ -165,8 +165,9 @@ _IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 def import_breakdown(
     venv: Path, env: dict[str, str], store: Any, cwd: Path, top: int = 10
 ) -> dict[str, Any]:
-    """``-X importtime`` of the production venv's entrypoint: top-level imports (indent 0, i.e.
-    what the job itself imported, at module top or lazily inside main) by cumulative us."""
+    """``-X importtime`` of a venv's entrypoint run to completion with ``env``: top-level
+    imports (indent 0, i.e. what the job itself imported, at module top or lazily inside main)
+    by cumulative us."""
     cid = _new_pending(store)
     env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
     proc = subprocess.run(
@@ -324,9 +325,9 @@ def main(argv: list[str] | None = None) -> int:
                 claim[key].append(cl)
                 total[key].append(tot)
 
-        # The production venv holds Vertex only: its breakdown runs on the production config.
+        # The production configuration (the production venv holds the Vertex generator only).
         breakdown = import_breakdown(tmp / "venv-real", prod_env, prod_store, tmp)
-        eager_breakdown = import_breakdown(tmp / "venv-eager", venv_env, store, tmp, top=5)
+        eager_breakdown = import_breakdown(tmp / "venv-eager", prod_env, prod_store, tmp, top=5)
         prod_imports = prod_adapter_imports(tmp / "venv-real", venv_env)
         store.close()
         prod_store.close()
@@ -382,12 +383,14 @@ def main(argv: list[str] | None = None) -> int:
         sorted(setup.items()),
     )
     c.table(
-        f"Real job imports (-X importtime, production venv): top 10 of {breakdown['total_ms']:.1f} ms",
+        f"Real job imports (-X importtime, production venv and configuration): top 10 of "
+        f"{breakdown['total_ms']:.1f} ms",
         ["module", "cumulative ms", "self ms"],
         [[t["module"], t["cumulative_ms"], t["self_ms"]] for t in breakdown["top"]],
     )
     c.table(
-        f"Eager job imports: top 5 of {eager_breakdown['total_ms']:.1f} ms",
+        f"Eager job imports (production configuration): top 5 of "
+        f"{eager_breakdown['total_ms']:.1f} ms",
         ["module", "cumulative ms", "self ms"],
         [[t["module"], t["cumulative_ms"], t["self_ms"]] for t in eager_breakdown["top"]],
     )

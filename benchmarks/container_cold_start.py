@@ -21,6 +21,14 @@ default level, as ``docker push`` does - total and for the image's own layers ab
 
 Not included: the registry pull itself and Cloud Run's scheduling (no registry or Cloud Run
 here); the emulators answer faster than Firestore does from a Cloud Run region.
+
+Where the time goes (the "why" of the ratio): ``docker run`` of the real image's interpreter
+importing, in steps, what a job imports before its claim (``--network none``, median of
+``BREAKDOWN_RUNS``): nothing; the job's own code (entrypoint, runner, wiring); plus the
+Firestore store adapter (google-cloud-firestore: what the real job imports before the claim);
+plus google-genai and google-cloud-storage (what the eager job adds). Each row gives the
+``docker run`` wall time and the import time measured inside the interpreter. The third row over
+the fourth is the ratio the real job can reach while its claim goes through the Firestore SDK.
 """
 
 from __future__ import annotations
@@ -39,6 +47,24 @@ from typing import Any
 from benchmarks import _common as c
 
 ROLES = {"real": "image-job", "eager": "eager-image-job"}
+BREAKDOWN_RUNS = 5
+# (label, modules imported in that step and all before it)
+_JOB_CODE = ["jobs.image.production", "common.job_main", "common.bootstrap"]
+_FIRESTORE = ["common.adapters.firestore_store"]
+_EAGER = ["google.genai", "google.cloud.storage"]
+BREAKDOWN = [
+    ("interpreter only", []),
+    ("+ the job's code before the claim (no cloud SDK)", _JOB_CODE),
+    ("+ the Firestore store adapter (the real job's claim)", _JOB_CODE + _FIRESTORE),
+    ("+ google-genai, google-cloud-storage (the eager job)", _JOB_CODE + _FIRESTORE + _EAGER),
+]
+_TIMED_IMPORTS = (
+    "import sys, time\n"
+    "t = time.perf_counter()\n"
+    "for m in sys.argv[1:]:\n"
+    "    __import__(m)\n"
+    "print((time.perf_counter() - t) * 1000)\n"
+)
 PROJECT, LOCATION, BUCKET = "phoenix-local", "us-central1", "phoenix-media"
 # Directory globs, not target names: whatever the docker_image targets there are called.
 BUILD_TARGETS = ["src/python/jobs/image::", "benchmarks::"]
@@ -118,6 +144,31 @@ def _run_once(docker: str, ref: str, env: dict[str, str], store: Any) -> tuple[f
     )
 
 
+def import_breakdown(docker: str, ref: str, runs: int = BREAKDOWN_RUNS) -> list[dict[str, Any]]:
+    """``docker run`` wall and in-interpreter import ms per BREAKDOWN step (medians)."""
+    out = []
+    for label, modules in BREAKDOWN:
+        walls, imports = [], []
+        for _ in range(runs):
+            argv = [docker, "run", "--rm", "--network", "none"]
+            argv += ["--entrypoint", "/app/venv/bin/python", ref, "-c", _TIMED_IMPORTS, *modules]
+            t = time.monotonic()
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+            walls.append((time.monotonic() - t) * 1000)
+            if proc.returncode != 0:
+                raise RuntimeError(f"import breakdown {modules}: {proc.stderr[-2000:]}")
+            imports.append(float(proc.stdout.strip().splitlines()[-1]))
+        out.append(
+            {
+                "step": label,
+                "modules": modules,
+                "docker_run_p50_ms": c.r1(c.percentile(walls, 50)),
+                "imports_p50_ms": c.r1(c.percentile(imports, 50)),
+            }
+        )
+    return out
+
+
 def measure(runs: int, build: bool) -> dict[str, Any]:
     """Runs the section, prints its tables, returns its part of the JSON line."""
     from tools import images
@@ -177,6 +228,9 @@ def measure(runs: int, build: bool) -> dict[str, Any]:
 
     stats = c.claim_stats(claim, total)
     ratio = stats["real"]["claim_p50_ms"] / stats["eager"]["claim_p50_ms"]
+    print("[setup] import breakdown inside the real image", flush=True)
+    breakdown = import_breakdown(docker, refs["real"].ref)
+    floor = breakdown[2]["docker_run_p50_ms"] / breakdown[3]["docker_run_p50_ms"]
     print("[setup] measuring pull sizes (docker save + gzip of every layer)", flush=True)
     sizes = {label: pull_size(docker, img.ref, images.BASE_IMAGE) for label, img in refs.items()}
     c.table(
@@ -198,6 +252,16 @@ def measure(runs: int, build: bool) -> dict[str, Any]:
         "Container target (median)",
         ["target", "measured", "met"],
         [["real <= 0.35 x eager", f"{ratio:.3f} x", ratio <= 0.35]],
+    )
+    c.table(
+        f"Where the time goes: docker run of the real image importing, step by step, what a job "
+        f"imports before its claim (median of {BREAKDOWN_RUNS})",
+        ["step", "docker run ms", "imports ms (inside)"],
+        [[b["step"], b["docker_run_p50_ms"], b["imports_p50_ms"]] for b in breakdown],
+    )
+    print(
+        f"with the Firestore SDK imported before the claim, real / eager cannot go much below "
+        f"{floor:.2f} x (row 3 / row 4)"
     )
     c.table(
         f"Image pull size (gzip level 6 per layer, as docker push; base = {images.BASE_IMAGE})",
@@ -228,5 +292,7 @@ def measure(runs: int, build: bool) -> dict[str, Any]:
         "ratio_real_over_eager": round(ratio, 3),
         "target_met_ratio_le_0.35": ratio <= 0.35,
         "pull_size": sizes,
+        "import_breakdown": breakdown,
+        "ratio_floor_with_firestore_before_claim": round(floor, 3),
         "setup_s": setup,
     }

@@ -9,8 +9,9 @@ Tasks) are measured in the locked resolve benchmarks/run runs this with (what th
 google-cloud-aiplatform is not in the lockfile (nothing ships it, and its pins conflict with
 the locked google-genai), so it gets its own throw-away venv from the same CPython,
 ``$PHOENIX_TOOLS_DIR/bench-sdk-imports`` (``.tools/``, git-ignored), pip-installed and pinned
-(google-cloud-aiplatform==AIPLATFORM_VERSION). Created on first use (wheels from PyPI),
-reused afterwards; the JSON records every measured package's version.
+(google-cloud-aiplatform==AIPLATFORM_VERSION). Created on first use (wheels from PyPI, about
+90 s at load 13; bounded by ``--install-timeout``), reused afterwards; the JSON records every
+measured package's version.
 
 What is measured: for each module, ``--runs`` fresh interpreters (``python -c "import time;
 t=...; import M; print(...)"``), median and min ms of the import alone (interpreter start-up
@@ -50,7 +51,7 @@ _TIMED = (
 )
 
 
-def ensure_venv() -> Path:
+def ensure_venv(install_timeout: float = 1200.0) -> Path:
     from tools.servers import tools_dir
 
     venv = tools_dir() / "bench-sdk-imports"
@@ -58,10 +59,19 @@ def ensure_venv() -> Path:
     marker = venv / ".complete"
     if marker.exists() and marker.read_text() == want:
         return venv
-    print(f"[setup] creating {venv} with {want} (pip, PyPI)", flush=True)
+    print(f"[setup] creating {venv} with {want} (pip, PyPI; ~45 wheels, 90 s at load 13)", flush=True)
     subprocess.run([c.plain_python311(), "-m", "venv", "--clear", str(venv)], check=True)
     env = dict(os.environ, PIP_CONFIG_FILE="/dev/null", PIP_DISABLE_PIP_VERSION_CHECK="1")
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", want], check=True, env=env)
+    # Wheels only (no sdist builds on a busy machine); pip's own lines show progress, so a
+    # slow install is visibly downloading rather than silently hung.
+    argv = [str(venv / "bin" / "pip"), "install", "--progress-bar", "off", "--only-binary=:all:"]
+    try:
+        subprocess.run([*argv, want], check=True, env=env, timeout=install_timeout)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(
+            f"installing {want} took over {install_timeout:.0f} s (--install-timeout); "
+            f"nothing was measured. Run again: pip reuses what it downloaded."
+        ) from None
     marker.write_text(want)
     return venv
 
@@ -100,8 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--no-pyc", action="store_true", help="also measure without bytecode caches")
+    ap.add_argument(
+        "--install-timeout",
+        type=float,
+        default=1200.0,
+        help="seconds allowed for the one-time aiplatform venv install (default 1200)",
+    )
     args = ap.parse_args(argv)
-    venv = ensure_venv()
+    venv = ensure_venv(args.install_timeout)
     pythons = {"locked": Path(sys.executable), "aiplatform": venv / "bin" / "python"}
     results: dict[str, Any] = {}
     for module, where in MODULES.items():
