@@ -59,7 +59,9 @@ def ensure_venv(install_timeout: float = 1200.0) -> Path:
     marker = venv / ".complete"
     if marker.exists() and marker.read_text() == want:
         return venv
-    print(f"[setup] creating {venv} with {want} (pip, PyPI; ~45 wheels, 90 s at load 13)", flush=True)
+    print(
+        f"[setup] creating {venv} with {want} (pip, PyPI; ~45 wheels, 90 s at load 13)", flush=True
+    )
     subprocess.run([c.plain_python311(), "-m", "venv", "--clear", str(venv)], check=True)
     env = dict(os.environ, PIP_CONFIG_FILE="/dev/null", PIP_DISABLE_PIP_VERSION_CHECK="1")
     # Wheels only (no sdist builds on a busy machine); pip's own lines show progress, so a
