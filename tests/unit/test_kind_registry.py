@@ -137,6 +137,20 @@ def test_payloads_and_the_rollout_flag_accept_only_registered_kinds():
         Rollout.parse("audio=local:100", "local")
 
 
+def test_a_kind_the_legacy_worker_cannot_make_is_never_routed_to_it():
+    """A kind added after the migration began has no seed Celery task: neither its own weights
+    nor a celery default may send it to the legacy worker (it would have no task to run)."""
+    assert AUDIO.legacy_task is None
+    assert all(KINDS.spec(k).legacy_task for k in KINDS)  # the seed's two kinds have theirs
+    with pytest.raises(RolloutError, match="audio: the legacy Celery worker cannot make"):
+        Rollout.parse("audio=cloud-tasks:50,celery:50", "local", kinds=WITH_AUDIO)
+    with pytest.raises(RolloutError, match="audio=cloud-tasks:100"):
+        Rollout.parse("video=celery:100", "celery", kinds=WITH_AUDIO)
+    mixed = Rollout.parse("audio=cloud-tasks:100", "celery", kinds=WITH_AUDIO)
+    assert mixed.route(AUDIO_KIND, "u1") == "cloud-tasks"
+    assert mixed.route(Kind.VIDEO, "u1") == "celery"  # the seed's kinds may still use it
+
+
 class _NoProviderCalls:
     """A generation context that fails the test on anything a provider call would use."""
 

@@ -27,15 +27,14 @@ from common.adapters.process_wide import process_wide
 from common.config import Settings
 from common.domain.creation import Creation, Kind
 from common.domain.errors import DispatchError
+from common.domain.kinds import KINDS
 from common.domain.payload import TaskPayload
 from common.ports import Dispatcher
 
-# The seed's task names: the deployed legacy worker registers exactly these, so they are a wire
-# contract between the API and the worker and must never be renamed while both run.
-TASK_NAMES: dict[Kind, str] = {
-    Kind.VIDEO: "jobs.async_video_generation_worker.generate_video_task",
-    Kind.IMAGE: "jobs.async_image_generation_worker.generate_image_task",
-}
+# The seed's task names (the registry's ``legacy_task``): the deployed legacy worker registers
+# exactly these, so they are a wire contract between the API and the worker and must never be
+# renamed while both run. Kinds without one never reach this path (the rollout refuses).
+TASK_NAMES: dict[Kind, str] = {s.kind: s.legacy_task for s in KINDS.specs() if s.legacy_task}
 
 # The seed called send_task without a queue, i.e. Celery's default queue "celery" (a Redis list
 # of that name). Keeping it means messages already sitting in the production Redis are still

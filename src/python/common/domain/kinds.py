@@ -71,6 +71,10 @@ class KindSpec:
     job: str  # the Cloud Run Job's default name; PHOENIX_<KIND>_JOB overrides it
     media_types: Mapping[str, str]  # MIME type -> file extension in the media store
     generator: str  # the Generator method that makes it (common.ports.Generator.generate)
+    # The seed's Celery task that makes it on the legacy path: a wire contract with the deployed
+    # legacy worker. None for a kind born after the migration began: the legacy worker cannot
+    # make it, so the rollout refuses to route it there (the legacy path is being retired).
+    legacy_task: str | None = None
     _model: list[Any] = field(default_factory=list, compare=False, repr=False)
 
     @property
@@ -153,6 +157,7 @@ KINDS = KindRegistry(
             job="phoenix-video-job",
             media_types={"video/mp4": "mp4"},
             generator="generate_video",
+            legacy_task="jobs.async_video_generation_worker.generate_video_task",
         ),
         KindSpec(
             kind=Kind.IMAGE,
@@ -161,6 +166,7 @@ KINDS = KindRegistry(
             job="phoenix-image-job",
             media_types={"image/png": "png", "image/jpeg": "jpg"},
             generator="generate_image",
+            legacy_task="jobs.async_image_generation_worker.generate_image_task",
         ),
     ]
 )

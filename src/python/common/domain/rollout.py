@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from common.config import ConfigError
 from common.domain.creation import Kind
-from common.domain.kinds import KINDS, UnknownKind
+from common.domain.kinds import KINDS, KindRegistry, UnknownKind
 
 if TYPE_CHECKING:
     from common.config import Settings
@@ -62,11 +62,30 @@ class Rollout:
     default_path: str
 
     @classmethod
-    def parse(cls, flag: str, default_path: str) -> "Rollout":
+    def parse(cls, flag: str, default_path: str, kinds: KindRegistry = KINDS) -> "Rollout":
+        splits = cls._parse_splits(flag, kinds)
+        # The legacy worker makes only the kinds it was deployed with: a newer kind must not be
+        # routed there, neither by its own weights nor by falling back to a celery default.
+        for spec in kinds.specs():
+            if spec.legacy_task:
+                continue
+            split = splits.get(spec.kind)
+            if (split and any(path == "celery" for path, _ in split)) or (
+                not split and default_path == "celery"
+            ):
+                raise RolloutError(
+                    f"PHOENIX_ROLLOUT: {spec.kind.value}: the legacy Celery worker cannot make "
+                    f"this kind; route it to a new path, e.g. "
+                    f"'{spec.kind.value}=cloud-tasks:100'"
+                )
+        return cls(splits, default_path)
+
+    @staticmethod
+    def _parse_splits(flag: str, kinds: KindRegistry) -> dict[Kind, tuple[tuple[str, int], ...]]:
         splits: dict[Kind, tuple[tuple[str, int], ...]] = {}
         text = (flag or "").strip()
         if not text:
-            return cls({}, default_path)
+            return splits
         for section in text.split(";"):
             section = section.strip()
             if not section:
@@ -78,11 +97,11 @@ class Rollout:
                 )
             kind_name = kind_text.strip()
             try:
-                kind = KINDS.kind(kind_name)
+                kind = kinds.kind(kind_name)
             except UnknownKind:
                 raise RolloutError(
                     f"PHOENIX_ROLLOUT: unknown kind {kind_name!r} (expected one of "
-                    f"{', '.join(KINDS.names)})"
+                    f"{', '.join(kinds.names)})"
                 ) from None
             if kind in splits:
                 raise RolloutError(f"PHOENIX_ROLLOUT: kind {kind.value!r} is given twice")
@@ -116,7 +135,7 @@ class Rollout:
                     f"PHOENIX_ROLLOUT: {kind.value}: weights sum to {total}, they must sum to 100"
                 )
             splits[kind] = tuple((p, weights[p]) for p in PATH_ORDER if weights.get(p))
-        return cls(splits, default_path)
+        return splits
 
     def weights(self, kind: Kind) -> dict[str, int]:
         """{path: percent} for this kind (the default path at 100 when not configured)."""
