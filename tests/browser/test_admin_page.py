@@ -3,8 +3,8 @@ chart's legend overlaps its title (the cost chart's legend once sat on top of it
 no two group labels of a bar chart overlap.
 
 The dashboard blueprint is served in-process by werkzeug on 127.0.0.1 over a seeded store with
-every path and kind, so the table is as wide as it gets. A screenshot is left at
-``/tmp/phoenix-admin.png`` for humans.
+every path and kind, so the table is as wide as it gets. A screenshot is left in the test's own
+temporary directory for humans (its path is printed: run with ``-s`` to see it).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from common.domain.rollout import make_route
 CHROMIUM = os.environ.get("PHOENIX_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run"]
 WINDOW = 1280
-SCREENSHOT_FOR_HUMANS = Path("/tmp/phoenix-admin.png")
 NOW = datetime.now(timezone.utc)
 
 
@@ -90,14 +89,16 @@ def _overlap(a: dict, b: dict) -> bool:
     )
 
 
-def test_dashboard_fits_1280px_and_legends_clear_titles(dashboard_url: str) -> None:
+def test_dashboard_fits_1280px_and_legends_clear_titles(dashboard_url: str, tmp_path: Path) -> None:
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: run tools/provision (apt chromium)"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": WINDOW, "height": 900})
             page.goto(dashboard_url)
-            page.screenshot(path=str(SCREENSHOT_FOR_HUMANS), full_page=True)
+            screenshot = tmp_path / "phoenix-admin.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+            print(f"screenshot: {screenshot}")
             scroll_width = page.evaluate("document.documentElement.scrollWidth")
             boxes = page.evaluate(
                 """() => [...document.querySelectorAll('svg')].map(svg => {
