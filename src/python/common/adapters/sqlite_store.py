@@ -95,7 +95,11 @@ class SqliteCreationStore(CreationStore):
         )
 
     def add(self, creation: Creation) -> None:
-        conn = self._connect()
+        self._insert(self._connect(), creation)
+
+    def _insert(self, conn: sqlite3.Connection, creation: Creation) -> None:
+        """One new row (``add``, and ``admit`` inside its transaction); a taken id is a
+        ValueError, like every store's."""
         try:
             conn.execute(
                 "INSERT INTO creations (id, user_id, status, path, created_at, updated_at, doc)"
@@ -243,14 +247,7 @@ class SqliteCreationStore(CreationStore):
                 return decided
             new_user, new_glob = decided
             if insert is not None:
-                try:
-                    conn.execute(
-                        "INSERT INTO creations (id, user_id, status, path, created_at,"
-                        " updated_at, doc) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (insert.id, *self._row_values(insert)),
-                    )
-                except sqlite3.IntegrityError:
-                    raise ValueError(f"creation {insert.id} already exists") from None
+                self._insert(conn, insert)
             if new_user is not user:
                 self._write_quota(
                     conn, _user_key(user_id), quotas.user_to_dict(new_user), len(new_user.active)
