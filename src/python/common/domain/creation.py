@@ -43,6 +43,7 @@ from common.domain.errors import (
     LeaseLost,
 )
 from common.domain.kinds import Kind as Kind  # defined with the kind registry; re-exported
+from common.domain.timestamps import from_iso, to_iso
 
 
 class Status(str, enum.Enum):
@@ -487,15 +488,11 @@ def _finish(
 
 
 def _ts(value: datetime | None) -> str | None:
-    return value.astimezone(timezone.utc).isoformat() if value else None
+    return to_iso(value) if value else None
 
 
 def _parse_ts(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    return datetime.fromisoformat(str(value))
+    return None if value is None else from_iso(value)
 
 
 def to_dict(c: Creation) -> dict[str, Any]:

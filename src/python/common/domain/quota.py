@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Mapping
+
+from common.domain.timestamps import from_iso, to_iso
 
 WINDOW = timedelta(seconds=60)
 # A user at the cap waits for a creation to finish; images take seconds, videos minutes.
@@ -135,36 +137,26 @@ def release(user: UserQuota, creation_id: str) -> UserQuota:
 # --- Serialisation shared by the stores ------------------------------------------------------
 
 
-def _ts(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat()
-
-
-def _parse(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    return datetime.fromisoformat(str(value))
-
-
 def user_to_dict(q: UserQuota) -> dict[str, Any]:
     return {
         "user_id": q.user_id,
-        "active": {k: _ts(v) for k, v in q.active.items()},
+        "active": {k: to_iso(v) for k, v in q.active.items()},
         "active_count": len(q.active),  # lets Firestore query records holding slots
-        "recent": [_ts(t) for t in q.recent],
+        "recent": [to_iso(t) for t in q.recent],
     }
 
 
 def user_from_dict(user_id: str, d: Mapping[str, Any] | None) -> UserQuota:
     if not d:
         return UserQuota(user_id)
-    active = {str(k): _parse(v) for k, v in (d.get("active") or {}).items()}
-    recent = tuple(sorted(_parse(t) for t in d.get("recent") or ()))
+    active = {str(k): from_iso(v) for k, v in (d.get("active") or {}).items()}
+    recent = tuple(sorted(from_iso(t) for t in d.get("recent") or ()))
     return UserQuota(user_id, active, recent)
 
 
 def global_to_dict(q: GlobalQuota) -> dict[str, Any]:
     return {
-        "window_start": _ts(q.window_start) if q.window_start else None,
+        "window_start": to_iso(q.window_start) if q.window_start else None,
         "count": q.count,
     }
 
@@ -172,4 +164,4 @@ def global_to_dict(q: GlobalQuota) -> dict[str, Any]:
 def global_from_dict(d: Mapping[str, Any] | None) -> GlobalQuota:
     if not d or not d.get("window_start"):
         return GlobalQuota()
-    return GlobalQuota(_parse(d["window_start"]), int(d.get("count") or 0))
+    return GlobalQuota(from_iso(d["window_start"]), int(d.get("count") or 0))
