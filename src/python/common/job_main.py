@@ -7,10 +7,12 @@ the code Cloud Run's ``maxRetries`` should act on.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import os
 import signal
 import sys
+import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -96,8 +98,6 @@ class _StopOnSigterm:
     """
 
     def __init__(self, reassert_s: float = 1.0) -> None:
-        import threading
-
         self.reassert_s = reassert_s
         self.requested = threading.Event()
         self.acknowledged = threading.Event()
@@ -109,8 +109,6 @@ class _StopOnSigterm:
             return
         if not self.requested.is_set():
             self.requested.set()
-            import threading
-
             threading.Thread(
                 target=self._reassert, args=(signum,), name="sigterm-reassert", daemon=True
             ).start()
@@ -121,8 +119,6 @@ class _StopOnSigterm:
         self.acknowledged.set()
 
     def _reassert(self, signum: int) -> None:
-        import _thread
-
         while not self.acknowledged.wait(self.reassert_s):
             _thread.interrupt_main(signal.Signals(signum))
 
