@@ -63,22 +63,17 @@ class Rollout:
 
     @classmethod
     def parse(cls, flag: str, default_path: str, kinds: KindRegistry = KINDS) -> "Rollout":
-        splits = cls._parse_splits(flag, kinds)
+        rollout = cls(cls._parse_splits(flag, kinds), default_path)
         # The legacy worker makes only the kinds it was deployed with: a newer kind must not be
         # routed there, neither by its own weights nor by falling back to a celery default.
         for spec in kinds.specs():
-            if spec.legacy_task:
-                continue
-            split = splits.get(spec.kind)
-            if (split and any(path == "celery" for path, _ in split)) or (
-                not split and default_path == "celery"
-            ):
+            if not spec.legacy_task and "celery" in rollout.weights(spec.kind):
                 raise RolloutError(
                     f"PHOENIX_ROLLOUT: {spec.kind.value}: the legacy Celery worker cannot make "
                     f"this kind; route it to a new path, e.g. "
                     f"'{spec.kind.value}=cloud-tasks:100'"
                 )
-        return cls(splits, default_path)
+        return rollout
 
     @staticmethod
     def _parse_splits(flag: str, kinds: KindRegistry) -> dict[Kind, tuple[tuple[str, int], ...]]:
