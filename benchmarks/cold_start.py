@@ -50,7 +50,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # self-locating
 from benchmarks import _common as c  # noqa: E402
@@ -87,15 +87,17 @@ def _job_env(data_dir: Path, pex_root: Path) -> dict[str, str]:
 
 
 def _production_env(
-    base: dict[str, str], firestore: str, gcs: str, vertex: str, key_file: str
+    base: dict[str, str], firestore: Mapping[str, str], gcs: str, vertex: str, key_file: str
 ) -> dict[str, str]:
-    """The job's production adapters, each pointed at its local stand-in."""
+    """The job's production adapters, each pointed at its local stand-in (``firestore``: the
+    emulator handle's env, gRPC host and REST stand-in URL)."""
     return {
         **base,
         "PHOENIX_STORE": "firestore",
         "PHOENIX_GCP_PROJECT": PROD_PROJECT,
         "PHOENIX_GCP_LOCATION": "us-central1",
-        "FIRESTORE_EMULATOR_HOST": firestore,
+        "FIRESTORE_EMULATOR_HOST": firestore["FIRESTORE_EMULATOR_HOST"],
+        "PHOENIX_FIRESTORE_REST_URL": firestore["PHOENIX_FIRESTORE_REST_URL"],
         "PHOENIX_GENERATOR": "vertex",
         "PHOENIX_VERTEX_BASE_URL": vertex,
         "PHOENIX_VERTEX_ACCESS_TOKEN": "bench-token",
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         gcs = stack.enter_context(gcs_emulator(default_bucket=PROD_BUCKET))
         vertex = stack.enter_context(FakeVertexServer(gcs_endpoint=gcs.url))
         prod_env = _production_env(
-            venv_env, firestore.url, gcs.url, vertex.url, write_signing_key(tmp / "key.json")
+            venv_env, firestore.env, gcs.url, vertex.url, write_signing_key(tmp / "key.json")
         )
         prod_store = _production_store(prod_env)
         # key -> (argv, env, store); the production configuration first.

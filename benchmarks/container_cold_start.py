@@ -207,6 +207,7 @@ def measure(runs: int, build: bool) -> dict[str, Any]:
         env.update(
             {
                 "FIRESTORE_EMULATOR_HOST": firestore.url,
+                "PHOENIX_FIRESTORE_REST_URL": firestore.env["PHOENIX_FIRESTORE_REST_URL"],
                 "STORAGE_EMULATOR_HOST": gcs.url,
                 "PHOENIX_VERTEX_BASE_URL": vertex.url,
                 "PHOENIX_VERTEX_ACCESS_TOKEN": "bench-token",

@@ -99,6 +99,7 @@ def cloud_tasks(n: int) -> dict[str, Any]:
 
     with c.temp_dir("phoenix-bench-lat-chain-") as d, production_chain(work_dir=d) as chain:
         os.environ["FIRESTORE_EMULATOR_HOST"] = chain.env["FIRESTORE_EMULATOR_HOST"]
+        os.environ["PHOENIX_FIRESTORE_REST_URL"] = chain.env["PHOENIX_FIRESTORE_REST_URL"]
         store = bootstrap.build_store(Settings.from_env(chain.env))
         try:
             return _series(chain.api_url, d, n, warmup=2, store=store)

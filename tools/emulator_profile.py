@@ -5,7 +5,8 @@
 starts, each on a free loopback port:
 
 * the Cloud Tasks emulator (gRPC) with the queue created,
-* the Firestore emulator, the Cloud Storage emulator (with the media bucket),
+* the Firestore emulator (gRPC, plus its REST API stand-in for the jobs' REST client), the
+  Cloud Storage emulator (with the media bucket),
 * the fake Vertex AI server (Imagen/Veo; Veo writes its output into the storage emulator),
 * the Cloud Run Admin API ``jobs:run`` stand-in, which starts ``python -m jobs.video.main`` /
   ``jobs.image.main`` with the override env exactly like a Cloud Run Job execution,
@@ -144,6 +145,7 @@ class ProductionChain:
             "api": self.api_url,
             "cloud-tasks emulator (gRPC)": self.tasks.url,
             "firestore emulator (gRPC)": self.firestore.url,
+            "firestore REST stand-in": self.firestore.rest_url or "",
             "storage emulator": self.gcs.url,
             "fake vertex": self.vertex.url,
             "jobs:run stand-in": self.run_api.url,
@@ -171,6 +173,7 @@ _OWN_PREFIXES = ("PHOENIX_", "FIRESTORE_", "STORAGE_", "PYTHONPATH", "PORT")
 # What a job container needs beyond its descriptor's env: where the local stand-ins are.
 _JOB_CHAIN_VARS = (
     "FIRESTORE_EMULATOR_HOST",
+    "PHOENIX_FIRESTORE_REST_URL",
     "STORAGE_EMULATOR_HOST",
     "PHOENIX_VERTEX_BASE_URL",
     "PHOENIX_VERTEX_ACCESS_TOKEN",
@@ -390,6 +393,8 @@ def production_chain(
                 # the Firestore store alone makes the API and jobs refuse header identity.
                 "PHOENIX_ALLOW_HEADER_IDENTITY": "yes",
                 "FIRESTORE_EMULATOR_HOST": firestore.url,
+                # The same emulator through the Firestore REST API (the jobs' REST client)
+                "PHOENIX_FIRESTORE_REST_URL": firestore.env["PHOENIX_FIRESTORE_REST_URL"],
                 # Media: Cloud Storage emulator, URLs signed with a throw-away key
                 "PHOENIX_MEDIA": "gcs",
                 "PHOENIX_MEDIA_BUCKET": BUCKET,

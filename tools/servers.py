@@ -12,7 +12,8 @@ Every helper here is a context manager that:
 * captures its output to a temporary log file whose tail is put into the error when start-up
   fails (and which the handle exposes as ``log_path`` / ``log_tail()`` while it runs);
 * waits until the service really answers before yielding a :class:`ServerHandle` with
-  ``host``/``port``/``url`` and the ``env`` a client needs (e.g. ``FIRESTORE_EMULATOR_HOST``).
+  ``host``/``port``/``url`` and the ``env`` a client needs (e.g. ``FIRESTORE_EMULATOR_HOST``,
+  and ``PHOENIX_FIRESTORE_REST_URL`` for the Firestore REST stand-in started with it).
 
 A missing binary raises :class:`ToolMissingError` naming ``tools/provision``: tests must fail
 loudly rather than skip when the machine is not provisioned.
@@ -38,6 +39,8 @@ from typing import Callable, Iterator, Mapping, Sequence
 LOOPBACK = "127.0.0.1"
 DEFAULT_START_TIMEOUT = 30.0  # generous: CI has 2 cores and runs several test processes at once
 STOP_GRACE_SECONDS = 5.0
+# Where the production jobs' Firestore REST client is pointed locally (the REST stand-in).
+FIRESTORE_REST_URL_ENV = "PHOENIX_FIRESTORE_REST_URL"
 
 
 class ToolMissingError(RuntimeError):
@@ -191,6 +194,11 @@ class ServerHandle:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def rest_url(self) -> str | None:
+        """The Firestore emulator's REST stand-in (``PHOENIX_FIRESTORE_REST_URL``), if any."""
+        return self.env.get(FIRESTORE_REST_URL_ENV)
 
     def log_tail(self, max_chars: int = 4000) -> str:
         return _tail(self.log_path, max_chars)
@@ -371,11 +379,18 @@ def tasks_emulator(
 
 
 @contextlib.contextmanager
-def firestore_emulator(timeout: float = DEFAULT_START_TIMEOUT) -> Iterator[ServerHandle]:
+def firestore_emulator(
+    timeout: float = DEFAULT_START_TIMEOUT, *, rest: bool = True
+) -> Iterator[ServerHandle]:
     """@firestore-emulator/server (Node gRPC) bound to 127.0.0.1 via the provisioned start.js.
 
     Point google-cloud-firestore at it with ``FIRESTORE_EMULATOR_HOST=handle.url``. The shared
     notes (emulators.md) list what it gets wrong (no transaction isolation, …).
+
+    With ``rest=True`` (the default) it also serves the Firestore REST API v1 for that emulator
+    (``tools.standins.firestore_rest``, in this process, stopped on exit): the production jobs'
+    stdlib REST client is pointed at ``handle.rest_url``, also in ``handle.env`` as
+    ``PHOENIX_FIRESTORE_REST_URL`` next to ``FIRESTORE_EMULATOR_HOST``.
     """
     base = tools_dir() / "firestore-emulator"
     script = base / "start.js"
@@ -394,18 +409,15 @@ def firestore_emulator(timeout: float = DEFAULT_START_TIMEOUT) -> Iterator[Serve
         lambda p: wait_for_port(LOOPBACK, port, timeout, p),
         env=_clean_env(),
         cwd=base,
-    ) as (proc, log, secs):
+    ) as (proc, log, secs), contextlib.ExitStack() as stack:
         target = f"{LOOPBACK}:{port}"
-        yield ServerHandle(
-            "firestore-emulator",
-            LOOPBACK,
-            port,
-            target,
-            proc,
-            log,
-            {"FIRESTORE_EMULATOR_HOST": target},
-            secs,
-        )
+        env = {"FIRESTORE_EMULATOR_HOST": target}
+        if rest:
+            # Local import: it loads the Firestore SDK, which only this stand-in needs here.
+            from tools.standins.firestore_rest import FirestoreRestStandIn
+
+            env[FIRESTORE_REST_URL_ENV] = stack.enter_context(FirestoreRestStandIn(target)).url
+        yield ServerHandle("firestore-emulator", LOOPBACK, port, target, proc, log, env, secs)
 
 
 # --- Cloud Storage emulator ---------------------------------------------------------------------

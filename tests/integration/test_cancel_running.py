@@ -143,6 +143,7 @@ def test_emulator_chain_cancel_mid_generation_stops_polling_veo_and_the_executio
     from tools.emulator_profile import PROJECT
 
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", chain.env["FIRESTORE_EMULATOR_HOST"])
+    monkeypatch.setenv("PHOENIX_FIRESTORE_REST_URL", chain.env["PHOENIX_FIRESTORE_REST_URL"])
     settings = Settings.from_env(chain.env)
     guard = FirestoreConcurrencyGuard.from_settings(settings)
     veo = f"veo/{settings.gcp_location}/{settings.veo_model}"

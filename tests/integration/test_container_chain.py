@@ -122,6 +122,7 @@ def test_a_video_and_an_image_complete_through_the_api_and_job_containers(chain)
         assert env["PHOENIX_MAX_ATTEMPTS"] == "3"
         # the local stand-ins
         assert env["FIRESTORE_EMULATOR_HOST"] == chain.firestore.url
+        assert env["PHOENIX_FIRESTORE_REST_URL"] == chain.firestore.rest_url
         assert env["PHOENIX_VERTEX_BASE_URL"] == chain.vertex.url
         assert "PYTHONPATH" not in env and "PHOENIX_REPO_ROOT" not in env
         assert "PHOENIX_DISPATCH" not in env  # the API's setting, not the job's
