@@ -1,11 +1,15 @@
-"""One CreationStore contract, held against every backend: memory, SQLite, Firestore (emulator).
+"""One CreationStore contract, held against every backend: memory, SQLite, and Firestore
+(emulator) through both of its adapters - the gRPC client the API uses and the standard-library
+REST client the jobs use (through the REST stand-in in front of the same emulator).
 
 What the Firestore emulator can and cannot prove: it stores and queries documents faithfully
 (CRUD, ordering, filters, server timestamps) but its transactions have NO isolation, so two
 racing claims on it could both "win". The claim race is therefore proven on SQLite (real
 cross-process locking, bottom of this file); for Firestore we prove the part that is ours —
 ``update`` re-runs the lifecycle function on fresh data when Firestore aborts the transaction —
-by injecting the Aborted a contended commit gets in production (``test_firestore_update_...``).
+by injecting the Aborted a contended commit gets in production (``test_firestore_update_...``,
+``test_firestore_rest_update_...``). Both adapters share one document layout; a test writes
+with each and reads with the other.
 """
 
 from __future__ import annotations
@@ -39,28 +43,48 @@ LEASE = timedelta(seconds=60)
 
 
 @pytest.fixture(scope="module")
-def firestore_host():
+def firestore_env():
+    """The gRPC emulator and the REST stand-in in front of it (tools/standins/firestore_rest.py)."""
     with firestore_emulator() as fs:
-        yield fs.url
+        yield fs.env
 
 
-def _firestore_store(host: str, monkeypatch):
+@pytest.fixture
+def firestore_host(firestore_env):
+    return firestore_env["FIRESTORE_EMULATOR_HOST"]
+
+
+def _settings(prefix: str | None = None) -> Settings:
+    # A unique collection prefix per test: parallel tests (and reruns) never see each other.
+    prefix = prefix or f"t{uuid.uuid4().hex[:10]}_"
+    return Settings(gcp_project="phoenix-test", firestore_prefix=prefix)
+
+
+def _firestore_store(host: str, monkeypatch, prefix: str | None = None):
+    """The API's and the sweeper's Firestore adapter (google-cloud-firestore, gRPC)."""
     from common.adapters.firestore_store import FirestoreCreationStore
 
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", host)
-    # A unique collection prefix per test: parallel tests (and reruns) never see each other.
-    settings = Settings(gcp_project="phoenix-test", firestore_prefix=f"t{uuid.uuid4().hex[:10]}_")
-    return FirestoreCreationStore.from_settings(settings)
+    return FirestoreCreationStore.from_settings(_settings(prefix))
 
 
-@pytest.fixture(params=["memory", "sqlite", "firestore"])
+def _firestore_rest_store(env, prefix: str | None = None):
+    """The jobs' Firestore adapter (REST, standard library only), on the same emulator."""
+    from common.adapters.firestore_rest_store import FirestoreRestCreationStore
+
+    return FirestoreRestCreationStore.from_settings(_settings(prefix), env=env)
+
+
+@pytest.fixture(params=["memory", "sqlite", "firestore", "firestore-rest"])
 def store(request, tmp_path, monkeypatch):
     if request.param == "memory":
         s = InMemoryCreationStore()
     elif request.param == "sqlite":
         s = SqliteCreationStore(tmp_path / "creations.sqlite3")
-    else:
+    elif request.param == "firestore":
         s = _firestore_store(request.getfixturevalue("firestore_host"), monkeypatch)
+    else:
+        s = _firestore_rest_store(request.getfixturevalue("firestore_env"))
     yield s
     s.close()
 
@@ -438,6 +462,139 @@ def test_firestore_documents_use_native_timestamps_and_server_updated_at(
     raw = store._collection.document(c.id).get().to_dict()
     assert isinstance(raw["created_at"], datetime) and isinstance(raw["updated_at"], datetime)
     # updated_at is the server's clock, not the (3 days old) value the caller put in.
+    assert raw["updated_at"] - past > timedelta(days=2)
+    assert raw["lease_expires_at"] is None and raw["status"] == "pending"
+
+
+def _aborted():
+    from common.adapters.firestore_rest_store import FirestoreRestError
+
+    return FirestoreRestError("ABORTED", 409, "transaction contention")
+
+
+def test_firestore_rest_update_reruns_the_change_on_fresh_data_when_the_commit_is_aborted(
+    firestore_env, monkeypatch
+):
+    """The REST adapter's side of the test above: production answers a contended commit with
+    409 ABORTED; ``update`` must begin again (retryTransaction), re-read, re-run the lifecycle
+    function (-> AlreadyClaimed) and write nothing of ours."""
+    from common.adapters import firestore_schema
+    from common.adapters.firestore_rest_store import FirestoreRest, set_write
+
+    store = _firestore_rest_store(firestore_env)
+    c = _new(kind=Kind.VIDEO)
+    store.add(c)
+    now = lc.utcnow()
+    rival = lc.claim(c, owner="rival", now=now, lease=LEASE, max_attempts=3)
+    real_commit = FirestoreRest.commit
+    commits = {"n": 0}
+
+    def contended_commit(self, writes, transaction=None):
+        if transaction is not None:
+            commits["n"] += 1
+            if commits["n"] == 1:
+                # The rival's write lands between our read and our commit.
+                rival_doc = firestore_schema.creation_document(rival)
+                real_commit(self, [set_write(store._doc(c.id), rival_doc)])
+                raise _aborted()
+        return real_commit(self, writes, transaction)
+
+    monkeypatch.setattr(FirestoreRest, "commit", contended_commit)
+    seen: list[str | None] = []
+
+    def claim(cur: Creation) -> Creation:
+        seen.append(cur.lease_owner)
+        return lc.claim(cur, owner="me", now=now, lease=LEASE, max_attempts=3)
+
+    with pytest.raises(AlreadyClaimed):
+        store.update(c.id, claim)
+    assert seen == [None, "rival"]  # ran twice: the second time on the rival's record
+    assert commits["n"] == 1  # the retry wrote nothing: the lifecycle refused
+    assert store.get(c.id).lease_owner == "rival"
+
+
+def test_firestore_rest_admission_contended_past_every_retry_is_a_refusal_that_writes_nothing(
+    firestore_env, monkeypatch
+):
+    from common.adapters.firestore_rest_store import FirestoreRest
+
+    store = _firestore_rest_store(firestore_env)
+    real_commit = FirestoreRest.commit
+    attempts = {"n": 0}
+
+    def always_contended(self, writes, transaction=None):
+        if transaction is None:
+            return real_commit(self, writes, transaction)
+        attempts["n"] += 1
+        raise _aborted()
+
+    monkeypatch.setattr(FirestoreRest, "commit", always_contended)
+    c = _new("alice")
+    refusal = _admit(store, c)
+    assert isinstance(refusal, Refusal) and refusal.code == "busy"
+    assert attempts["n"] == 20  # QUOTA_TX_ATTEMPTS, as the gRPC adapter
+    monkeypatch.undo()
+    assert store.get(c.id) is None
+    assert store.quota("alice").active == {}
+
+
+def test_both_firestore_adapters_read_what_the_other_wrote(firestore_env, monkeypatch):
+    """The API writes a creation with the gRPC client, its job claims and finishes it over
+    REST, the API reads the result: one document layout (firestore_schema), the same field
+    types (timestamps as Firestore timestamps, ints as integers), and ``updated_at`` the
+    server's commit time whichever client wrote."""
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    api = _firestore_store(firestore_env["FIRESTORE_EMULATOR_HOST"], monkeypatch, prefix)
+    job = _firestore_rest_store(firestore_env, prefix)
+    past = lc.utcnow() - timedelta(days=3)
+    full = dataclasses.replace(
+        _new(created_at=past, kind=Kind.VIDEO, prompt="ünïcode ✓"),
+        params={"aspect_ratio": "9:16", "duration_seconds": 8, "nested": {"a": [1, 2.5]}},
+        updated_at=past,
+        dispatched_at=past + timedelta(milliseconds=5),
+        traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+    )
+    _admit(api, full)
+    from_rest = job.get(full.id)
+    assert from_rest is not None
+    assert _without_updated_at(from_rest) == _without_updated_at(full)
+    assert from_rest.updated_at - past > timedelta(days=2)  # the server's clock
+    assert job.quota(full.user_id).active.keys() == {full.id}
+
+    now = lc.utcnow()
+    claimed = job.update(
+        full.id, lambda cur: lc.claim(cur, owner="exec-1", now=now, lease=LEASE, max_attempts=3)
+    )
+    done = job.update(
+        full.id,
+        lambda cur: lc.complete(
+            cur, owner="exec-1", media=(MediaRef("c/0.mp4", "video/mp4"),), now=lc.utcnow()
+        ),
+    )
+    from_grpc = api.get(full.id)
+    assert from_grpc is not None
+    assert lc.to_dict(from_grpc) == lc.to_dict(done)
+    assert from_grpc.updated_at >= claimed.updated_at
+    # Finishing over REST released the slot the gRPC admission took, in the same transaction.
+    assert api.quota(full.user_id).active == {}
+    raw = api._collection.document(full.id).get().to_dict()
+    assert isinstance(raw["claimed_at"], datetime) and isinstance(raw["finished_at"], datetime)
+    assert isinstance(raw["params"]["duration_seconds"], int)
+    api.close()
+    job.close()
+
+
+def test_firestore_rest_documents_use_native_timestamps_and_server_updated_at(
+    firestore_env, monkeypatch
+):
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    store = _firestore_rest_store(firestore_env, prefix)
+    sdk = _firestore_store(firestore_env["FIRESTORE_EMULATOR_HOST"], monkeypatch, prefix)
+    past = lc.utcnow() - timedelta(days=3)
+    c = dataclasses.replace(_new(created_at=past), updated_at=past)
+    store.add(c)
+    raw = sdk._collection.document(c.id).get().to_dict()
+    assert isinstance(raw["created_at"], datetime) and isinstance(raw["updated_at"], datetime)
     assert raw["updated_at"] - past > timedelta(days=2)
     assert raw["lease_expires_at"] is None and raw["status"] == "pending"
 

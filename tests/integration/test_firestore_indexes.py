@@ -35,18 +35,34 @@ EQUALITY = {"EQUAL", "IN", "ARRAY_CONTAINS", "ARRAY_CONTAINS_ANY"}
 
 
 @pytest.fixture(scope="module")
-def firestore_host():
+def firestore_env():
     with firestore_emulator() as fs:
-        yield fs.url
+        yield fs.env
 
 
 class Recorder:
-    """Every StructuredQuery built by the client, with the adapter method that built it."""
+    """Every StructuredQuery an adapter sends, with the adapter method that built it: the
+    gRPC client's (google-cloud-firestore builds it) and the REST client's (built by hand as
+    JSON, read here into the same message type, as Firestore's REST front end does)."""
 
     def __init__(self) -> None:
         self.queries: list[tuple[str, Any]] = []
 
-    def install(self, monkeypatch) -> None:
+    def install(self, monkeypatch, adapter: str) -> None:
+        if adapter == "rest":
+            from google.cloud.firestore_v1.types import StructuredQuery
+
+            from common.adapters.firestore_rest_store import FirestoreRest
+
+            original_run = FirestoreRest.run_query
+
+            def recording_rest(client, structured):
+                proto = StructuredQuery.from_json(json.dumps(structured))
+                self.queries.append((_adapter_method(), proto))
+                return original_run(client, structured)
+
+            monkeypatch.setattr(FirestoreRest, "run_query", recording_rest)
+            return
         from google.cloud.firestore_v1.base_query import BaseQuery
 
         original = BaseQuery._to_protobuf
@@ -145,37 +161,49 @@ def check(recorded: list[tuple[str, Any]], spec: dict, prefix: str) -> list[str]
     return problems
 
 
-def _store(host: str, monkeypatch, prefix: str):
+def _store(env: dict[str, str], monkeypatch, prefix: str, adapter: str):
+    settings = Settings(gcp_project="phoenix-test", firestore_prefix=prefix)
+    if adapter == "rest":
+        from common.adapters.firestore_rest_store import FirestoreRestCreationStore
+
+        return FirestoreRestCreationStore.from_settings(settings, env=env)
     from common.adapters.firestore_store import FirestoreCreationStore
 
-    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", host)
-    return FirestoreCreationStore.from_settings(
-        Settings(gcp_project="phoenix-test", firestore_prefix=prefix)
-    )
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", env["FIRESTORE_EMULATOR_HOST"])
+    return FirestoreCreationStore.from_settings(settings)
 
 
-def _query_methods() -> set[str]:
-    """Adapter methods whose source builds a query (where/order_by/stream)."""
-    from common.adapters import firestore_guard, firestore_store
+def _query_methods(adapter: str) -> set[str]:
+    """Adapter methods whose source builds a query (where/order_by/stream; the REST client's
+    structured_query)."""
+    from common.adapters import firestore_guard, firestore_rest_store, firestore_store
 
     names = set()
-    for module in (firestore_store, firestore_guard):
+    modules = (firestore_rest_store,) if adapter == "rest" else (firestore_store, firestore_guard)
+    for module in modules:
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if cls.__module__ != module.__name__:
                 continue
             for name, fn in inspect.getmembers(cls, inspect.isfunction):
                 src = inspect.getsource(fn)
-                if any(token in src for token in (".where(", ".order_by(", ".stream(")):
+                tokens = (".where(", ".order_by(", ".stream(", "structured_query(")
+                if any(token in src for token in tokens):
                     names.add(name)
     return names
 
 
+@pytest.fixture(params=["grpc", "rest"])
+def adapter(request) -> str:
+    """The API's adapter (google-cloud-firestore) and the jobs' (REST, standard library)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def recorded(firestore_host, monkeypatch) -> tuple[list[tuple[str, Any]], str]:
+def recorded(firestore_env, monkeypatch, adapter) -> tuple[list[tuple[str, Any]], str]:
     prefix = f"t{uuid.uuid4().hex[:10]}_"
-    store = _store(firestore_host, monkeypatch, prefix)
+    store = _store(firestore_env, monkeypatch, prefix, adapter)
     recorder = Recorder()
-    recorder.install(monkeypatch)
+    recorder.install(monkeypatch, adapter)
     now = lc.utcnow()
     for i, kind in enumerate([Kind.VIDEO, Kind.IMAGE, Kind.VIDEO]):
         params = (
@@ -211,14 +239,14 @@ def recorded(firestore_host, monkeypatch) -> tuple[list[tuple[str, Any]], str]:
     return recorder.queries, prefix
 
 
-def test_every_query_the_store_makes_has_its_index(recorded):
+def test_every_query_the_store_makes_has_its_index(recorded, adapter):
     queries, prefix = recorded
     spec = json.loads(INDEXES.read_text())
     assert queries, "no query was recorded: the recorder is not hooked into the client"
     assert check(queries, spec, prefix) == []
     # Each method that builds a query was driven here: a new query method fails this test
     # until it is exercised above (and its index added).
-    assert _query_methods() <= {method for method, _ in queries}
+    assert _query_methods(adapter) <= {method for method, _ in queries}
 
 
 def test_exemptions_name_fields_the_store_writes():

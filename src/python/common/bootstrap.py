@@ -28,6 +28,16 @@ def build_store(settings: Settings) -> CreationStore:
     raise ConfigError(f"unknown store {settings.store!r}")
 
 
+def build_job_store(settings: Settings) -> CreationStore:
+    """The store a job claims through: with Firestore, its REST adapter (no google-cloud-firestore
+    import before the claim: the job's cold start; see ``firestore_rest_store``)."""
+    if settings.store == "firestore":
+        from common.adapters.firestore_rest_store import FirestoreRestCreationStore
+
+        return FirestoreRestCreationStore.from_settings(settings)
+    return build_store(settings)
+
+
 def build_media(settings: Settings) -> MediaStore:
     if settings.media == "local":
         from common.adapters.local_media import LocalMediaStore

@@ -25,11 +25,12 @@ library at start):
   which no maintained instrumentation covers: ``common.adapters.vertex_generator`` opens a
   CLIENT span around each call instead.
 * A job imports nothing extra before its claim: ``common.job_main`` calls
-  ``defer_client_instrumentation`` first, so the store built for the claim (Firestore) gets an
-  uninstrumented channel and the instrumentation (~0.3 s of imports) is not loaded; right after
-  the claim ``resume_client_instrumentation`` switches it on and the job rebuilds its store
-  on a new, instrumented channel (``client_instrumentation_active`` is part of the process-wide
-  client's key). A duplicate delivery that backs off never loads it at all.
+  ``defer_client_instrumentation`` first, so a client asking for instrumentation before the
+  claim does not load it (~0.3 s of imports); right after the claim
+  ``resume_client_instrumentation`` switches it on, and what the job builds from then on (the
+  Veo slot guard's Firestore channel, Cloud Storage) is instrumented. The claim's own store needs
+  none (Firestore over stdlib REST makes its own CLIENT spans). A duplicate delivery that backs
+  off never loads it at all.
 
 Cost: importing this module imports only our logging/tracing/metrics modules (no SDK).
 """

@@ -15,7 +15,6 @@ Queries need the composite indexes in ``src/python/api/deploy/firestore.indexes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
@@ -25,6 +24,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from common import observability
+from common.adapters import firestore_schema as schema
 from common.adapters.process_wide import process_wide
 from common.config import Settings
 from common.domain import creation as lifecycle
@@ -34,30 +34,8 @@ from common.domain.errors import NotFound
 from common.domain.quota import Refusal, UserQuota
 from common.ports import AdmissionAsk, CreationStore, ScanQuery
 
-COLLECTION = "creations"
-# Admission: quotas/u_<hash of user id> per user, quotas/global for the optional ceiling. The
-# id is hashed because user ids are not guaranteed to be valid document ids ("/", "__x__").
-QUOTA_COLLECTION = "quotas"
-_GLOBAL_QUOTA = "global"
-# Every admission of one user contends on one document: more attempts than the default 5.
-_QUOTA_TX_ATTEMPTS = 20
-
-
-def _quota_doc_id(user_id: str) -> str:
-    return "u_" + hashlib.blake2b(user_id.encode(), digest_size=16).hexdigest()
-
-
-_TIMESTAMP_FIELDS = (
-    "created_at",
-    "updated_at",
-    "lease_expires_at",
-    "claimed_at",
-    "finished_at",
-    "dispatched_at",
-    "start_marker_at",
-    "cancel_requested_at",
-    "cancelled_at",
-)
+COLLECTION = schema.COLLECTION
+QUOTA_COLLECTION = schema.QUOTA_COLLECTION
 
 
 def firestore_client(project: str, database: str = "(default)") -> firestore.Client:
@@ -86,10 +64,7 @@ def _firestore_client(
 
 
 def _to_document(c: Creation) -> dict[str, Any]:
-    doc = lifecycle.to_dict(c)
-    for name in _TIMESTAMP_FIELDS:
-        value = getattr(c, name)
-        doc[name] = value.astimezone(timezone.utc) if value is not None else None
+    doc = schema.creation_document(c)
     doc["updated_at"] = firestore.SERVER_TIMESTAMP
     return doc
 
@@ -218,7 +193,7 @@ class FirestoreCreationStore(CreationStore):
     # --- admission ------------------------------------------------------------------------
 
     def _quota_ref(self, user_id: str) -> Any:
-        return self._quotas.document(_quota_doc_id(user_id))
+        return self._quotas.document(schema.quota_doc_id(user_id))
 
     def _release_in_tx(self, tx: firestore.Transaction, user_id: str, creation_id: str) -> None:
         qref = self._quota_ref(user_id)
@@ -233,7 +208,7 @@ class FirestoreCreationStore(CreationStore):
     def _admit(self, ask: AdmissionAsk) -> Refusal | None:
         user_id, creation_id, policy, now, insert = ask
         qref = self._quota_ref(user_id)
-        gref = self._quotas.document(_GLOBAL_QUOTA)
+        gref = self._quotas.document(schema.GLOBAL_QUOTA)
         cref = self._collection.document(insert.id) if insert is not None else None
 
         @firestore.transactional
@@ -259,7 +234,7 @@ class FirestoreCreationStore(CreationStore):
             return None
 
         try:
-            return apply(self._client.transaction(max_attempts=_QUOTA_TX_ATTEMPTS))
+            return apply(self._client.transaction(max_attempts=schema.QUOTA_TX_ATTEMPTS))
         except gexc.AlreadyExists:
             raise ValueError(f"creation {creation_id} already exists") from None
         except ValueError as exc:
@@ -274,7 +249,7 @@ class FirestoreCreationStore(CreationStore):
         def apply(tx: firestore.Transaction) -> None:
             self._release_in_tx(tx, user_id, creation_id)
 
-        apply(self._client.transaction(max_attempts=_QUOTA_TX_ATTEMPTS))
+        apply(self._client.transaction(max_attempts=schema.QUOTA_TX_ATTEMPTS))
 
     def quota(self, user_id: str) -> UserQuota:
         snap = self._quota_ref(user_id).get()
