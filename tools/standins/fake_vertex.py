@@ -570,6 +570,9 @@ def _prompt_of(body: Any) -> str | None:
 def _make_handler(server: FakeVertexServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as httpx expects
+        # Headers and body go out in separate writes: without TCP_NODELAY a kept-alive answer
+        # waits ~40 ms for the client's delayed ACK (Nagle), on every Vertex call and Veo poll.
+        disable_nagle_algorithm = True
         timeout = 30  # idle keep-alive connections must not pin threads forever
         server_version = "FakeVertex/1"
 
