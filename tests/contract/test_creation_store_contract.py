@@ -382,6 +382,19 @@ def test_delete_removes_the_record_and_only_that_one(store):
 # --- Firestore only: the transaction retry path ---------------------------------------------
 
 
+def _claim_loses_to_the_rival_after_one_retry(store, c: Creation, now: datetime) -> None:
+    seen: list[str | None] = []
+
+    def claim(cur: Creation) -> Creation:
+        seen.append(cur.lease_owner)
+        return lc.claim(cur, owner="me", now=now, lease=LEASE, max_attempts=3)
+
+    with pytest.raises(AlreadyClaimed):
+        store.update(c.id, claim)
+    assert seen == [None, "rival"]  # ran twice: the second time on the rival's record
+    assert store.get(c.id).lease_owner == "rival"
+
+
 def test_firestore_update_reruns_the_change_on_fresh_data_when_the_commit_is_aborted(
     firestore_host, monkeypatch
 ):
@@ -413,16 +426,7 @@ def test_firestore_update_reruns_the_change_on_fresh_data_when_the_commit_is_abo
         return real_commit(self)
 
     monkeypatch.setattr(Transaction, "_commit", contended_commit)
-    seen: list[str | None] = []
-
-    def claim(cur: Creation) -> Creation:
-        seen.append(cur.lease_owner)
-        return lc.claim(cur, owner="me", now=now, lease=LEASE, max_attempts=3)
-
-    with pytest.raises(AlreadyClaimed):
-        store.update(c.id, claim)
-    assert seen == [None, "rival"]  # ran twice: the second time on the rival's record
-    assert store.get(c.id).lease_owner == "rival"
+    _claim_loses_to_the_rival_after_one_retry(store, c, now)
 
 
 def test_firestore_admission_contended_past_every_retry_is_a_refusal_that_writes_nothing(
@@ -500,17 +504,8 @@ def test_firestore_rest_update_reruns_the_change_on_fresh_data_when_the_commit_i
         return real_commit(self, writes, transaction)
 
     monkeypatch.setattr(FirestoreRest, "commit", contended_commit)
-    seen: list[str | None] = []
-
-    def claim(cur: Creation) -> Creation:
-        seen.append(cur.lease_owner)
-        return lc.claim(cur, owner="me", now=now, lease=LEASE, max_attempts=3)
-
-    with pytest.raises(AlreadyClaimed):
-        store.update(c.id, claim)
-    assert seen == [None, "rival"]  # ran twice: the second time on the rival's record
+    _claim_loses_to_the_rival_after_one_retry(store, c, now)
     assert commits["n"] == 1  # the retry wrote nothing: the lifecycle refused
-    assert store.get(c.id).lease_owner == "rival"
 
 
 def test_firestore_rest_admission_contended_past_every_retry_is_a_refusal_that_writes_nothing(

@@ -13,8 +13,10 @@ from typing import Any, Callable
 
 import pytest
 
-import common.generators  # noqa: F401 (for the child interpreter: Pants infers the dependency)
-import common.job_main  # noqa: F401 (same)
+# For the child interpreters below: imported here so that Pants infers the dependencies.
+import common.adapters.vertex_generator  # noqa: F401
+import common.generators  # noqa: F401
+import common.job_main  # noqa: F401
 from common.adapters import firestore_rest_store as rest_store
 from common.adapters.firestore_rest_store import (
     FirestoreRest,
@@ -328,3 +330,27 @@ def test_threads_use_their_own_connection(scripted) -> None:
     assert len(seen) == 2 and seen[0] is not seen[1]
     client.close()
     assert client._connections == []
+
+
+def test_the_production_generator_loads_google_cloud_firestore_only_for_a_veo_slot() -> None:
+    """After the claim an image job builds the Vertex generator; its Veo slot guard (the one
+    user of google-cloud-firestore in a job) is built when a slot is first asked for."""
+    result = run_python(
+        """
+        import sys
+        from common.config import Settings
+        from common.adapters.vertex_generator import VertexGenerator
+        settings = Settings(
+            store="firestore", gcp_project="phoenix-test", generator="vertex",
+            vertex_base_url="http://127.0.0.1:9", vertex_access_token="t",
+        )
+        generator = VertexGenerator.from_settings(settings)
+        print("built", "google.cloud.firestore" in sys.modules)
+        generator._guard._guard()  # what the first acquire does (the channel connects later)
+        print("asked", "google.cloud.firestore" in sys.modules)
+        """,
+        env={"FIRESTORE_EMULATOR_HOST": "127.0.0.1:9"},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["built", "False", "asked", "True"], result.stdout

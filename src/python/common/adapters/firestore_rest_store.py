@@ -507,30 +507,13 @@ class FirestoreRestCreationStore(CreationStore):
         return [lifecycle.from_dict(d) for d in self._rest.run_query(query)]
 
     def _scan(self, filters: ScanQuery) -> list[Creation]:
-        """The gRPC adapter's query, field for field (see ``FirestoreCreationStore._scan``)."""
-        statuses, updated_before, created_after, limit = filters
-        where = []
-        if statuses is not None:
-            values = [s.value for s in statuses]
-            if not values:
-                return []
-            where.append(_field_filter("status", "IN", values))
-        created_in_memory = False
-        if created_after is not None and updated_before is None:
-            where.append(_field_filter("created_at", "GREATER_THAN_OR_EQUAL", created_after))
-            order = "created_at"
-        else:
-            if updated_before is not None:
-                where.append(_field_filter("updated_at", "LESS_THAN", updated_before))
-            created_in_memory = created_after is not None
-            order = "updated_at"
-        query = structured_query(self._collection, where, order_by=order, limit=limit)
+        plan = schema.plan_scan(filters)
+        if plan is None:
+            return []
+        where = [_field_filter(field, op, value) for field, op, value in plan.where]
+        query = structured_query(self._collection, where, order_by=plan.order_by, limit=plan.limit)
         found = [lifecycle.from_dict(d) for d in self._rest.run_query(query)]
-        if created_in_memory:
-            assert created_after is not None
-            found = [c for c in found if c.created_at >= created_after]
-        found.sort(key=lambda c: c.updated_at)
-        return found
+        return schema.finish_scan(found, plan)
 
     def delete(self, creation_id: str) -> bool:
         name = self._doc(creation_id)

@@ -36,6 +36,8 @@ from common.ports import AdmissionAsk, CreationStore, ScanQuery
 
 COLLECTION = schema.COLLECTION
 QUOTA_COLLECTION = schema.QUOTA_COLLECTION
+# The REST API's operator names (firestore_schema's plans) as the SDK spells them.
+_SDK_OPERATORS = {"EQUAL": "==", "IN": "in", "GREATER_THAN_OR_EQUAL": ">=", "LESS_THAN": "<"}
 
 
 def firestore_client(project: str, database: str = "(default)") -> firestore.Client:
@@ -149,35 +151,14 @@ class FirestoreCreationStore(CreationStore):
         return [_from_document(s.to_dict()) for s in query.stream()]
 
     def _scan(self, filters: ScanQuery) -> list[Creation]:
-        """Oldest ``updated_at`` first, like the other stores.
-
-        Firestore orders only by a field it also range-filters first, so ``created_after``
-        alone (the dashboard's query) is served from the ``created_at`` index and re-sorted
-        here; combined with ``updated_before`` it is applied in memory after the
-        ``updated_at`` query (no caller combines them; the limit then counts before it).
-        """
-        statuses, updated_before, created_after, limit = filters
+        plan = schema.plan_scan(filters)
+        if plan is None:
+            return []
         query: Any = self._collection
-        if statuses is not None:
-            values = [s.value for s in statuses]
-            if not values:
-                return []
-            query = query.where(filter=FieldFilter("status", "in", values))
-        created_in_memory = False
-        if created_after is not None and updated_before is None:
-            query = query.where(filter=FieldFilter("created_at", ">=", created_after))
-            query = query.order_by("created_at")
-        else:
-            if updated_before is not None:
-                query = query.where(filter=FieldFilter("updated_at", "<", updated_before))
-            created_in_memory = created_after is not None
-            query = query.order_by("updated_at")
-        found = [_from_document(s.to_dict()) for s in query.limit(limit).stream()]
-        if created_in_memory:
-            assert created_after is not None
-            found = [c for c in found if c.created_at >= created_after]
-        found.sort(key=lambda c: c.updated_at)
-        return found
+        for field, op, value in plan.where:
+            query = query.where(filter=FieldFilter(field, _SDK_OPERATORS[op], value))
+        query = query.order_by(plan.order_by).limit(plan.limit)
+        return schema.finish_scan([_from_document(s.to_dict()) for s in query.stream()], plan)
 
     def delete(self, creation_id: str) -> bool:
         ref = self._collection.document(creation_id)
