@@ -29,9 +29,10 @@ class FakeClock:
 
 
 @pytest.fixture(scope="module")
-def firestore_host():
+def firestore_env():
+    """The emulator and the REST stand-in the jobs' Firestore client talks to."""
     with firestore_emulator() as fs:
-        yield fs.url
+        yield fs.env
 
 
 @pytest.fixture(params=["memory", "sqlite", "firestore"])
@@ -45,14 +46,17 @@ def guard_and_clock(request, tmp_path, monkeypatch):
         g.close()
     else:
         from common.adapters.firestore_guard import FirestoreConcurrencyGuard
-        from common.adapters.firestore_store import firestore_client
+        from common.adapters.firestore_rest_store import rest_client
+        from common.config import Settings
 
-        monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", request.getfixturevalue("firestore_host"))
-        yield FirestoreConcurrencyGuard(
-            firestore_client("phoenix-test"),
+        env = request.getfixturevalue("firestore_env")
+        g = FirestoreConcurrencyGuard(
+            rest_client(Settings(gcp_project="phoenix-test"), env),
             prefix=f"t{uuid.uuid4().hex[:10]}_",
             clock=lambda: datetime.fromtimestamp(clock.now, tz=timezone.utc),
-        ), clock
+        )
+        yield g, clock
+        g.close()
 
 
 def test_limit_is_enforced_and_release_frees_a_slot(guard_and_clock):

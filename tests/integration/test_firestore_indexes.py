@@ -179,7 +179,7 @@ def _query_methods(adapter: str) -> set[str]:
     from common.adapters import firestore_guard, firestore_rest_store, firestore_store
 
     names = set()
-    modules = (firestore_rest_store,) if adapter == "rest" else (firestore_store, firestore_guard)
+    modules = (firestore_rest_store, firestore_guard) if adapter == "rest" else (firestore_store,)
     for module in modules:
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if cls.__module__ != module.__name__:

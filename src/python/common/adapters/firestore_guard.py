@@ -9,6 +9,10 @@ One document is a write hot spot (Firestore sustains about one write per second 
 with contention), which is fine at Veo's scale: a handful of acquires per video plus one renewal
 per poll interval. Contention shows up as retried transactions, not as wrong counts.
 
+Only the video jobs take slots, so the guard speaks Firestore over REST with the standard
+library, like the jobs' creation store (``firestore_rest_store``): no job loads
+google-cloud-firestore.
+
 Note: the local Firestore emulator has no transaction isolation, so tests against it check the
 bookkeeping, not the race; the race is proven on the SQLite guard.
 """
@@ -18,9 +22,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from google.cloud import firestore
-
-from common.adapters.firestore_store import firestore_client
+from common.adapters.firestore_rest_store import FirestoreRest, rest_client, run_transaction
 from common.config import Settings
 from common.ports import ConcurrencyGuard
 
@@ -44,36 +46,39 @@ def _live(data: dict[str, Any] | None, now: datetime) -> dict[str, datetime]:
 class FirestoreConcurrencyGuard(ConcurrencyGuard):
     def __init__(
         self,
-        client: firestore.Client,
+        rest: FirestoreRest,
         *,
         prefix: str = "",
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
-        self._client = client
-        self._collection = client.collection(f"{prefix}{COLLECTION}")
+        self._rest = rest
+        self._collection = f"{prefix}{COLLECTION}"
         self._clock = clock
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FirestoreConcurrencyGuard":
-        client = firestore_client(settings.gcp_project, settings.firestore_database)
-        return cls(client, prefix=settings.firestore_prefix)
+        return cls(rest_client(settings), prefix=settings.firestore_prefix)
+
+    def _doc(self, resource: str) -> str:
+        return f"{self._rest.documents}/{self._collection}/{_doc_id(resource)}"
 
     def _run(self, resource: str, body: Callable[[dict[str, datetime], datetime], Any]) -> Any:
-        ref = self._collection.document(_doc_id(resource))
+        name = self._doc(resource)
 
-        @firestore.transactional
-        def apply(tx: firestore.Transaction) -> Any:
-            snap = ref.get(transaction=tx)
+        def apply(tx: Any) -> Any:
+            data = tx.get(name)
             now = self._clock()
-            holders = _live(snap.to_dict() if snap.exists else None, now)
+            holders = _live(data, now)
             result, new_holders = body(holders, now)
             if new_holders is not None:
-                tx.set(ref, {"holders": new_holders, "updated_at": firestore.SERVER_TIMESTAMP})
+                # updated_at: written as the server's commit time (set_write's transform).
+                tx.set(name, {"holders": new_holders, "updated_at": now})
             return result
 
         # More attempts than the default 5: every video job of the deployment writes this one
         # document (acquire, a renewal per poll, release), so aborted commits are expected.
-        return apply(self._client.transaction(max_attempts=MAX_ATTEMPTS))
+        result, _ = run_transaction(self._rest, apply, attempts=MAX_ATTEMPTS)
+        return result
 
     def acquire(self, resource: str, holder: str, *, limit: int, ttl: timedelta) -> bool:
         # Waiters poll this while the cap is reached. A plain read first keeps them out of
@@ -109,5 +114,7 @@ class FirestoreConcurrencyGuard(ConcurrencyGuard):
         self._run(resource, body)
 
     def holders(self, resource: str) -> dict[str, datetime]:
-        snap = self._collection.document(_doc_id(resource)).get()
-        return _live(snap.to_dict() if snap.exists else None, self._clock())
+        return _live(self._rest.get(self._doc(resource)), self._clock())
+
+    def close(self) -> None:
+        self._rest.close()

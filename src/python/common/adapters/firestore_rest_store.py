@@ -433,6 +433,13 @@ def rest_url_from_env(env: Mapping[str, str]) -> tuple[str, bool]:
     return PRODUCTION_URL, True
 
 
+def rest_client(settings: Settings, env: Mapping[str, str] | None = None) -> FirestoreRest:
+    """The client for the configured project and database, connected where ``env`` says."""
+    url, authenticate = rest_url_from_env(os.environ if env is None else env)
+    project = settings.gcp_project or "phoenix-local"
+    return FirestoreRest(url, project, settings.firestore_database, authenticate=authenticate)
+
+
 class FirestoreRestCreationStore(CreationStore):
     def __init__(self, rest: FirestoreRest, *, prefix: str = "") -> None:
         self._rest = rest
@@ -443,10 +450,7 @@ class FirestoreRestCreationStore(CreationStore):
     def from_settings(
         cls, settings: Settings, env: Mapping[str, str] | None = None
     ) -> "FirestoreRestCreationStore":
-        url, authenticate = rest_url_from_env(os.environ if env is None else env)
-        project = settings.gcp_project or "phoenix-local"
-        rest = FirestoreRest(url, project, settings.firestore_database, authenticate=authenticate)
-        return cls(rest, prefix=settings.firestore_prefix)
+        return cls(rest_client(settings, env), prefix=settings.firestore_prefix)
 
     @property
     def collection_name(self) -> str:
