@@ -49,8 +49,8 @@ def instrument_after_claim(deps: JobDeps) -> None:
     """Load the gRPC/requests client instrumentation only once the creation is claimed.
 
     Before the claim nothing asks for it: the claim's store (Firestore over stdlib REST, or
-    SQLite) makes its own CLIENT spans. What is built after the claim (the Veo slot guard's
-    Firestore channel, Cloud Storage, token fetches) is then instrumented as it is created."""
+    SQLite) makes its own CLIENT spans. What is built after the claim (Cloud Storage, token
+    fetches) is then instrumented as it is created."""
     from common import observability
 
     observed = deps.on_phase

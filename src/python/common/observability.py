@@ -27,9 +27,9 @@ library at start):
 * A job imports nothing extra before its claim: ``common.job_main`` calls
   ``defer_client_instrumentation`` first, so a client asking for instrumentation before the
   claim does not load it (~0.3 s of imports); right after the claim
-  ``resume_client_instrumentation`` switches it on, and what the job builds from then on (the
-  Veo slot guard's Firestore channel, Cloud Storage) is instrumented. The claim's own store needs
-  none (Firestore over stdlib REST makes its own CLIENT spans). A duplicate delivery that backs
+  ``resume_client_instrumentation`` switches it on, and what the job builds from then on (Cloud
+  Storage, token fetches) is instrumented. The jobs' Firestore clients (store and Veo slot guard,
+  stdlib REST) need none: they make their own CLIENT spans. A duplicate delivery that backs
   off never loads it at all.
 
 Cost: importing this module imports only our logging/tracing/metrics modules (no SDK).
