@@ -356,3 +356,27 @@ def test_a_production_job_never_loads_google_cloud_firestore_even_for_a_veo_slot
     assert result.returncode == 0, result.stderr
     lines = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
     assert lines == {"built": "NoneType", "asked": "FirestoreConcurrencyGuard", "sdk": "[]"}
+
+
+def test_a_read_is_retried_on_a_transient_answer_and_a_commit_is_not(scripted) -> None:
+    server = scripted(
+        _error("UNAVAILABLE", 503),
+        _error("DEADLINE_EXCEEDED", 504),
+        (200, {"fields": {"n": {"integerValue": "1"}}}),
+        _error("UNAVAILABLE", 503),
+    )
+    client = _client(server)
+    assert client.get(f"{client.documents}/c/1") == {"n": 1}  # third time lucky
+    with pytest.raises(FirestoreRestError) as unavailable:
+        client.commit([{"delete": f"{client.documents}/c/1"}], "dHg=")
+    assert unavailable.value.status == "UNAVAILABLE"
+    assert len(server.requests) == 4  # 3 reads, 1 commit: an unknown outcome is not resent
+
+
+def test_a_permanent_error_is_not_retried_and_ids_are_quoted(scripted) -> None:
+    server = scripted(_error("PERMISSION_DENIED", 403))
+    client = _client(server)
+    with pytest.raises(FirestoreRestError):
+        client.get(f"{client.documents}/c/a b")
+    ((request,),) = [server.requests]
+    assert request["path"] == "/v1/projects/p/databases/(default)/documents/c/a%20b"

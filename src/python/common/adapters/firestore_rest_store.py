@@ -59,6 +59,8 @@ _METADATA_TOKEN_URL = (
 _SCOPE = "https://www.googleapis.com/auth/datastore"
 _DEFAULT_TX_ATTEMPTS = 5  # google-cloud-firestore's default
 _TIMEOUT_S = 30.0
+_TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL"})
+_RETRY_DELAYS_S = (0.1, 0.4, 1.0)
 
 
 class FirestoreRestError(RuntimeError):
@@ -223,8 +225,37 @@ class FirestoreRest:
         body: Mapping[str, Any] | None = None,
         query: Iterable[tuple[str, str]] = (),
         timeout: float | None = None,
+        retry: bool = True,
     ) -> Any:
-        url = f"{self._prefix}/v1/{path}"
+        """One REST call. ``retry``: a call that changes nothing (a read, beginning or rolling
+        back a transaction) is tried again on the transient answers Google's client libraries
+        retry (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL) and on a refused
+        or dropped connection, ``_RETRY_DELAYS_S`` apart; a commit is not (its outcome would
+        be unknown: the job's own retry decides)."""
+        delays = _RETRY_DELAYS_S if retry else ()
+        for delay in (*delays, None):
+            try:
+                return self._call_once(method, path, body, query, timeout)
+            except FirestoreRestError as exc:
+                if delay is None or exc.status not in _TRANSIENT:
+                    raise
+            except OSError:
+                if delay is None:
+                    raise
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _call_once(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        query: Iterable[tuple[str, str]],
+        timeout: float | None,
+    ) -> Any:
+        # Document ids are ours (hex, u_<hash>, resource names without "/"), but a path is
+        # still quoted; ":" (":commit"), "(" and ")" ("(default)") stay as Google writes them.
+        url = f"{self._prefix}/v1/{urllib.parse.quote(path, safe='/():')}"
         params = urllib.parse.urlencode(list(query))
         if params:
             url += "?" + params
@@ -296,12 +327,17 @@ class FirestoreRest:
         body: dict[str, Any] = {"writes": writes}
         if transaction:
             body["transaction"] = transaction
-        answer = self.call("POST", f"{self.database}/documents:commit", body)
+        answer = self.call("POST", f"{self.database}/documents:commit", body, retry=False)
         return _parse_rfc3339(answer["commitTime"])
 
     def rollback(self, transaction: str) -> None:
         try:
-            self.call("POST", f"{self.database}/documents:rollback", {"transaction": transaction})
+            self.call(
+                "POST",
+                f"{self.database}/documents:rollback",
+                {"transaction": transaction},
+                retry=False,  # best effort: the transaction expires on its own
+            )
         except (FirestoreRestError, OSError):
             pass  # it expires on its own; a failed rollback must not hide the real error
 
@@ -529,7 +565,7 @@ class FirestoreRestCreationStore(CreationStore):
     def ping(self) -> None:
         # A bounded read of one (possibly missing) document: proves auth and reachability.
         try:
-            self._rest.call("GET", self._doc("_ping"), timeout=5)
+            self._rest.call("GET", self._doc("_ping"), timeout=5, retry=False)
         except FirestoreRestError as exc:
             if exc.status != "NOT_FOUND":
                 raise
