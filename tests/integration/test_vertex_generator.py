@@ -367,7 +367,7 @@ def test_from_settings_picks_the_guard_of_the_configured_store(tmp_path):
         Settings(generator="vertex", store="sqlite", data_dir=tmp_path, veo_max_concurrent=3)
     )
     assert isinstance(gen, VertexGenerator)
-    assert isinstance(gen._guard._guard(), SqliteConcurrencyGuard)  # built on first use
+    assert isinstance(gen._guard, SqliteConcurrencyGuard)
     assert gen.veo_resource == f"veo/us-central1/{Settings().veo_model}"
 
 

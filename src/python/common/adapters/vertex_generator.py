@@ -25,7 +25,7 @@ import functools
 import random
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Callable, TypeVar
 
 import structlog
@@ -89,34 +89,6 @@ def build_guard(settings: Settings) -> ConcurrencyGuard:
     return SqliteConcurrencyGuard(settings.sqlite_path)
 
 
-class _GuardOnFirstUse(ConcurrencyGuard):
-    """Builds the guard when a Veo slot is first asked for: an image job never needs one, and
-    on Firestore the guard is the only thing in a job that loads google-cloud-firestore."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._inner: ConcurrencyGuard | None = None
-
-    def _guard(self) -> ConcurrencyGuard:
-        if self._inner is None:
-            self._inner = build_guard(self._settings)
-        return self._inner
-
-    def acquire(self, resource: str, holder: str, *, limit: int, ttl: timedelta) -> bool:
-        return self._guard().acquire(resource, holder, limit=limit, ttl=ttl)
-
-    def renew(
-        self, resource: str, holder: str, *, ttl: timedelta, limit: int | None = None
-    ) -> bool:
-        return self._guard().renew(resource, holder, ttl=ttl, limit=limit)
-
-    def release(self, resource: str, holder: str) -> None:
-        self._guard().release(resource, holder)
-
-    def holders(self, resource: str) -> dict[str, datetime]:
-        return self._guard().holders(resource)
-
-
 @dataclass(frozen=True)
 class Polling:
     """Backoff knobs (seconds). Production: poll 2 s -> x1.5 -> 15 s; tests shrink them."""
@@ -175,7 +147,7 @@ class VertexGenerator(Generator):
             factory,
             imagen_model=settings.imagen_model,
             veo_model=settings.veo_model,
-            guard=_GuardOnFirstUse(settings),
+            guard=build_guard(settings),
             veo_limit=settings.veo_max_concurrent,
             # Veo quota is per base model *and region*.
             veo_resource=f"veo/{settings.gcp_location}/{settings.veo_model}",
