@@ -47,7 +47,6 @@ __all__ = [
     "configure",
     "configure_logs",
     "configure_telemetry",
-    "client_instrumentation_active",
     "defer_client_instrumentation",
     "drop_deferred_instrumentation",
     "instrument_grpc",
@@ -112,26 +111,18 @@ def defer_client_instrumentation() -> None:
         _deferred = []
 
 
-def resume_client_instrumentation() -> bool:
-    """Run what was asked for while deferred; True if anything was (the caller then rebuilds
-    the clients it made meanwhile, whose channels carry no instrumentation)."""
+def resume_client_instrumentation() -> None:
+    """Run what was asked for while deferred."""
     global _deferred
     pending, _deferred = _deferred or [], None
     for instrument in dict.fromkeys(pending):
         instrument()
-    return bool(pending)
 
 
 def drop_deferred_instrumentation() -> None:
     """Stop deferring without instrumenting (a job that never claimed, at its end)."""
     global _deferred
     _deferred = None
-
-
-def client_instrumentation_active() -> bool:
-    """False while deferred: a client built now is not instrumented (part of a process-wide
-    client's key, so the one built after ``resume_client_instrumentation`` is a new one)."""
-    return _deferred is None
 
 
 def instrument_grpc() -> None:

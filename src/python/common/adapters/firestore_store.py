@@ -44,18 +44,11 @@ def firestore_client(project: str, database: str = "(default)") -> firestore.Cli
     """The process-wide client for ``project``/``database`` (``process_wide``). The key
     includes FIRESTORE_EMULATOR_HOST so a test switching emulators never gets a stale channel.
     """
-    return _firestore_client(
-        project,
-        database,
-        os.environ.get("FIRESTORE_EMULATOR_HOST", ""),
-        observability.client_instrumentation_active(),  # a job's claim client is not
-    )
+    return _firestore_client(project, database, os.environ.get("FIRESTORE_EMULATOR_HOST", ""))
 
 
 @process_wide
-def _firestore_client(
-    project: str, database: str, emulator: str, instrumented: bool
-) -> firestore.Client:
+def _firestore_client(project: str, database: str, emulator: str) -> firestore.Client:
     observability.instrument_grpc()  # before the channel exists: its calls become spans
     # With FIRESTORE_EMULATOR_HOST set the library connects there without credentials, but it
     # still needs a project id to build document paths.
