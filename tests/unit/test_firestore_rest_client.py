@@ -329,7 +329,7 @@ def test_threads_use_their_own_connection(scripted) -> None:
         w.join()
     assert len(seen) == 2 and seen[0] is not seen[1]
     client.close()
-    assert client._connections == []
+    assert client._connections == set()
 
 
 def test_a_production_job_never_loads_google_cloud_firestore_even_for_a_veo_slot() -> None:

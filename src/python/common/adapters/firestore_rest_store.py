@@ -201,7 +201,7 @@ class FirestoreRest:
         self.documents = f"{self.database}/documents"
         self._token = _AccessToken() if authenticate else None
         self._local = threading.local()
-        self._connections: list[http.client.HTTPConnection] = []
+        self._connections: set[http.client.HTTPConnection] = set()
         self._lock = threading.Lock()
 
     def _connection(self, fresh: bool = False) -> http.client.HTTPConnection:
@@ -210,12 +210,12 @@ class FirestoreRest:
             if conn is not None:
                 conn.close()
                 with self._lock:
-                    self._connections.remove(conn)
+                    self._connections.discard(conn)  # (gone already if close() ran)
             cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
             conn = cls(self._netloc, timeout=_TIMEOUT_S)
             self._local.conn = conn
             with self._lock:
-                self._connections.append(conn)
+                self._connections.add(conn)
         return conn
 
     def call(
@@ -227,8 +227,8 @@ class FirestoreRest:
         timeout: float | None = None,
         retry: bool = True,
     ) -> Any:
-        """One REST call. ``retry``: a call that changes nothing (a read, beginning or rolling
-        back a transaction) is tried again on the transient answers Google's client libraries
+        """One REST call. ``retry``: a call that changes nothing (a read, a query, beginning a
+        transaction) is tried again on the transient answers Google's client libraries
         retry (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL) and on a refused
         or dropped connection, ``_RETRY_DELAYS_S`` apart; a commit is not (its outcome would
         be unknown: the job's own retry decides)."""
