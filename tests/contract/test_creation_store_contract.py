@@ -456,14 +456,19 @@ def test_firestore_admission_contended_past_every_retry_is_a_refusal_that_writes
     assert store.quota("alice").active == {}
 
 
+@pytest.mark.parametrize("writer", ["grpc", "rest"])
 def test_firestore_documents_use_native_timestamps_and_server_updated_at(
-    firestore_host, monkeypatch
+    writer, firestore_env, monkeypatch
 ):
-    store = _firestore_store(firestore_host, monkeypatch)
+    """Whichever adapter writes, the raw document (read with the SDK) holds timestamps as
+    Firestore timestamps and ``updated_at`` as the server's clock."""
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    sdk = _firestore_store(firestore_env["FIRESTORE_EMULATOR_HOST"], monkeypatch, prefix)
+    store = sdk if writer == "grpc" else _firestore_rest_store(firestore_env, prefix)
     past = lc.utcnow() - timedelta(days=3)
     c = dataclasses.replace(_new(created_at=past), updated_at=past)
     store.add(c)
-    raw = store._collection.document(c.id).get().to_dict()
+    raw = sdk._collection.document(c.id).get().to_dict()
     assert isinstance(raw["created_at"], datetime) and isinstance(raw["updated_at"], datetime)
     # updated_at is the server's clock, not the (3 days old) value the caller put in.
     assert raw["updated_at"] - past > timedelta(days=2)
@@ -577,21 +582,6 @@ def test_both_firestore_adapters_read_what_the_other_wrote(firestore_env, monkey
     assert isinstance(raw["params"]["duration_seconds"], int)
     api.close()
     job.close()
-
-
-def test_firestore_rest_documents_use_native_timestamps_and_server_updated_at(
-    firestore_env, monkeypatch
-):
-    prefix = f"t{uuid.uuid4().hex[:10]}_"
-    store = _firestore_rest_store(firestore_env, prefix)
-    sdk = _firestore_store(firestore_env["FIRESTORE_EMULATOR_HOST"], monkeypatch, prefix)
-    past = lc.utcnow() - timedelta(days=3)
-    c = dataclasses.replace(_new(created_at=past), updated_at=past)
-    store.add(c)
-    raw = sdk._collection.document(c.id).get().to_dict()
-    assert isinstance(raw["created_at"], datetime) and isinstance(raw["updated_at"], datetime)
-    assert raw["updated_at"] - past > timedelta(days=2)
-    assert raw["lease_expires_at"] is None and raw["status"] == "pending"
 
 
 # --- SQLite only: the claim race with real isolation ----------------------------------------
